@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` (set up, run a short lt-vs-reinit experiment on
+# Fashion-MNIST) and `make test` (set up, run the tests). Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_FLAGS := --dataset fashionmnist --arch_type fc1 --prune_iterations 5 --end_iter 3 \
+	--prune_percent 20 --plot_dpi 150 --seed 0
+
+.PHONY: setup data demo test bench lint
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# Debian's dataset-fashion-mnist package puts the real Fashion-MNIST in /usr/share/datasets.
+data:
+	@bash scripts/install_fashion_mnist.sh
+
+demo: setup data
+	$(PY) main.py --prune_type lt $(DEMO_FLAGS)
+	$(PY) main.py --prune_type reinit $(DEMO_FLAGS)
+	@echo "plots: results/*/plots/lt/fc1/fashionmnist/"
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench.py
+
+lint: setup
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -1,0 +1,13 @@
+"""AlexNet for CIFAR-10."""
+
+from torch import nn
+
+from archs.cifar10 import INPUT_SHAPE, NUM_CLASSES
+from archs.models.alexnet import AlexNet
+
+
+def alexnet() -> nn.Module:
+    return AlexNet(INPUT_SHAPE, NUM_CLASSES)
+
+
+ARCHS = {"alexnet": alexnet}

@@ -1,0 +1,13 @@
+"""LeNet-5 for CIFAR-10."""
+
+from torch import nn
+
+from archs.cifar10 import INPUT_SHAPE, NUM_CLASSES
+from archs.models.lenet5 import LeNet5
+
+
+def lenet5() -> nn.Module:
+    return LeNet5(INPUT_SHAPE, NUM_CLASSES)
+
+
+ARCHS = {"lenet5": lenet5}

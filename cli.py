@@ -1,0 +1,111 @@
+"""The command line: the original's flags with their names and defaults, plus the new ones."""
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import archs
+import data
+from utils import UserError
+
+PRUNE_TYPES = ("lt", "reinit")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (exit status 2) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="main.py",
+        description="Find lottery tickets by iterative magnitude pruning.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    # The original's flags: same names, types and defaults.
+    add("--lr", default=1.2e-3, type=float, help="learning rate (every level, level 0 too)")
+    add("--batch_size", default=60, type=int)
+    add("--start_iter", default=0, type=int, help="first level to run; needs --resume")
+    add("--end_iter", default=100, type=int, help="epochs of training per level")
+    add("--print_freq", default=1, type=int, help="describe the progress bar every N epochs")
+    add("--valid_freq", default=1, type=int, help="test every N epochs")
+    add(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue an interrupted run: its folder, or alone for the newest matching run",
+    )
+    add("--prune_type", default="lt", type=str, help=f"one of: {', '.join(PRUNE_TYPES)}")
+    add("--gpu", default="0", type=str, help="index of the CUDA device to use")
+    add("--dataset", default="mnist", type=str, help=f"one of: {', '.join(sorted(data.DATASETS))}")
+    add("--arch_type", default="fc1", type=str, help="architecture (see README for each dataset)")
+    add("--prune_percent", default=10, type=float, help="percent of survivors pruned per level")
+    add("--prune_iterations", default=35, type=int, help="number of levels (level 0 is dense)")
+    # New flags.
+    add("--data_dir", default="../data", help="where data sets live, in torchvision's layout")
+    add("--data_source", default=None, metavar="DIR", help="folder with the original data files")
+    add("--seed", default=None, type=int, help="random seed (default: a random one, recorded)")
+    add("--plot_dpi", default=1200, type=int, help="resolution of the saved figures")
+    add("--results_root", default="results", help="where run folders are created")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def explicit_flags(argv: list[str] | None) -> set[str]:
+    """The destinations of the flags actually given on the command line."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(sys.argv[1:] if argv is None else argv)))
+
+
+def _at_least_one(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check every value before anything is loaded or written; raise UserError on the first fault."""
+    if args.dataset not in data.DATASETS:
+        choices = ", ".join(sorted(data.DATASETS))
+        raise UserError(f"--dataset {args.dataset} is not supported; choose one of: {choices}")
+    archs.check(args.dataset, args.arch_type)
+    if args.prune_type not in PRUNE_TYPES:
+        raise UserError(
+            f"--prune_type {args.prune_type} is not supported; choose one of: {', '.join(PRUNE_TYPES)}"
+        )
+    if not 0 < args.prune_percent < 100:
+        raise UserError(
+            f"--prune_percent must be between 0 and 100 (exclusive), got {args.prune_percent}"
+        )
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UserError(f"--lr must be a positive number, got {args.lr}")
+    _at_least_one(args, "prune_iterations", "end_iter", "batch_size", "valid_freq", "print_freq")
+    _at_least_one(args, "plot_dpi")
+    if not 0 <= args.start_iter < args.prune_iterations:
+        raise UserError(
+            f"--start_iter must be in 0..{args.prune_iterations - 1} (--prune_iterations - 1),"
+            f" got {args.start_iter}"
+        )
+    if args.start_iter > 0 and args.resume is None:
+        raise UserError(
+            f"--start_iter {args.start_iter} needs --resume RUN_DIR: levels before it come from that run"
+        )
+    if not re.fullmatch(r"\d+", args.gpu):
+        raise UserError(f"--gpu must be a device index such as 0 or 1, got {args.gpu!r}")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise UserError(f"--seed must be in 0..{2**32 - 1}, got {args.seed}")
+    if args.data_source is not None and not Path(args.data_source).is_dir():
+        raise UserError(f"--data_source {args.data_source} is not a folder")

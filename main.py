@@ -1,0 +1,232 @@
+"""lth: find lottery tickets by iterative magnitude pruning (Frankle & Carbin, ICLR 2019).
+
+Reads top to bottom like the original runner: check the flags, load the data and the
+architecture, save the initial state, then for every pruning level prune, rewind (or
+re-initialise) and train, writing the original's result files as each level ends.
+"""
+
+import argparse
+import copy
+import datetime
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+import archs
+import cli
+import data
+import plots
+import resume
+from initialization import initialize
+from pruning import Mask, device_masks, make_mask, prune_by_percentile, reinitialize, rewind
+from record import choose_seed, restore_rng_states, rng_states, run_record, seed_everything
+from results import RunDir, level_tag
+from train import LevelHistory, train_level
+from utils import UserError, print_nonzeros
+
+WEIGHT_DECAY = 1e-4
+
+
+@dataclass
+class Progress:
+    """Everything a level hands to the next; saved whole in each level's checkpoint."""
+
+    mask: Mask
+    initial_state: dict[str, torch.Tensor]
+    comp: np.ndarray  # weights left (%) of each level
+    bestacc: np.ndarray  # best test accuracy of each level
+    tags: list[str] = field(default_factory=list)  # the `{comp}` text of each finished level
+    summary: list[dict] = field(default_factory=list)  # rows of summary.csv
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = cli.parse_args(argv)
+    try:
+        run(args, cli.explicit_flags(argv))
+    except resume.RunFinished as finished:
+        print(f"nothing to do: {finished}")
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args: argparse.Namespace, explicit: set[str]) -> None:
+    resumed = resume.locate(args, explicit) if args.resume is not None else None
+    if resumed is not None:
+        args = resumed.args
+    cli.validate(args)
+    args.seed = choose_seed(args.seed)
+    print(f"seed: {args.seed}")
+    device = select_device(args.gpu)
+
+    train_set, test_set = data.load(args.dataset, args.data_dir, args.data_source, device)
+    seed_everything(args.seed)
+    model = initialize(archs.build(args.dataset, args.arch_type)).to(device)
+
+    if resumed is None:
+        run_dir = create_run(args, device, model)
+        progress = fresh_progress(model, args.prune_iterations)
+        start = 0
+    else:
+        run_dir, start = resumed.run_dir, resumed.start
+        progress = restore(model, resumed.checkpoint, args.prune_iterations)
+        print(f"resuming {run_dir.root} at level {start}")
+
+    writer = SummaryWriter(log_dir=str(run_dir.root / "tensorboard"))
+    try:
+        for level in range(start, args.prune_iterations):
+            if level > 0:
+                progress.mask = prune_by_percentile(model, progress.mask, args.prune_percent)
+                reset_survivors(model, progress, args.prune_type)
+            optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=WEIGHT_DECAY)
+
+            print(f"\n--- Pruning Level [0:{level}/{args.prune_iterations}]: ---")
+            comp = print_nonzeros(model, progress.mask)
+            history = train_level(
+                model,
+                train_set,
+                test_set,
+                optimizer,
+                device_masks(model, progress.mask),
+                epochs=args.end_iter,
+                batch_size=args.batch_size,
+                valid_freq=args.valid_freq,
+                print_freq=args.print_freq,
+                description=f"[level {level}] ",
+                on_epoch=lambda epoch, loss, acc, lv=level: log_epoch(
+                    writer, args, lv, epoch, loss, acc
+                ),
+            )
+            write_level(run_dir, args, level, comp, history, model, progress, writer)
+            if level == args.prune_iterations - 1:
+                write_final(run_dir, args, progress)
+            run_dir.save_checkpoint(level, checkpoint(level, model, progress))
+    finally:
+        writer.close()
+    print(f"\nresults: {run_dir.root}\nplots: {run_dir.plots}")
+
+
+def select_device(gpu: str) -> torch.device:
+    """CUDA device number `gpu` when CUDA is there, else the CPU with a one-line notice."""
+    if not torch.cuda.is_available():
+        print("notice: CUDA is not available, running on the CPU")
+        return torch.device("cpu")
+    if int(gpu) >= torch.cuda.device_count():
+        raise UserError(f"--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return torch.device(f"cuda:{int(gpu)}")
+
+
+def create_run(args: argparse.Namespace, device: torch.device, model: nn.Module) -> RunDir:
+    """A new run folder with args.json and the initial state, saved before any training."""
+    run_dir = RunDir.create(args.results_root, args.arch_type, args.dataset, args.prune_type)
+    record = run_record(args, device)
+    record["started"] = datetime.datetime.now().isoformat()
+    run_dir.write_json("args.json", record)
+    run_dir.save_model(model, run_dir.initial_state_path())
+    print(f"run folder: {run_dir.root}")
+    return run_dir
+
+
+def fresh_progress(model: nn.Module, levels: int) -> Progress:
+    initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return Progress(
+        make_mask(model), initial_state, np.zeros(levels, float), np.zeros(levels, float)
+    )
+
+
+def restore(model: nn.Module, state: dict | None, levels: int) -> Progress:
+    """Put the model, the progress and every random generator where a checkpoint left them."""
+    if state is None:  # interrupted in level 0: start the same run again from its seed
+        return fresh_progress(model, levels)
+    model.load_state_dict(state["model_state"])
+    restore_rng_states(state["rng"])
+    return Progress(**state["progress"])
+
+
+def reset_survivors(model: nn.Module, progress: Progress, prune_type: str) -> None:
+    """`lt` rewinds the survivors to their initial values; `reinit` draws new random ones."""
+    if prune_type == "reinit":
+        model.load_state_dict(progress.initial_state)  # buffers (BatchNorm statistics) too
+        reinitialize(model, progress.mask, initialize)
+    else:
+        rewind(model, progress.mask, progress.initial_state)
+
+
+def log_epoch(
+    writer: SummaryWriter, args: argparse.Namespace, level: int, epoch: int, loss: float, acc: float
+) -> None:
+    step = level * args.end_iter + epoch
+    writer.add_scalar("Loss/train", loss, step)
+    writer.add_scalar("Accuracy/test", acc, step)
+
+
+def write_level(
+    run_dir: RunDir,
+    args: argparse.Namespace,
+    level: int,
+    comp: float,
+    history: LevelHistory,
+    model: nn.Module,
+    progress: Progress,
+    writer: SummaryWriter,
+) -> None:
+    """The level's files: best model, loss/accuracy dumps and plot, mask, summary row."""
+    tag = level_tag(comp, level, progress.tags)
+    progress.tags.append(tag)
+    progress.comp[level], progress.bestacc[level] = comp, history.best_accuracy
+
+    best_model = copy.deepcopy(model)
+    best_model.load_state_dict(history.best_state)
+    run_dir.save_model(best_model, run_dir.model_path(level))
+    run_dir.dump_array(history.all_loss, run_dir.dump_path("all_loss", tag))
+    run_dir.dump_array(history.all_accuracy, run_dir.dump_path("all_accuracy", tag))
+    run_dir.dump_mask(progress.mask, run_dir.dump_path("mask", tag, ".pkl"))
+    figure = plots.loss_vs_accuracy(
+        history.all_loss, history.all_accuracy, args.dataset, args.arch_type
+    )
+    run_dir.save_figure(figure, run_dir.loss_plot_path(tag), args.plot_dpi)
+    plots.close(figure)
+
+    progress.summary.append(
+        {
+            "level": level,
+            "weights_left": comp,
+            "best_accuracy": history.best_accuracy,
+            "best_epoch": history.best_epoch,
+            "final_accuracy": history.final_accuracy,
+            "final_loss": float(history.all_loss[-1]),
+        }
+    )
+    run_dir.write_summary(progress.summary)
+    writer.add_scalar("Accuracy/best_by_level", history.best_accuracy, level)
+    writer.add_scalar("Accuracy/best_vs_weights_left_x10", history.best_accuracy, round(comp * 10))
+    writer.flush()
+
+
+def write_final(run_dir: RunDir, args: argparse.Namespace, progress: Progress) -> None:
+    """The whole run's files: weights left and best accuracy per level, and their plot."""
+    run_dir.dump_array(progress.comp, run_dir.dump_path("compression"))
+    run_dir.dump_array(progress.bestacc, run_dir.dump_path("bestaccuracy"))
+    figure = plots.accuracy_vs_weights(
+        [("Winning tickets", progress.comp, progress.bestacc)], args.dataset, args.arch_type
+    )
+    run_dir.save_figure(figure, run_dir.accuracy_plot_path(), args.plot_dpi)
+    plots.close(figure)
+
+
+def checkpoint(level: int, model: nn.Module, progress: Progress) -> dict:
+    return {
+        "level": level,
+        "model_state": model.state_dict(),
+        "progress": vars(progress),
+        "rng": rng_states(),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Every figure the runner draws, shared by main.py and combine_plots.py."""
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def loss_vs_accuracy(
+    all_loss: np.ndarray, all_accuracy: np.ndarray, dataset: str, arch_type: str
+) -> Figure:
+    """Training loss (rescaled to 0..100) and test accuracy against epochs, as the original drew.
+
+    A constant loss (one epoch) is drawn at 0 instead of the original's division by zero.
+    """
+    epochs = np.arange(1, len(all_loss) + 1)
+    spread = np.ptp(all_loss)
+    scaled = 100 * (all_loss - np.min(all_loss)) / spread if spread > 0 else 0 * all_loss
+    fig, ax = plt.subplots()
+    ax.plot(epochs, scaled, c="blue", label="Loss")
+    ax.plot(epochs, all_accuracy, c="red", label="Accuracy")
+    ax.set_title(f"Loss Vs Accuracy Vs Iterations ({dataset},{arch_type})")
+    ax.set_xlabel("Iterations")
+    ax.set_ylabel("Loss and Accuracy")
+    ax.legend()
+    ax.grid(color="gray")
+    return fig
+
+
+def accuracy_vs_weights(
+    lines: Sequence[tuple[str, np.ndarray, np.ndarray]], dataset: str, arch_type: str
+) -> Figure:
+    """Best test accuracy against the percentage of weights left, one line per (label, comp, acc).
+
+    With one line this is the original's AccuracyVsWeights figure: levels evenly spaced, each
+    tick labelled with its weights left. Lines whose levels differ are drawn against their own
+    weights-left values on a log axis, so they still line up where they agree.
+    """
+    fig, ax = plt.subplots()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(lines) == 1 or all(np.array_equal(lines[0][1], c) for _, c, _ in lines):
+        comp = lines[0][1]
+        positions = np.arange(len(comp))
+        for i, (label, _, acc) in enumerate(lines):
+            ax.plot(positions, acc, c="blue" if len(lines) == 1 else colors[i % 10], label=label)
+        ax.set_xticks(positions, [f"{c:g}" for c in comp], rotation="vertical")
+    else:
+        for i, (label, comp, acc) in enumerate(lines):
+            ax.plot(comp, acc, marker=".", c=colors[i % 10], label=label)
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+    ax.set_title(f"Test Accuracy vs Unpruned Weights Percentage ({dataset},{arch_type})")
+    ax.set_xlabel("Unpruned Weights Percentage")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    ax.grid(color="gray")
+    fig.tight_layout()
+    return fig
+
+
+def close(fig: Figure) -> None:
+    plt.close(fig)

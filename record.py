@@ -1,0 +1,91 @@
+"""What makes a run reproducible: its seed, arguments, package versions and code version."""
+
+import argparse
+import importlib.metadata
+import platform
+import random
+import secrets
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PACKAGES = ("torch", "torchvision", "numpy", "matplotlib", "tqdm", "tensorboard")
+
+
+def choose_seed(seed: int | None) -> int:
+    """The given seed, or a fresh random one (printed and recorded so the run can be repeated)."""
+    return secrets.randbits(32) if seed is None else seed
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_states() -> dict:
+    """Every random generator's state, for an exact resume."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the code that ran, with `-dirty` when it had uncommitted changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def run_record(args: argparse.Namespace, device: torch.device) -> dict:
+    """The content of `args.json`: every argument (the seed among them) and the environment."""
+    return {
+        "args": vars(args),
+        "seed": args.seed,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "command": [sys.executable, *sys.argv],
+        "host": socket.gethostname(),
+        "device": str(device),
+    }

@@ -1,0 +1,161 @@
+"""The run directory: the original's result paths, atomic writes, the record of the run.
+
+Layout, relative to `results/<Mon DD_HH-MM-SS>_<host>/` (as the original wrote it):
+  saves/{arch}/{dataset}/initial_state_dict_{pt}.pth.tar, {level}_model_{pt}.pth.tar
+  plots/lt/{arch}/{dataset}/{pt}_LossVsAccuracy_{comp}.png, {pt}_AccuracyVsWeights.png
+  dumps/lt/{arch}/{dataset}/{pt}_all_loss_{comp}.dat, {pt}_all_accuracy_{comp}.dat,
+      {pt}_mask_{comp}.pkl, {pt}_compression.dat, {pt}_bestaccuracy.dat
+  args.json, summary.csv, checkpoints/level_{level}.pth, tensorboard/
+Every file is written to a temporary name in its folder and renamed into place, so a file
+either holds its whole content or does not exist.
+"""
+
+import csv
+import datetime
+import io
+import json
+import os
+import pickle
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from utils import UserError
+
+CHECKPOINTS = "checkpoints"
+SUMMARY_FIELDS = [
+    "level",
+    "weights_left",
+    "best_accuracy",
+    "best_epoch",
+    "final_accuracy",
+    "final_loss",
+]
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write `path` through `write(file)` under a temporary name, then rename it into place.
+
+    A failing write (full disk, no permission) removes the temporary file and becomes a
+    UserError naming the file; an existing file at `path` is left as it was.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException as error:
+        temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise UserError(f"cannot write {path}: {error.strerror or error}") from error
+        raise
+
+
+def run_name(now: datetime.datetime | None = None) -> str:
+    """`<Mon DD_HH-MM-SS>_<host>`, the original's folder name (`%b%d_%H-%M-%S`)."""
+    now = now or datetime.datetime.now()
+    return f"{now.strftime('%b%d_%H-%M-%S')}_{socket.gethostname()}"
+
+
+def level_tag(comp: float, level: int, earlier_tags: list[str]) -> str:
+    """The `{comp}` of a level's file names: the weights left, one decimal, as the original.
+
+    A level whose text equals an earlier level's (tiny --prune_percent) gets `_level{N}` added,
+    so it never overwrites the earlier files.
+    """
+    tag = f"{comp:.1f}"
+    return tag if tag not in earlier_tags else f"{tag}_level{level}"
+
+
+class RunDir:
+    """One run's folder and the exact file names the original used inside it."""
+
+    def __init__(self, root: Path, arch_type: str, dataset: str, prune_type: str):
+        self.root = Path(root)
+        self.prune_type = prune_type
+        self.saves = self.root / "saves" / arch_type / dataset
+        self.plots = self.root / "plots" / "lt" / arch_type / dataset
+        self.dumps = self.root / "dumps" / "lt" / arch_type / dataset
+
+    @classmethod
+    def create(cls, results_root: str, arch_type: str, dataset: str, prune_type: str) -> "RunDir":
+        """Make a new, empty run folder; a second run in the same second gets `_2`, `_3`, ..."""
+        base = Path(results_root) / run_name()
+        try:
+            Path(results_root).mkdir(parents=True, exist_ok=True)
+            for attempt in range(1, 1000):
+                root = base if attempt == 1 else base.with_name(f"{base.name}_{attempt}")
+                try:
+                    root.mkdir()
+                    return cls(root, arch_type, dataset, prune_type)
+                except FileExistsError:
+                    continue
+        except OSError as error:
+            raise UserError(
+                f"cannot create a run folder in {results_root}: {error.strerror}"
+            ) from None
+        raise UserError(f"cannot find a free run folder name beside {base}")
+
+    # -- paths -------------------------------------------------------------------------------
+    def initial_state_path(self) -> Path:
+        return self.saves / f"initial_state_dict_{self.prune_type}.pth.tar"
+
+    def model_path(self, level: int) -> Path:
+        return self.saves / f"{level}_model_{self.prune_type}.pth.tar"
+
+    def loss_plot_path(self, tag: str) -> Path:
+        return self.plots / f"{self.prune_type}_LossVsAccuracy_{tag}.png"
+
+    def accuracy_plot_path(self) -> Path:
+        return self.plots / f"{self.prune_type}_AccuracyVsWeights.png"
+
+    def dump_path(self, what: str, tag: str | None = None, suffix: str = ".dat") -> Path:
+        name = f"{self.prune_type}_{what}" + (f"_{tag}" if tag is not None else "")
+        return self.dumps / (name + suffix)
+
+    def checkpoint_path(self, level: int) -> Path:
+        return self.root / CHECKPOINTS / f"level_{level}.pth"
+
+    # -- writers -----------------------------------------------------------------------------
+    def save_model(self, model: nn.Module, path: Path) -> None:
+        """The whole module, as the original's `torch.save(model, ...)`."""
+        atomic_write(path, lambda f: torch.save(model, f))
+
+    def dump_array(self, array: np.ndarray, path: Path) -> None:
+        """Same bytes as the original's `ndarray.dump(path)` (a protocol-2 pickle)."""
+        atomic_write(path, lambda f: pickle.dump(array, f, protocol=2))
+
+    def dump_mask(self, mask: list[np.ndarray], path: Path) -> None:
+        atomic_write(path, lambda f: pickle.dump(mask, f))
+
+    def save_figure(self, figure: Figure, path: Path, dpi: int) -> None:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=dpi)
+        atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+    def write_json(self, name: str, content: dict) -> None:
+        text = json.dumps(content, indent=2, sort_keys=True) + "\n"
+        atomic_write(self.root / name, lambda f: f.write(text.encode()))
+
+    def read_json(self, name: str) -> dict:
+        return json.loads((self.root / name).read_text())
+
+    def write_summary(self, rows: list[dict]) -> None:
+        """`summary.csv`: one row per finished level (see SUMMARY_FIELDS)."""
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.root / "summary.csv", lambda f: f.write(text.getvalue().encode()))
+
+    def save_checkpoint(self, level: int, state: dict) -> None:
+        atomic_write(self.checkpoint_path(level), lambda f: torch.save(state, f))

@@ -1,0 +1,127 @@
+"""Training and evaluation on in-memory tensors: no DataLoader, no per-sample work in the loop."""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from data import Split
+from pruning import freeze_pruned, prunable_weights
+from utils import UserError
+
+EVAL_BATCH = 1000
+
+
+def train_epoch(
+    model: nn.Module,
+    data: Split,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    masks: list[torch.Tensor],
+) -> float:
+    """One pass over a fresh permutation of `data`; returns the mean training loss.
+
+    The loss is summed on the device and read once per epoch, so the step never waits on the
+    host. The last, smaller batch is kept (the original's train loader did not drop it).
+    """
+    model.train()
+    weights = prunable_weights(model)
+    count = data.labels.shape[0]
+    order = torch.randperm(count, device=data.labels.device)
+    images, labels = data.images[order], data.labels[order]
+    total = torch.zeros((), device=labels.device)
+    for start in range(0, count, batch_size):
+        x, y = images[start : start + batch_size], labels[start : start + batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(model(x), y)
+        loss.backward()
+        freeze_pruned(weights, masks)
+        optimizer.step()
+        total += loss.detach() * y.shape[0]
+    return total.item() / count
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Split, batch_size: int = EVAL_BATCH) -> float:
+    """Test accuracy in percent over the whole split (the last partial batch included)."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=data.labels.device)
+    for start in range(0, data.labels.shape[0], batch_size):
+        logits = model(data.images[start : start + batch_size])
+        correct += (logits.argmax(dim=1) == data.labels[start : start + batch_size]).sum()
+    return 100.0 * correct.item() / data.labels.shape[0]
+
+
+@dataclass
+class LevelHistory:
+    """What one pruning level's training produced."""
+
+    all_loss: np.ndarray  # mean training loss of each epoch
+    all_accuracy: np.ndarray  # latest test accuracy at each epoch, as the original kept it
+    best_accuracy: float
+    best_epoch: int  # epochs of training done when the best accuracy was measured
+    best_state: dict[str, torch.Tensor]
+    final_accuracy: float  # after the last epoch
+
+
+def train_level(
+    model: nn.Module,
+    train_set: Split,
+    test_set: Split,
+    optimizer: torch.optim.Optimizer,
+    masks: list[torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    valid_freq: int,
+    print_freq: int,
+    description: str = "",
+    on_epoch: Callable[[int, float, float], None] | None = None,
+) -> LevelHistory:
+    """Train `epochs` epochs, testing every `valid_freq` epochs before training and once after.
+
+    As in the original, the test at epoch e measures the model after e epochs of training, and
+    an epoch without a test repeats the latest accuracy. The best model's state is kept in
+    memory; the caller writes it out once, at the end of the level.
+    """
+    criterion = nn.CrossEntropyLoss()
+    all_loss = np.zeros(epochs, float)
+    all_accuracy = np.zeros(epochs, float)
+    best_accuracy, best_epoch, best_state = -1.0, 0, None
+    accuracy = 0.0
+
+    def consider(accuracy: float, epoch: int) -> None:
+        nonlocal best_accuracy, best_epoch, best_state
+        if accuracy > best_accuracy:
+            best_accuracy, best_epoch = accuracy, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    bar = tqdm(range(epochs), desc=description, dynamic_ncols=True)
+    for epoch in bar:
+        if epoch % valid_freq == 0:
+            accuracy = evaluate(model, test_set)
+            consider(accuracy, epoch)
+        loss = train_epoch(model, train_set, batch_size, optimizer, criterion, masks)
+        if not math.isfinite(loss):
+            raise UserError(
+                f"training diverged at epoch {epoch} ({description.strip()}): the loss is {loss};"
+                " try a lower --lr"
+            )
+        all_loss[epoch], all_accuracy[epoch] = loss, accuracy
+        if on_epoch is not None:
+            on_epoch(epoch, loss, accuracy)
+        if epoch % print_freq == 0:
+            bar.set_description(
+                f"{description}Train Epoch: {epoch}/{epochs} Loss: {loss:.6f} "
+                f"Accuracy: {accuracy:.2f}% Best Accuracy: {best_accuracy:.2f}%"
+            )
+    final_accuracy = evaluate(model, test_set)
+    consider(final_accuracy, epochs)
+    return LevelHistory(
+        all_loss, all_accuracy, best_accuracy, best_epoch, best_state, final_accuracy
+    )
