@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import archs
 import data
-from utils import UserError
+from utils import UserError, one_line
 
 PRUNE_TYPES = ("lt", "reinit")
 
@@ -18,7 +18,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr (exit status 2) instead of usage + error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
