@@ -59,7 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for action in parser._actions:
+        # argparse drops a value of "--" (`--lr=--`) and stores an empty list instead
+        if action.nargs is None and isinstance(getattr(args, action.dest, None), list):
+            parser.error(f"argument {action.option_strings[0]}: expected one argument")
+    return args
 
 
 def explicit_flags(argv: list[str] | None) -> set[str]:

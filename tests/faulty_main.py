@@ -7,7 +7,7 @@ Environment:
   KILL_AT=write:N    SIGKILL it while the N-th result file is half written (temporary name)
   KILL_AT=replace:N  SIGKILL it once the N-th result file is written, before its rename
   RUN_NAME=NAME      every run folder is named NAME (as if all runs started in the same second)
-  START_AT=T         sleep until the Unix time T before running (start processes together)
+  BARRIER=DIR:N      once imported, wait until N processes have reached DIR (start together)
 """
 
 import os
@@ -76,6 +76,13 @@ def kill_in_write(n: int, half: bool) -> None:
     results.open = dying_open
 
 
+def wait_for_others(folder: Path, count: int, timeout: float = 300) -> None:
+    (folder / str(os.getpid())).touch()
+    deadline = time.monotonic() + timeout
+    while len(list(folder.iterdir())) < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def main_with_faults() -> int:
     if "RUN_NAME" in os.environ:
         results.run_name = lambda now=None: os.environ["RUN_NAME"]
@@ -85,8 +92,9 @@ def main_with_faults() -> int:
             kill_at_epoch(int(n))
         else:
             kill_in_write(int(n), half=what == "write")
-    if "START_AT" in os.environ:
-        time.sleep(max(0.0, float(os.environ["START_AT"]) - time.time()))
+    if "BARRIER" in os.environ:
+        folder, count = os.environ["BARRIER"].rsplit(":", 1)
+        wait_for_others(Path(folder), int(count))
     return main.main()
 
 
