@@ -122,10 +122,8 @@ def test_random_command_lines_are_accepted_or_refused_in_one_line(tmp_path, caps
 
 def test_refusals_from_the_shell_have_no_traceback(tmp_path):
     command_lines = [
-        ["--dataset", "a\nb"],
-        ["--lr=nan", "--unknown"],
-        ["--prune_percent", "1e400"],
-        ["--resume", "/nonexistent/run"],
+        ["--dataset", "a\nb", "--prune_percent", "1e400"],
+        ["--lr=--", "--unknown"],
     ]
     processes = [  # at once: each pays for importing torch
         subprocess.Popen(
