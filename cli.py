@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import archs
 import data
-from utils import UserError
+from utils import UserError, one_line
 
 PRUNE_TYPES = ("lt", "reinit")
 
@@ -18,7 +18,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr (exit status 2) instead of usage + error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for action in parser._actions:
+        # argparse drops a value of "--" (`--lr=--`) and stores an empty list instead
+        if action.nargs is None and isinstance(getattr(args, action.dest, None), list):
+            parser.error(f"argument {action.option_strings[0]}: expected one argument")
+    return args
 
 
 def explicit_flags(argv: list[str] | None) -> set[str]:

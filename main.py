@@ -26,7 +26,7 @@ from pruning import Mask, device_masks, make_mask, prune_by_percentile, reinitia
 from record import choose_seed, restore_rng_states, rng_states, run_record, seed_everything
 from results import RunDir, level_tag
 from train import LevelHistory, train_level
-from utils import UserError, print_nonzeros
+from utils import UserError, one_line, print_nonzeros
 
 WEIGHT_DECAY = 1e-4
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except resume.RunFinished as finished:
         print(f"nothing to do: {finished}")
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
         return 2
     return 0
 
@@ -69,46 +69,57 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
     model = initialize(archs.build(args.dataset, args.arch_type)).to(device)
 
     if resumed is None:
-        run_dir = create_run(args, device, model)
-        progress = fresh_progress(model, args.prune_iterations)
-        start = 0
+        run_dir = RunDir.create(args.results_root, args.arch_type, args.dataset, args.prune_type)
     else:
-        run_dir, start = resumed.run_dir, resumed.start
-        progress = restore(model, resumed.checkpoint, args.prune_iterations)
-        print(f"resuming {run_dir.root} at level {start}")
-
-    writer = SummaryWriter(log_dir=str(run_dir.root / "tensorboard"))
-    try:
+        run_dir = resumed.run_dir
+    with run_dir.locked():
+        if resumed is None:
+            record_run(run_dir, args, device, model)
+            progress, start = fresh_progress(model, args.prune_iterations), 0
+        else:
+            progress = restore(run_dir, model, resumed, args.prune_iterations)
+            start = resumed.start
         for level in range(start, args.prune_iterations):
-            if level > 0:
-                progress.mask = prune_by_percentile(model, progress.mask, args.prune_percent)
-                reset_survivors(model, progress, args.prune_type)
-            optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=WEIGHT_DECAY)
-
-            print(f"\n--- Pruning Level [0:{level}/{args.prune_iterations}]: ---")
-            comp = print_nonzeros(model, progress.mask)
-            history = train_level(
-                model,
-                train_set,
-                test_set,
-                optimizer,
-                device_masks(model, progress.mask),
-                epochs=args.end_iter,
-                batch_size=args.batch_size,
-                valid_freq=args.valid_freq,
-                print_freq=args.print_freq,
-                description=f"[level {level}] ",
-                on_epoch=lambda epoch, loss, acc, lv=level: log_epoch(
-                    writer, args, lv, epoch, loss, acc
-                ),
-            )
-            write_level(run_dir, args, level, comp, history, model, progress, writer)
-            if level == args.prune_iterations - 1:
-                write_final(run_dir, args, progress)
+            run_level(run_dir, args, level, model, progress, train_set, test_set)
             run_dir.save_checkpoint(level, checkpoint(level, model, progress))
-    finally:
-        writer.close()
     print(f"\nresults: {run_dir.root}\nplots: {run_dir.plots}")
+
+
+def run_level(
+    run_dir: RunDir,
+    args: argparse.Namespace,
+    level: int,
+    model: nn.Module,
+    progress: Progress,
+    train_set: data.Split,
+    test_set: data.Split,
+) -> None:
+    """Prune and reset (after level 0), train, and write the level's files."""
+    if level > 0:
+        progress.mask = prune_by_percentile(model, progress.mask, args.prune_percent)
+        reset_survivors(model, progress, args.prune_type)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=WEIGHT_DECAY)
+
+    print(f"\n--- Pruning Level [0:{level}/{args.prune_iterations}]: ---")
+    comp = print_nonzeros(model, progress.mask)
+    suffix = run_dir.events_suffix(level)
+    with SummaryWriter(str(run_dir.tensorboard), filename_suffix=suffix) as writer:
+        history = train_level(
+            model,
+            train_set,
+            test_set,
+            optimizer,
+            device_masks(model, progress.mask),
+            epochs=args.end_iter,
+            batch_size=args.batch_size,
+            valid_freq=args.valid_freq,
+            print_freq=args.print_freq,
+            description=f"[level {level}] ",
+            on_epoch=lambda epoch, loss, acc: log_epoch(writer, args, level, epoch, loss, acc),
+        )
+        write_level(run_dir, args, level, comp, history, model, progress, writer)
+    if level == args.prune_iterations - 1:
+        write_final(run_dir, args, progress)
 
 
 def select_device(gpu: str) -> torch.device:
@@ -121,15 +132,15 @@ def select_device(gpu: str) -> torch.device:
     return torch.device(f"cuda:{int(gpu)}")
 
 
-def create_run(args: argparse.Namespace, device: torch.device, model: nn.Module) -> RunDir:
-    """A new run folder with args.json and the initial state, saved before any training."""
-    run_dir = RunDir.create(args.results_root, args.arch_type, args.dataset, args.prune_type)
+def record_run(
+    run_dir: RunDir, args: argparse.Namespace, device: torch.device, model: nn.Module
+) -> None:
+    """args.json and the initial state, saved before any training."""
     record = run_record(args, device)
     record["started"] = datetime.datetime.now().isoformat()
     run_dir.write_json("args.json", record)
     run_dir.save_model(model, run_dir.initial_state_path())
     print(f"run folder: {run_dir.root}")
-    return run_dir
 
 
 def fresh_progress(model: nn.Module, levels: int) -> Progress:
@@ -139,13 +150,22 @@ def fresh_progress(model: nn.Module, levels: int) -> Progress:
     )
 
 
-def restore(model: nn.Module, state: dict | None, levels: int) -> Progress:
-    """Put the model, the progress and every random generator where a checkpoint left them."""
-    if state is None:  # interrupted in level 0: start the same run again from its seed
+def restore(run_dir: RunDir, model: nn.Module, resumed: resume.Resumed, levels: int) -> Progress:
+    """Put the model, the progress and every random generator where the run's last checkpoint
+    left them.
+
+    Without a checkpoint (stopped in level 0) the run starts again from its seed: the model
+    built from it is the same initial model, so its file is only written if it is missing.
+    """
+    run_dir.remove_leftovers(resumed.start, levels)
+    print(f"resuming {run_dir.root} at level {resumed.start}")
+    if resumed.checkpoint is None:
+        if not run_dir.initial_state_path().exists():
+            run_dir.save_model(model, run_dir.initial_state_path())
         return fresh_progress(model, levels)
-    model.load_state_dict(state["model_state"])
-    restore_rng_states(state["rng"])
-    return Progress(**state["progress"])
+    model.load_state_dict(resumed.checkpoint["model_state"])
+    restore_rng_states(resumed.checkpoint["rng"])
+    return Progress(**resumed.checkpoint["progress"])
 
 
 def reset_survivors(model: nn.Module, progress: Progress, prune_type: str) -> None:

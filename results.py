@@ -7,17 +7,20 @@ Layout, relative to `results/<Mon DD_HH-MM-SS>_<host>/` (as the original wrote i
       {pt}_mask_{comp}.pkl, {pt}_compression.dat, {pt}_bestaccuracy.dat
   args.json, summary.csv, checkpoints/level_{level}.pth, tensorboard/
 Every file is written to a temporary name in its folder and renamed into place, so a file
-either holds its whole content or does not exist.
+either holds its whole content or does not exist. A process holds a lock on the run folder while
+it writes there, so a run and a resume of it (or two resumes) never write into one folder at once.
 """
 
+import contextlib
 import csv
 import datetime
+import fcntl
 import io
 import json
 import os
 import pickle
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,6 +32,8 @@ from torch import nn
 from utils import UserError
 
 CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
+TEMPORARY = ".tmp"  # suffix of the temporary names atomic_write uses
 SUMMARY_FIELDS = [
     "level",
     "weights_left",
@@ -42,14 +47,18 @@ SUMMARY_FIELDS = [
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     """Write `path` through `write(file)` under a temporary name, then rename it into place.
 
-    A failing write (full disk, no permission) removes the temporary file and becomes a
-    UserError naming the file; an existing file at `path` is left as it was.
+    The content is produced in memory first, so that a failing disk (full, no permission) shows
+    as an OSError of the plain write (torch.save would turn it into a RuntimeError). That failure
+    removes the temporary file and becomes a UserError naming the file; an existing file at
+    `path` is left as it was.
     """
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    buffer = io.BytesIO()
+    write(buffer)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as file:
-            write(file)
+            file.write(buffer.getbuffer())
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -88,8 +97,13 @@ class RunDir:
 
     @classmethod
     def create(cls, results_root: str, arch_type: str, dataset: str, prune_type: str) -> "RunDir":
-        """Make a new, empty run folder; a second run in the same second gets `_2`, `_3`, ..."""
+        """Make a new, empty run folder; a second run in the same second gets `_2`, `_3`, ...
+
+        `mkdir` either creates the folder or fails, so two processes never get the same one.
+        """
         base = Path(results_root) / run_name()
+        if Path(results_root).exists() and not Path(results_root).is_dir():
+            raise UserError(f"--results_root {results_root} is not a folder")
         try:
             Path(results_root).mkdir(parents=True, exist_ok=True)
             for attempt in range(1, 1000):
@@ -101,9 +115,53 @@ class RunDir:
                     continue
         except OSError as error:
             raise UserError(
-                f"cannot create a run folder in {results_root}: {error.strerror}"
+                f"--results_root {results_root}: cannot create a run folder there"
+                f" ({error.strerror or error})"
             ) from None
         raise UserError(f"cannot find a free run folder name beside {base}")
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on the folder while this process writes into it.
+
+        The lock (flock on the folder itself) goes with the process, even a killed one, so a
+        stale lock never blocks a resume.
+        """
+        try:
+            descriptor = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as error:
+            raise UserError(f"cannot open {self.root} ({error.strerror or error})") from None
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(
+                    f"{self.root} is in use by another process (the run itself or a resume of it);"
+                    " wait until it ends"
+                ) from None
+            yield
+        finally:
+            os.close(descriptor)  # releases the lock
+
+    def remove_leftovers(self, first_level: int, levels: int) -> None:
+        """Before a resume: remove temporary files of a killed writer, and the TensorBoard events
+        of the levels about to run again, so that TensorBoard shows each epoch once."""
+        for temporary in self.root.rglob(f".*{TEMPORARY}"):
+            temporary.unlink(missing_ok=True)
+        for level in range(first_level, levels):
+            for events in self.tensorboard.glob(
+                f"events.out.tfevents.*{self.events_suffix(level)}"
+            ):
+                events.unlink(missing_ok=True)
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / TENSORBOARD
+
+    @staticmethod
+    def events_suffix(level: int) -> str:
+        """The end of the TensorBoard events file name of `level` (one file per level)."""
+        return f".level{level}"
 
     # -- paths -------------------------------------------------------------------------------
     def initial_state_path(self) -> Path:
@@ -138,9 +196,7 @@ class RunDir:
         atomic_write(path, lambda f: pickle.dump(mask, f))
 
     def save_figure(self, figure: Figure, path: Path, dpi: int) -> None:
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=dpi)
-        atomic_write(path, lambda f: f.write(buffer.getvalue()))
+        atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=dpi))
 
     def write_json(self, name: str, content: dict) -> None:
         text = json.dumps(content, indent=2, sort_keys=True) + "\n"

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def read_record(folder: Path) -> dict:
     except FileNotFoundError:
         raise UserError(
             f"--resume {folder}: no args.json there, so it is not a run folder"
+            " (or a run stopped before it recorded its arguments: start it again)"
         ) from None
     except (OSError, ValueError) as error:
         raise UserError(f"--resume {folder}: args.json cannot be read ({error})") from None
@@ -62,12 +64,26 @@ def finished_levels(folder: Path) -> int:
     return done
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, level: int) -> dict:
+    """The state saved at the end of `level`; a damaged file is a UserError naming it.
+
+    torch.load does not check the checksums its zip format stores, so a file with flipped bytes
+    in a tensor would load silently: every member's CRC is checked first.
+    """
+    retry = f"to run level {level} again, add --start_iter {level}"
     try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise UserError(f"checkpoint {path} is corrupt ({damaged} fails its checksum); {retry}")
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # any unpickling fault means the file is damaged
+    except UserError:
+        raise
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} is missing; {retry}") from None
+    except Exception as error:  # any unzipping or unpickling fault means the file is damaged
         raise UserError(
-            f"checkpoint {path} is corrupt or truncated ({type(error).__name__})"
+            f"checkpoint {path} is corrupt or truncated ({type(error).__name__}); {retry}"
         ) from None
 
 
@@ -98,5 +114,7 @@ def locate(args: argparse.Namespace, explicit: set[str]) -> Resumed:
     if start >= merged.prune_iterations:
         raise RunFinished(f"{folder} has finished all {merged.prune_iterations} levels")
     run_dir = RunDir(folder, merged.arch_type, merged.dataset, merged.prune_type)
-    checkpoint = load_checkpoint(run_dir.checkpoint_path(start - 1)) if start > 0 else None
+    checkpoint = None
+    if start > 0:
+        checkpoint = load_checkpoint(run_dir.checkpoint_path(start - 1), start - 1)
     return Resumed(run_dir, merged, start, checkpoint)

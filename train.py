@@ -108,9 +108,11 @@ def train_level(
             consider(accuracy, epoch)
         loss = train_epoch(model, train_set, batch_size, optimizer, criterion, masks)
         if not math.isfinite(loss):
+            bar.close()  # so that the message starts on a line of its own
+            lr = optimizer.param_groups[0]["lr"]
             raise UserError(
                 f"training diverged at epoch {epoch} ({description.strip()}): the loss is {loss};"
-                " try a lower --lr"
+                f" try a lower --lr than {lr:g}"
             )
         all_loss[epoch], all_accuracy[epoch] = loss, accuracy
         if on_epoch is not None:
