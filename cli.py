@@ -15,6 +15,7 @@ from utils import UserError
 
 PRUNE_TYPES = ("lt", "reinit", "random")
 PRUNE_SCOPES = ("layer", "global")
+PRETRAINING = ("none", "zae")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -86,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         type=int,
         help="fclin only: number of 4000-wide layers; None means 4 (2: the shorter net)",
+    )
+    add("--pretrain", default="none", help="fclin only: zae, autoencoder pre-training")
+    add(
+        "--pretrain_epochs",
+        default=None,
+        type=int,
+        help="epochs of --pretrain zae per hidden layer; None means 10",
     )
     return parser
 
@@ -191,6 +199,14 @@ def _validate_beyond_original(args: argparse.Namespace) -> None:
     if fclin:
         args.fclin_depth = 4 if args.fclin_depth is None else args.fclin_depth
         _at_least_one(args, "fclin_depth")
+    _one_of(args, "pretrain", PRETRAINING)
+    if args.pretrain == "zae" and not fclin:
+        raise UserError(f"--pretrain zae applies to --arch_type fclin, not {args.arch_type}")
+    if args.pretrain_epochs is not None and args.pretrain != "zae":
+        raise UserError("--pretrain_epochs applies to --pretrain zae only")
+    if args.pretrain == "zae":
+        args.pretrain_epochs = 10 if args.pretrain_epochs is None else args.pretrain_epochs
+        _at_least_one(args, "pretrain_epochs")
 
 
 def arch_options(args: argparse.Namespace) -> dict:

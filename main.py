@@ -25,6 +25,7 @@ import data
 import plots
 import resume
 from initialization import Initializer, initializer
+from pretrain import pretrain_zae
 from pruning import (
     Mask,
     device_masks,
@@ -78,6 +79,10 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
     seed_everything(args.seed)
     init = initializer(args.init, train_set.images)
     model = build_model(args, train_set, init).to(device)
+    if args.pretrain == "zae" and (resumed is None or resumed.checkpoint is None):
+        pretrain_zae(
+            model, train_set.images, epochs=args.pretrain_epochs, batch_size=args.batch_size
+        )
 
     if resumed is None:
         run_dir = create_run(args, device, model)

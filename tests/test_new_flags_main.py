@@ -143,6 +143,10 @@ CIFAR_FCLIN = ["--dataset", "cifar10", "--arch_type", "fclin"]
         ([*CIFAR_FCLIN, "--fclin_depth", "0"], ["--fclin_depth"]),
         (["--arch_type", "fclin"], ["--arch_type fclin", "--dataset mnist"]),
         (["--prune_type", "magic"], ["--prune_type", "random"]),
+        (["--pretrain", "rbm"], ["--pretrain", "none", "zae"]),
+        (["--pretrain", "zae"], ["--pretrain zae", "fclin"]),
+        (["--pretrain_epochs", "3"], ["--pretrain_epochs", "--pretrain zae"]),
+        ([*CIFAR_FCLIN, "--pretrain", "zae", "--pretrain_epochs", "0"], ["--pretrain_epochs"]),
     ],
 )
 def test_bad_new_flags_are_refused_in_one_line(tmp_path, capsys, mnist_source, flags, words):
@@ -166,4 +170,6 @@ NEW_DEFAULTS = {
     "momentum": 0.0,
     "dropout": 0.0,
     "fclin_depth": None,
+    "pretrain": "none",
+    "pretrain_epochs": None,
 }

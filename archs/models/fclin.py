@@ -30,8 +30,9 @@ dropout.py` and the `preprocess` module it uses) specify, and what this version 
   from the seeded generator instead of file order (the same distribution; `reinit` then draws
   new filters instead of the same ones), and the output bias starts at 0. `--init xavier` or
   `kaiming` instead initialises fclin like every other network.
-- Not built here: their layer-wise zero-bias autoencoder pre-training (TRec activation, tied
-  decoder) and their conjugate-gradient training of the output layer before fine-tuning. Their
+- Their layer-wise zero-bias autoencoder pre-training (TRec activation, tied decoder) is
+  `--pretrain zae` (`pretrain.py`, which lists its own choices). Not built: their
+  conjugate-gradient training of the output layer before fine-tuning. Their
   fine-tuning (SGD, momentum 0.9, lr 5e-3, batch 100, dropout 0.1 on every layer's input, the
   learning rate times 0.9 after 5 epochs without improvement) maps onto `--optimizer sgd
   --momentum 0.9 --lr 5e-3 --batch_size 100 --dropout 0.1` except the learning-rate schedule;
