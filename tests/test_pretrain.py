@@ -41,7 +41,7 @@ def test_lt_rewinds_to_the_pretrained_weights(tmp_path):
     for name, extra in (("plain", []), ("zae", ["--pretrain=zae", "--pretrain_epochs=2"])):
         folder = tmp_path / name
         folder.mkdir()
-        assert run_main(folder, *base, "--prune_iterations=2", *extra) == 0
+        assert run_main(folder, *base, "--prune_iterations=1", *extra) == 0
         run = only_run(folder)
         saves = run / "saves" / "fclin" / "cifar10"
         initial[name] = torch.load(
