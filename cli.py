@@ -9,9 +9,13 @@ from typing import NoReturn
 
 import archs
 import data
+from initialization import INIT_SCHEMES
+from train import OPTIMIZERS
 from utils import UserError, one_line
 
-PRUNE_TYPES = ("lt", "reinit")
+PRUNE_TYPES = ("lt", "reinit", "random")
+PRUNE_SCOPES = ("layer", "global")
+PRETRAINING = ("none", "zae")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -55,6 +59,42 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", default=None, type=int, help="random seed (default: a random one, recorded)")
     add("--plot_dpi", default=1200, type=int, help="resolution of the saved figures")
     add("--results_root", default="results", help="where run folders are created")
+    add(
+        "--init",
+        default=None,
+        help=f"one of: {', '.join(INIT_SCHEMES)}; None means xavier, or data for fclin",
+    )
+    add(
+        "--rewind_epoch",
+        default=0,
+        type=int,
+        metavar="K",
+        help="lt and random rewind to the weights after K epochs of level 0",
+    )
+    add("--prune_scope", default="layer", help=f"one of: {', '.join(PRUNE_SCOPES)}")
+    add(
+        "--prune_percent_output",
+        default=None,
+        type=float,
+        metavar="P",
+        help="percent of the output layer's survivors pruned per level; None means --prune_percent",
+    )
+    add("--optimizer", default="adam", help=f"one of: {', '.join(OPTIMIZERS)}")
+    add("--momentum", default=0.0, type=float, help="momentum of --optimizer sgd")
+    add("--dropout", default=0.0, type=float, help="dropout rate on every layer's input")
+    add(
+        "--fclin_depth",
+        default=None,
+        type=int,
+        help="fclin only: number of 4000-wide layers; None means 4 (2: the shorter net)",
+    )
+    add("--pretrain", default="none", help="fclin only: zae, autoencoder pre-training")
+    add(
+        "--pretrain_epochs",
+        default=None,
+        type=int,
+        help="epochs of --pretrain zae per hidden layer; None means 10",
+    )
     return parser
 
 
@@ -115,3 +155,66 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError(f"--seed must be in 0..{2**32 - 1}, got {args.seed}")
     if args.data_source is not None and not Path(args.data_source).is_dir():
         raise UserError(f"--data_source {args.data_source} is not a folder")
+    _validate_beyond_original(args)
+
+
+def _one_of(args: argparse.Namespace, name: str, choices: tuple[str, ...]) -> None:
+    if getattr(args, name) not in choices:
+        raise UserError(
+            f"--{name} {getattr(args, name)} is not supported; choose one of: {', '.join(choices)}"
+        )
+
+
+def _rate(args: argparse.Namespace, name: str) -> None:
+    value = getattr(args, name)
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise UserError(f"--{name} must be at least 0 and below 1, got {value}")
+
+
+def _validate_beyond_original(args: argparse.Namespace) -> None:
+    """The flags added beyond the original's; fills in the defaults that depend on --arch_type."""
+    fclin = args.arch_type == "fclin"
+    if args.init is None:
+        args.init = "data" if fclin else "xavier"
+    _one_of(args, "init", INIT_SCHEMES)
+    if args.init == "data" and not fclin:
+        raise UserError(
+            f"--init data is a data-based scheme of fclin only, not --arch_type {args.arch_type}"
+        )
+    if not 0 <= args.rewind_epoch < args.end_iter:
+        raise UserError(
+            f"--rewind_epoch must be in 0..{args.end_iter - 1} (--end_iter - 1), got {args.rewind_epoch}"
+        )
+    if args.rewind_epoch > 0 and args.prune_type == "reinit":
+        raise UserError(
+            "--rewind_epoch applies to --prune_type lt or random; reinit draws new weights"
+        )
+    _one_of(args, "prune_scope", PRUNE_SCOPES)
+    output = args.prune_percent_output
+    if output is not None and not 0 < output < 100:
+        raise UserError(
+            f"--prune_percent_output must be between 0 and 100 (exclusive), got {output}"
+        )
+    _one_of(args, "optimizer", OPTIMIZERS)
+    _rate(args, "momentum")
+    if args.momentum > 0 and args.optimizer != "sgd":
+        raise UserError(f"--momentum applies to --optimizer sgd, not {args.optimizer}")
+    _rate(args, "dropout")
+    if args.fclin_depth is not None and not fclin:
+        raise UserError(f"--fclin_depth applies to --arch_type fclin, not {args.arch_type}")
+    if fclin:
+        args.fclin_depth = 4 if args.fclin_depth is None else args.fclin_depth
+        _at_least_one(args, "fclin_depth")
+    _one_of(args, "pretrain", PRETRAINING)
+    if args.pretrain == "zae" and not fclin:
+        raise UserError(f"--pretrain zae applies to --arch_type fclin, not {args.arch_type}")
+    if args.pretrain_epochs is not None and args.pretrain != "zae":
+        raise UserError("--pretrain_epochs applies to --pretrain zae only")
+    if args.pretrain == "zae":
+        args.pretrain_epochs = 10 if args.pretrain_epochs is None else args.pretrain_epochs
+        _at_least_one(args, "pretrain_epochs")
+
+
+def arch_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of the architecture's factory (only fclin takes any)."""
+    return {"depth": args.fclin_depth} if args.arch_type == "fclin" else {}

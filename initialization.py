@@ -1,9 +1,22 @@
-"""Weight initialisation, as the original runner's `weight_init`."""
+"""Weight initialisation: the original runner's Xavier scheme, He (Kaiming) for ReLU networks, and
+the data-based scheme of models that define one (`fclin`)."""
 
+from collections.abc import Callable
+
+import torch
 from torch import nn
 
 CONV_OR_LINEAR = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+INIT_SCHEMES = ("xavier", "kaiming", "data")
+
+Initializer = Callable[[nn.Module], nn.Module]
+
+
+def _batch_norm_init(module: nn.Module) -> None:
+    if isinstance(module, BATCH_NORM) and module.affine:
+        nn.init.normal_(module.weight, mean=1.0, std=0.02)
+        nn.init.zeros_(module.bias)
 
 
 def weight_init(module: nn.Module) -> None:
@@ -15,12 +28,36 @@ def weight_init(module: nn.Module) -> None:
         nn.init.xavier_normal_(module.weight)
         if module.bias is not None:
             nn.init.normal_(module.bias)
-    elif isinstance(module, BATCH_NORM) and module.affine:
-        nn.init.normal_(module.weight, mean=1.0, std=0.02)
-        nn.init.zeros_(module.bias)
+    _batch_norm_init(module)
 
 
-def initialize(model: nn.Module) -> nn.Module:
-    """Re-initialise every layer of `model` in place; returns it for chaining."""
-    model.apply(weight_init)
+def kaiming_init(module: nn.Module) -> None:
+    """He-normal weights for a ReLU after them (std sqrt(2 / fan_in)), zero biases; BatchNorm as
+    `weight_init`."""
+    if isinstance(module, CONV_OR_LINEAR):
+        nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    _batch_norm_init(module)
+
+
+def initialize(model: nn.Module, scheme: str = "xavier") -> nn.Module:
+    """Re-initialise every layer of `model` in place with `xavier` or `kaiming`; returns it."""
+    model.apply({"xavier": weight_init, "kaiming": kaiming_init}[scheme])
     return model
+
+
+def initializer(scheme: str, train_images: torch.Tensor) -> Initializer:
+    """The function that (re-)initialises a model under `scheme` (`--init`).
+
+    `data` calls the model's own `data_init(train_images)` (the fitted `fclin` network has one);
+    every call draws afresh from the seeded generators, so `reinit` gets new values.
+    """
+    if scheme == "data":
+
+        def data_based(model: nn.Module) -> nn.Module:
+            model.data_init(train_images)
+            return model
+
+        return data_based
+    return lambda model: initialize(model, scheme)

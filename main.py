@@ -3,12 +3,15 @@
 Reads top to bottom like the original runner: check the flags, load the data and the
 architecture, save the initial state, then for every pruning level prune, rewind (or
 re-initialise) and train, writing the original's result files as each level ends.
+The flags beyond the original's (README) choose the initialisation, the rewind point, the
+pruning scope and the optimiser; their defaults give the original's run.
 """
 
 import argparse
 import copy
 import datetime
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,14 +24,21 @@ import cli
 import data
 import plots
 import resume
-from initialization import initialize
-from pruning import Mask, device_masks, make_mask, prune_by_percentile, reinitialize, rewind
+from initialization import Initializer, initializer
+from pretrain import pretrain_zae
+from pruning import (
+    Mask,
+    device_masks,
+    make_mask,
+    prune_at_random,
+    prune_by_percentile,
+    reinitialize,
+    rewind,
+)
 from record import choose_seed, restore_rng_states, rng_states, run_record, seed_everything
 from results import RunDir, level_tag
-from train import LevelHistory, train_level
+from train import LevelHistory, add_input_dropout, build_optimizer, train_level
 from utils import UserError, one_line, print_nonzeros
-
-WEIGHT_DECAY = 1e-4
 
 
 @dataclass
@@ -41,6 +51,7 @@ class Progress:
     bestacc: np.ndarray  # best test accuracy of each level
     tags: list[str] = field(default_factory=list)  # the `{comp}` text of each finished level
     summary: list[dict] = field(default_factory=list)  # rows of summary.csv
+    rewind_state: dict[str, torch.Tensor] | None = None  # after --rewind_epoch epochs of level 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +77,12 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
 
     train_set, test_set = data.load(args.dataset, args.data_dir, args.data_source, device)
     seed_everything(args.seed)
-    model = initialize(archs.build(args.dataset, args.arch_type)).to(device)
+    init = initializer(args.init, train_set.images)
+    model = build_model(args, train_set, init).to(device)
+    if args.pretrain == "zae" and (resumed is None or resumed.checkpoint is None):
+        pretrain_zae(
+            model, train_set.images, epochs=args.pretrain_epochs, batch_size=args.batch_size
+        )
 
     if resumed is None:
         run_dir = RunDir.create(args.results_root, args.arch_type, args.dataset, args.prune_type)
@@ -80,7 +96,7 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
             progress = restore(run_dir, model, resumed, args.prune_iterations)
             start = resumed.start
         for level in range(start, args.prune_iterations):
-            run_level(run_dir, args, level, model, progress, train_set, test_set)
+            run_level(run_dir, args, level, model, progress, train_set, test_set, init)
             run_dir.save_checkpoint(level, checkpoint(level, model, progress))
     print(f"\nresults: {run_dir.root}\nplots: {run_dir.plots}")
 
@@ -93,12 +109,13 @@ def run_level(
     progress: Progress,
     train_set: data.Split,
     test_set: data.Split,
+    init: Initializer,
 ) -> None:
     """Prune and reset (after level 0), train, and write the level's files."""
     if level > 0:
-        progress.mask = prune_by_percentile(model, progress.mask, args.prune_percent)
-        reset_survivors(model, progress, args.prune_type)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=WEIGHT_DECAY)
+        progress.mask = prune(model, progress.mask, args)
+        reset_survivors(model, progress, args.prune_type, init)
+    optimizer = build_optimizer(args, model)
 
     print(f"\n--- Pruning Level [0:{level}/{args.prune_iterations}]: ---")
     comp = print_nonzeros(model, progress.mask)
@@ -115,7 +132,7 @@ def run_level(
             valid_freq=args.valid_freq,
             print_freq=args.print_freq,
             description=f"[level {level}] ",
-            on_epoch=lambda epoch, loss, acc: log_epoch(writer, args, level, epoch, loss, acc),
+            on_epoch=epoch_hook(writer, run_dir, args, level, model, progress),
         )
         write_level(run_dir, args, level, comp, history, model, progress, writer)
     if level == args.prune_iterations - 1:
@@ -130,6 +147,14 @@ def select_device(gpu: str) -> torch.device:
     if int(gpu) >= torch.cuda.device_count():
         raise UserError(f"--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return torch.device(f"cuda:{int(gpu)}")
+
+
+def build_model(args: argparse.Namespace, train_set: data.Split, init: Initializer) -> nn.Module:
+    """The architecture, fitted to the training data if it needs them, initialised (`--init`),
+    with `--dropout` on every layer's input."""
+    model = archs.build(args.dataset, args.arch_type, **cli.arch_options(args))
+    archs.fit_to_data(model, train_set.images)
+    return add_input_dropout(init(model), args.dropout)
 
 
 def record_run(
@@ -168,13 +193,49 @@ def restore(run_dir: RunDir, model: nn.Module, resumed: resume.Resumed, levels: 
     return Progress(**resumed.checkpoint["progress"])
 
 
-def reset_survivors(model: nn.Module, progress: Progress, prune_type: str) -> None:
-    """`lt` rewinds the survivors to their initial values; `reinit` draws new random ones."""
+def prune(model: nn.Module, mask: Mask, args: argparse.Namespace) -> Mask:
+    """One level's pruning: by magnitude, or (`random`) at random with the same per-layer counts."""
+    how = prune_at_random if args.prune_type == "random" else prune_by_percentile
+    return how(
+        model,
+        mask,
+        args.prune_percent,
+        scope=args.prune_scope,
+        output_percent=args.prune_percent_output,
+    )
+
+
+def reset_survivors(
+    model: nn.Module, progress: Progress, prune_type: str, init: Initializer
+) -> None:
+    """`lt` and `random` rewind the survivors to their initial values (or, with --rewind_epoch,
+    to those after that many epochs of level 0); `reinit` draws new random ones."""
     if prune_type == "reinit":
         model.load_state_dict(progress.initial_state)  # buffers (BatchNorm statistics) too
-        reinitialize(model, progress.mask, initialize)
+        reinitialize(model, progress.mask, init)
     else:
-        rewind(model, progress.mask, progress.initial_state)
+        late = progress.rewind_state
+        rewind(model, progress.mask, progress.initial_state if late is None else late)
+
+
+def epoch_hook(
+    writer: SummaryWriter,
+    run_dir: RunDir,
+    args: argparse.Namespace,
+    level: int,
+    model: nn.Module,
+    progress: Progress,
+) -> Callable[[int, float, float], None]:
+    """What happens after each epoch: log it; after epoch --rewind_epoch of level 0, keep the
+    weights that later levels rewind to."""
+
+    def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+        log_epoch(writer, args, level, epoch, loss, accuracy)
+        if level == 0 and epoch + 1 == args.rewind_epoch:
+            progress.rewind_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            run_dir.save_model(model, run_dir.rewind_state_path())
+
+    return on_epoch
 
 
 def log_epoch(

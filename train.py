@@ -1,5 +1,6 @@
 """Training and evaluation on in-memory tensors: no DataLoader, no per-sample work in the loop."""
 
+import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,10 +11,49 @@ from torch import nn
 from tqdm import tqdm
 
 from data import Split
+from initialization import CONV_OR_LINEAR
 from pruning import freeze_pruned, prunable_weights
 from utils import UserError
 
 EVAL_BATCH = 1000
+WEIGHT_DECAY = 1e-4  # the original's, for every optimiser
+OPTIMIZERS = ("adam", "sgd")
+
+
+def build_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
+    """A fresh optimiser for one level: `--optimizer adam` (the original) or `sgd` with
+    `--momentum`; both with `--lr` and L2 weight decay 1e-4.
+
+    With either, a pruned weight (zero, with its gradient zeroed) gets no update: its moments,
+    momentum buffer and weight decay all stay zero.
+    """
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=WEIGHT_DECAY
+        )
+    return torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=WEIGHT_DECAY)
+
+
+class InputDropout:
+    """A forward pre-hook: dropout with probability `p` on a layer's input, in training only."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple:
+        return (nn.functional.dropout(inputs[0], self.p, module.training), *inputs[1:])
+
+
+def add_input_dropout(model: nn.Module, p: float) -> nn.Module:
+    """`--dropout p`: dropout on the input of every Linear and Conv layer (none when p is 0).
+
+    A hook rather than a new module, so parameter names, masks and saved states are unchanged.
+    """
+    if p > 0:
+        for module in model.modules():
+            if isinstance(module, CONV_OR_LINEAR):
+                module.register_forward_pre_hook(InputDropout(p))
+    return model
 
 
 def train_epoch(

@@ -1,19 +1,20 @@
 """Architecture registry: which models each dataset offers, found by scanning `archs/<package>/`.
 
 Every module in a dataset's package that defines a module-level
-`ARCHS: dict[str, Callable[[], nn.Module]]` contributes those names, so adding a file there adds
-an `--arch_type` choice with no other edit.
+`ARCHS: dict[str, Callable[..., nn.Module]]` contributes those names, so adding a file there adds
+an `--arch_type` choice with no other edit. A model that needs the training data before its
+first use (fclin's whitening) defines `fit_to_data(train_images)`; `fit_to_data` below calls it.
 """
 
 import importlib
 import pkgutil
 from collections.abc import Callable
 
-from torch import nn
+from torch import Tensor, nn
 
 from utils import UserError
 
-Factory = Callable[[], nn.Module]
+Factory = Callable[..., nn.Module]
 
 ARCH_PACKAGES: dict[str, str] = {
     "mnist": "mnist",
@@ -54,6 +55,15 @@ def check(dataset: str, arch_type: str) -> Factory:
     return choices[arch_type]
 
 
-def build(dataset: str, arch_type: str) -> nn.Module:
-    """A freshly constructed model for the pair (PyTorch's default initialisation)."""
-    return check(dataset, arch_type)()
+def build(dataset: str, arch_type: str, **options: object) -> nn.Module:
+    """A freshly constructed model for the pair (PyTorch's default initialisation); `options` go
+    to the factory (`cli.arch_options`)."""
+    return check(dataset, arch_type)(**options)
+
+
+def fit_to_data(model: nn.Module, train_images: Tensor) -> None:
+    """Let a model that needs the training data (its `fit_to_data` method: fclin's whitening)
+    compute what it keeps from them; other models are left alone. Called once, after `build`."""
+    fit = getattr(model, "fit_to_data", None)
+    if fit is not None:
+        fit(train_images)

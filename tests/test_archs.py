@@ -19,8 +19,8 @@ COMMON = {"fc1", "lenet5", "alexnet", "vgg16", "resnet18"}
 EXPECTED = {
     "mnist": COMMON,
     "fashionmnist": COMMON,
-    "cifar10": COMMON | {"densenet121"},
-    "cifar100": COMMON,
+    "cifar10": COMMON | {"densenet121", "fclin"},
+    "cifar100": COMMON | {"fclin"},
 }
 SHAPES = {  # dataset -> (input shape, classes)
     "mnist": ((1, 28, 28), 10),
