@@ -25,7 +25,7 @@ from initialization import initialize
 from pruning import Mask, device_masks, make_mask, prune_by_percentile, reinitialize, rewind
 from record import choose_seed, restore_rng_states, rng_states, run_record, seed_everything
 from results import RunDir, level_tag
-from train import LevelHistory, train_level
+from train import LevelHistory, adam, flush_denormals, train_level
 from utils import UserError, print_nonzeros
 
 WEIGHT_DECAY = 1e-4
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
     args.seed = choose_seed(args.seed)
     print(f"seed: {args.seed}")
     device = select_device(args.gpu)
+    flush_denormals()
 
     train_set, test_set = data.load(args.dataset, args.data_dir, args.data_source, device)
     seed_everything(args.seed)
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
             if level > 0:
                 progress.mask = prune_by_percentile(model, progress.mask, args.prune_percent)
                 reset_survivors(model, progress, args.prune_type)
-            optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=WEIGHT_DECAY)
+            optimizer = adam(model.parameters(), lr=args.lr, weight_decay=WEIGHT_DECAY)
 
             print(f"\n--- Pruning Level [0:{level}/{args.prune_iterations}]: ---")
             comp = print_nonzeros(model, progress.mask)

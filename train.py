@@ -14,6 +14,29 @@ from pruning import freeze_pruned, prunable_weights
 from utils import UserError
 
 EVAL_BATCH = 1000
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
+
+def flush_denormals() -> None:
+    """Make the CPU treat denormal floats (below about 1.2e-38) as zero, for the whole process.
+
+    Weight decay drives the weights of inputs that never vary (the blank border of MNIST-like
+    images) towards zero, into the denormal range, where CPU matmuls run tens of times slower
+    (measured: a Fashion-MNIST fc1 epoch 3.5x slower from the second epoch on). As zeros they
+    change nothing measurable; pruned weights stay exactly zero either way.
+    """
+    torch.set_flush_denormal(True)
+
+
+def adam(parameters: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam with L2 weight decay, updating all parameters in one fused kernel where it can.
+
+    The fused kernel computes the same update as the plain per-tensor loop (equal within float
+    rounding) at a fraction of its cost per step on small networks.
+    """
+    parameters = list(parameters)
+    fused = all(p.device.type in FUSED_ADAM_DEVICES for p in parameters)
+    return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def train_epoch(
@@ -26,17 +49,19 @@ def train_epoch(
 ) -> float:
     """One pass over a fresh permutation of `data`; returns the mean training loss.
 
-    The loss is summed on the device and read once per epoch, so the step never waits on the
-    host. The last, smaller batch is kept (the original's train loader did not drop it).
+    Each batch is gathered from the permutation (as fast as one shuffled copy of the whole set,
+    without doubling its memory). The loss is summed on the device and read once per epoch, so
+    the step never waits on the host. The last, smaller batch is kept (the original's train
+    loader did not drop it).
     """
     model.train()
     weights = prunable_weights(model)
     count = data.labels.shape[0]
     order = torch.randperm(count, device=data.labels.device)
-    images, labels = data.images[order], data.labels[order]
-    total = torch.zeros((), device=labels.device)
+    total = torch.zeros((), device=data.labels.device)
     for start in range(0, count, batch_size):
-        x, y = images[start : start + batch_size], labels[start : start + batch_size]
+        batch = order[start : start + batch_size]
+        x, y = data.images.index_select(0, batch), data.labels.index_select(0, batch)
         optimizer.zero_grad(set_to_none=True)
         loss = criterion(model(x), y)
         loss.backward()
