@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, explicit: set[str]) -> None:
+    flush_denormals()  # first: CPU threads started before it would keep denormals
     resumed = resume.locate(args, explicit) if args.resume is not None else None
     if resumed is not None:
         args = resumed.args
@@ -63,7 +64,6 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
     args.seed = choose_seed(args.seed)
     print(f"seed: {args.seed}")
     device = select_device(args.gpu)
-    flush_denormals()
 
     train_set, test_set = data.load(args.dataset, args.data_dir, args.data_source, device)
     seed_everything(args.seed)

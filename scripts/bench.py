@@ -79,12 +79,12 @@ def main_(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-memory", action="store_true", help="no peak-memory run")
     args = parser.parse_args(argv)
+    flush_denormals()  # as main.py does, before any parallel work
     if args.repeats < 3:
         parser.error("--repeats must be at least 3 (the epoch time is their median)")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    flush_denormals()  # as main.py does
     share = 10 if args.quick else 1
 
     threads = torch.get_num_threads()
