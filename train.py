@@ -1,7 +1,7 @@
 """Training and evaluation on in-memory tensors: no DataLoader, no per-sample work in the loop."""
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +29,9 @@ def flush_denormals() -> None:
     torch.set_flush_denormal(True)
 
 
-def adam(parameters: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def adam(
+    parameters: Iterable[nn.Parameter], lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """Adam with L2 weight decay, updating all parameters in one fused kernel where it can.
 
     The fused kernel computes the same update as the plain per-tensor loop (equal within float
