@@ -28,8 +28,9 @@ demo: setup data
 test: setup
 	$(PY) -m pytest -q
 
+# `make bench` takes a few minutes; `make bench BENCH_FLAGS=--quick` is a smoke run on 1/10 of the data.
 bench: setup
-	$(PY) bench.py
+	$(PY) scripts/bench.py $(BENCH_FLAGS)
 
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

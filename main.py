@@ -37,7 +37,7 @@ from pruning import (
 )
 from record import choose_seed, restore_rng_states, rng_states, run_record, seed_everything
 from results import RunDir, level_tag
-from train import LevelHistory, add_input_dropout, build_optimizer, train_level
+from train import LevelHistory, add_input_dropout, build_optimizer, flush_denormals, train_level
 from utils import UserError, one_line, print_nonzeros
 
 
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, explicit: set[str]) -> None:
+    flush_denormals()  # first: CPU threads started before it would keep denormals
     resumed = resume.locate(args, explicit) if args.resume is not None else None
     if resumed is not None:
         args = resumed.args

@@ -2,7 +2,7 @@
 
 import argparse
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +18,32 @@ from utils import UserError
 EVAL_BATCH = 1000
 WEIGHT_DECAY = 1e-4  # the original's, for every optimiser
 OPTIMIZERS = ("adam", "sgd")
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
+
+def flush_denormals() -> None:
+    """Make this thread, and every thread it starts later, treat denormal floats (below about
+    1.2e-38) as zero; call it before any parallel CPU work starts the thread pool.
+
+    Weight decay drives the weights of inputs that never vary (the blank border of MNIST-like
+    images) towards zero, into the denormal range, where CPU arithmetic is many times slower
+    (measured on fc1 and Fashion-MNIST: the fourth epoch 8x slower, a test pass 37x). As zeros
+    they change nothing measurable; pruned weights stay exactly zero either way.
+    """
+    torch.set_flush_denormal(True)
+
+
+def adam(
+    parameters: Iterable[nn.Parameter], lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """Adam with L2 weight decay, updating all parameters in one fused kernel where it can.
+
+    The fused kernel computes the same update as the plain per-tensor loop (equal within float
+    rounding) at a fraction of its cost per step on small networks.
+    """
+    parameters = list(parameters)
+    fused = all(p.device.type in FUSED_ADAM_DEVICES for p in parameters)
+    return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def build_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
@@ -31,7 +57,7 @@ def build_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.O
         return torch.optim.SGD(
             model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=WEIGHT_DECAY
         )
-    return torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=WEIGHT_DECAY)
+    return adam(model.parameters(), lr=args.lr, weight_decay=WEIGHT_DECAY)
 
 
 class InputDropout:
@@ -66,17 +92,19 @@ def train_epoch(
 ) -> float:
     """One pass over a fresh permutation of `data`; returns the mean training loss.
 
-    The loss is summed on the device and read once per epoch, so the step never waits on the
-    host. The last, smaller batch is kept (the original's train loader did not drop it).
+    Each batch is gathered from the permutation (as fast as one shuffled copy of the whole set,
+    without doubling its memory). The loss is summed on the device and read once per epoch, so
+    the step never waits on the host. The last, smaller batch is kept (the original's train
+    loader did not drop it).
     """
     model.train()
     weights = prunable_weights(model)
     count = data.labels.shape[0]
     order = torch.randperm(count, device=data.labels.device)
-    images, labels = data.images[order], data.labels[order]
-    total = torch.zeros((), device=labels.device)
+    total = torch.zeros((), device=data.labels.device)
     for start in range(0, count, batch_size):
-        x, y = images[start : start + batch_size], labels[start : start + batch_size]
+        batch = order[start : start + batch_size]
+        x, y = data.images.index_select(0, batch), data.labels.index_select(0, batch)
         optimizer.zero_grad(set_to_none=True)
         loss = criterion(model(x), y)
         loss.backward()

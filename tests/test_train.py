@@ -1,0 +1,130 @@
+"""The fast training loop against a plainly written one: same batches, same masks, same training."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import archs
+from data import Split
+from initialization import initialize
+from pruning import device_masks, make_mask, prunable_weights, prune_by_percentile
+from tests.conftest import ROOT
+from tests.datafiles import write_mnist_files
+from tests.test_main import TINY, run_main
+from train import adam, train_epoch
+
+LR, WEIGHT_DECAY = 1e-2, 1e-4
+
+
+def small_split(count: int, shape: tuple[int, ...], seed: int = 0) -> Split:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(count, *shape, generator=generator)
+    labels = torch.randint(0, 10, (count,), generator=generator)
+    return Split(images=images, labels=labels)
+
+
+def plain_epoch(model, data, batch_size, optimizer, mask) -> float:
+    """The textbook loop: index a permutation per batch, read every loss on the host, zero the
+    gradients of pruned weights by boolean indexing, step a per-tensor (non-fused) Adam."""
+    model.train()
+    criterion = nn.CrossEntropyLoss()
+    order = torch.randperm(len(data.labels))
+    losses, sizes = [], []
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        optimizer.zero_grad()
+        loss = criterion(model(data.images[batch]), data.labels[batch])
+        loss.backward()
+        for param, layer_mask in zip(prunable_weights(model), mask, strict=True):
+            param.grad[torch.from_numpy(layer_mask) == 0] = 0
+        optimizer.step()
+        losses.append(loss.item())
+        sizes.append(len(batch))
+    return float(np.average(losses, weights=sizes))
+
+
+@pytest.mark.parametrize("arch, shape", [("fc1", (1, 28, 28)), ("lenet5", (1, 28, 28))])
+def test_fast_epoch_trains_exactly_like_the_plain_loop(arch, shape):
+    torch.manual_seed(0)
+    fast = initialize(archs.build("mnist", arch))
+    plain = initialize(archs.build("mnist", arch))
+    plain.load_state_dict(fast.state_dict())
+    mask = prune_by_percentile(fast, make_mask(fast), 40)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(mask, prune_by_percentile(plain, make_mask(plain), 40), strict=True)
+    )
+    data = small_split(130, shape)  # batches of 40: the last one has 10 samples
+    fast_optimizer = adam(fast.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    assert fast_optimizer.defaults["fused"], "the fast path is the fused Adam"
+    plain_optimizer = torch.optim.Adam(
+        plain.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, foreach=False
+    )
+    masks = device_masks(fast, mask)
+    for epoch in range(3):
+        torch.manual_seed(100 + epoch)
+        fast_loss = train_epoch(fast, data, 40, fast_optimizer, nn.CrossEntropyLoss(), masks)
+        torch.manual_seed(100 + epoch)
+        plain_loss = plain_epoch(plain, data, 40, plain_optimizer, mask)
+        assert fast_loss == pytest.approx(plain_loss, rel=1e-5)
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    for param, layer_mask in zip(prunable_weights(fast), mask, strict=True):
+        pruned = torch.from_numpy(layer_mask) == 0
+        assert torch.all(param.detach()[pruned] == 0), "a pruned weight moved"
+    next_fast = prune_by_percentile(fast, mask, 40)
+    next_plain = prune_by_percentile(plain, mask, 40)
+    assert all(np.array_equal(a, b) for a, b in zip(next_fast, next_plain, strict=True))
+
+
+def test_the_step_reads_nothing_back_to_the_host(monkeypatch):
+    """One read per epoch (the summed loss), none per step, so CUDA never waits in the loop."""
+    torch.manual_seed(0)
+    model = initialize(archs.build("mnist", "fc1"))
+    mask = prune_by_percentile(model, make_mask(model), 20)
+    optimizer = adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    reads = []
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    masks = device_masks(model, mask)
+    train_epoch(model, small_split(600, (1, 28, 28)), 60, optimizer, nn.CrossEntropyLoss(), masks)
+    assert reads == ["item"], reads
+
+
+def test_benchmark_counts_flops_from_the_layer_shapes():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    batch = torch.zeros(60, 1, 28, 28)
+    flops, layers = bench.layer_flops(archs.build("mnist", "fc1"), batch)
+    # forward + weight gradient for all three layers, input gradient for the last two
+    assert flops == 60 * (2 * 2 * 784 * 300 + 3 * 2 * (300 * 100 + 100 * 10))
+    assert [needs_grad for _, _, needs_grad in layers] == [False, True, True]
+    flops, _ = bench.layer_flops(archs.build("mnist", "lenet5"), batch)
+    conv1 = 28 * 28 * 6 * 25  # padded to 32x32, 5x5 kernel, one input channel
+    conv2 = 10 * 10 * 16 * 6 * 25
+    linear = 400 * 120 + 120 * 84 + 84 * 10
+    assert flops == 60 * (2 * 2 * conv1 + 3 * 2 * (conv2 + linear))
+
+
+def test_main_runs_with_denormals_flushed_to_zero(tmp_path):
+    """Denormal weights (weight decay pushes unused inputs' weights there) slow CPU matmuls
+    tens of times; main.py has the CPU treat them as zero."""
+    torch.set_flush_denormal(False)
+    try:
+        assert (torch.tensor([1e-39]) * 1.0).item() != 0
+        source = write_mnist_files(tmp_path / "source", n_train=120, n_test=60)
+        flags = [*TINY, "--prune_iterations=1", "--end_iter=1", f"--data_source={source}"]
+        assert run_main(tmp_path, *flags, f"--data_dir={tmp_path / 'data'}") == 0
+        assert (torch.tensor([1e-39]) * 1.0).item() == 0
+    finally:
+        torch.set_flush_denormal(False)
