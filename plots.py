@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def loss_vs_accuracy(
@@ -55,9 +56,10 @@ def best_epoch_vs_weights(
     """The early-stopping epoch (epochs trained when the best test accuracy was measured)
     against the percentage of weights left, one line per (label, comp, epochs)."""
     fig, ax = against_weights(lines)
-    ax.set_title(f"Early-Stopping Epoch vs Unpruned Weights Percentage ({dataset},{arch_type})")
+    ax.set_title(f"Early-Stopping Epoch vs Unpruned Weights % ({dataset},{arch_type})")
     ax.set_ylabel("epoch of best test accuracy")
     ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
 

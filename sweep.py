@@ -108,6 +108,16 @@ def plan(tasks: list[Task], results_root: str) -> None:
                 task.argv = ["--resume", str(task.earlier.root)]
 
 
+def stop_with_parent() -> None:
+    """Linux: the run gets SIGTERM when its Ray worker dies (sweep stopped, node lost), so no
+    orphaned run goes on writing a folder that the next sweep call resumes."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def run_main(argv: list[str], cwd: str, log: str, threads: int) -> tuple[int, str, str]:
     """Run main.py with `argv` in `cwd`, its output into the file `log`.
 
@@ -122,6 +132,7 @@ def run_main(argv: list[str], cwd: str, log: str, threads: int) -> tuple[int, st
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
+            preexec_fn=stop_with_parent,
         ).returncode
     lines = [line.strip() for line in re.split(r"[\r\n]+", Path(log).read_text(errors="replace"))]
     folders = [m.group(1) for line in lines if (m := re.match(r"run folder: (.+)", line))]
@@ -142,12 +153,16 @@ def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> No
             "sweep.py needs Ray: pip install -r requirements-ray.txt (it is not installed)"
         ) from None
     local = options.address is None
-    ray.init(
-        address=options.address,
-        num_cpus=options.num_cpus if local else None,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    try:
+        ray.init(
+            address=options.address,
+            num_cpus=options.num_cpus if local else None,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    except Exception as error:  # Ray raises several types for an unreachable or bad cluster
+        where = "start a local Ray instance" if local else f"join --address {options.address}"
+        raise UserError(f"cannot {where}: {error}".splitlines()[0]) from None
     try:
         remote = ray.remote(run_main).options(
             num_cpus=options.cpus_per_run, num_gpus=options.gpus_per_run

@@ -18,7 +18,7 @@ import runs
 from tests.conftest import ROOT
 from tests.datafiles import write_mnist_files
 
-TINY = ["--end_iter", "2", "--plot_dpi", "20", "--batch_size", "32", "--dataset", "mnist"]
+TINY = ["--end_iter", "1", "--plot_dpi", "20", "--batch_size", "50", "--dataset", "mnist"]
 
 
 @pytest.fixture(scope="module")
