@@ -97,7 +97,7 @@ def same_experiment(task: Task, recorded: dict) -> bool:
 
 def plan(tasks: list[Task], results_root: str) -> None:
     """Match each task with its newest earlier run: finished (skip it), resume, or new."""
-    earlier = runs.all_runs(results_root)
+    earlier = runs.all_runs(Path(results_root).resolve())
     for task in tasks:
         matching = [run for run in earlier if same_experiment(task, run.args)]
         if matching:
