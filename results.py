@@ -70,6 +70,11 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         raise
 
 
+def save_png(figure: Figure, path: Path, dpi: int) -> None:
+    """`figure` as a PNG at `path`, written atomically."""
+    atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=dpi))
+
+
 def run_name(now: datetime.datetime | None = None) -> str:
     """`<Mon DD_HH-MM-SS>_<host>`, the original's folder name (`%b%d_%H-%M-%S`)."""
     now = now or datetime.datetime.now()
@@ -201,7 +206,7 @@ class RunDir:
         atomic_write(path, lambda f: pickle.dump(mask, f))
 
     def save_figure(self, figure: Figure, path: Path, dpi: int) -> None:
-        atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=dpi))
+        save_png(figure, path, dpi)
 
     def write_json(self, name: str, content: dict) -> None:
         text = json.dumps(content, indent=2, sort_keys=True) + "\n"

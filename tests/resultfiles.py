@@ -52,10 +52,13 @@ def assert_same_value(a, b, what: str) -> None:
 
 
 def scalars(tensorboard: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar by tag, in step order (the events files of the levels are read in name
+    order, which is not level order once a process has made ten writers)."""
     events = EventAccumulator(str(tensorboard))
     events.Reload()
     return {
-        tag: [(s.step, s.value) for s in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+        tag: sorted((s.step, s.value) for s in events.Scalars(tag))
+        for tag in events.Tags()["scalars"]
     }
 
 

@@ -1,0 +1,247 @@
+"""Run a grid of main.py runs as tasks on Ray, then print one table and draw the combined plots.
+
+    python sweep.py --prune_percent 10 20 --prune_type lt reinit --seed 0 1 -- <main.py flags>
+
+Each task is an ordinary `main.py` run in a subprocess, with its own folder under --results_root.
+A task's earlier run is the newest run there whose args.json records the same experiment (every
+argument but those in runs.BOOKKEEPING): a complete one is skipped, an interrupted one resumed
+with `main.py --resume`. So calling the sweep again with the same arguments finishes what is left.
+Ray is optional (requirements-ray.txt); it is imported only when there is a task to run.
+"""
+
+import argparse
+import itertools
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cli
+import combine_plots
+import runs
+from utils import UserError
+
+MAIN = Path(__file__).resolve().parent / "main.py"
+SWEPT = ("prune_type", "prune_percent", "seed", "results_root")
+NOT_ALLOWED = SWEPT + ("resume", "start_iter")
+
+
+@dataclass
+class Task:
+    name: str  # e.g. lt_20_seed0; also the name of its log file
+    args: argparse.Namespace  # the main.py arguments of the run
+    argv: list[str]  # main.py's command line for a new run
+    earlier: runs.Run | None = None  # its run from an earlier sweep call, if any
+    status: str = "new"  # new, resume, finished, done, failed
+    run_dir: str = ""
+    error: str = ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.OneLineParser(
+        prog="sweep.py",
+        description="Run the cross product of prune percents, prune types and seeds on Ray.",
+        usage="sweep.py [options] -- [main.py flags]",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--prune_percent", nargs="+", type=float, default=[10.0], metavar="P")
+    add("--prune_type", nargs="+", default=["lt", "reinit"], metavar="TYPE")
+    add("--seed", nargs="+", type=int, default=[None], metavar="SEED", help="default: random")
+    add("--results_root", default="results", help="where every run folder goes (shared storage)")
+    add("--address", default=None, help="join this Ray cluster (default: a local Ray instance)")
+    add("--num_cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    add("--cpus_per_run", type=float, default=1, help="CPUs Ray reserves for each run")
+    add("--gpus_per_run", type=float, default=0, help="GPUs Ray reserves for each run")
+    return parser
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """sweep.py's own flags, and main.py's flags after `--`."""
+    if "--" in argv:
+        at = argv.index("--")
+        return argv[:at], argv[at + 1 :]
+    return argv, []
+
+
+def make_tasks(options: argparse.Namespace, main_flags: list[str]) -> list[Task]:
+    """One task per (prune type, prune percent, seed), each checked as main.py would check it."""
+    given = cli.explicit_flags(main_flags) & set(NOT_ALLOWED)
+    if given:
+        name = sorted(given)[0]
+        raise UserError(f"--{name} after `--`: give it to sweep.py itself (see --help)")
+    if options.cpus_per_run < 0 or options.gpus_per_run < 0:
+        raise UserError("--cpus_per_run and --gpus_per_run must not be negative")
+    tasks = []
+    lists = (options.prune_type, options.prune_percent, options.seed)
+    grid = itertools.product(*(list(dict.fromkeys(values)) for values in lists))  # no repeats
+    for prune_type, percent, seed in grid:
+        argv = [*main_flags, "--prune_type", prune_type, "--prune_percent", f"{percent:g}"]
+        argv += ["--results_root", str(Path(options.results_root).resolve())]
+        argv += ["--seed", str(seed)] if seed is not None else []
+        args = cli.parse_args(argv)
+        cli.validate(args)
+        name = f"{prune_type}_{percent:g}" + (f"_seed{seed}" if seed is not None else "")
+        tasks.append(Task(name, args, argv))
+    return tasks
+
+
+def same_experiment(task: Task, recorded: dict) -> bool:
+    """Whether a recorded run ran what `task` asks for (a task without a seed takes any seed)."""
+    ignore = set(runs.BOOKKEEPING) | ({"seed"} if task.args.seed is None else set())
+    wanted = {k: v for k, v in vars(task.args).items() if k not in ignore}
+    return all(recorded.get(name) == value for name, value in wanted.items())
+
+
+def plan(tasks: list[Task], results_root: str) -> None:
+    """Match each task with its newest earlier run: finished (skip it), resume, or new."""
+    earlier = runs.all_runs(Path(results_root).resolve())
+    for task in tasks:
+        matching = [run for run in earlier if same_experiment(task, run.args)]
+        if matching:
+            task.earlier = matching[-1]
+            task.run_dir = str(task.earlier.root)
+            task.status = "finished" if task.earlier.complete else "resume"
+            if task.status == "resume":
+                task.argv = ["--resume", str(task.earlier.root)]
+
+
+def stop_with_parent() -> None:
+    """Linux: the run gets SIGTERM when its Ray worker dies (sweep stopped, node lost), so no
+    orphaned run goes on writing a folder that the next sweep call resumes."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def run_main(argv: list[str], cwd: str, log: str, threads: int) -> tuple[int, str, str]:
+    """Run main.py with `argv` in `cwd`, its output into the file `log`.
+
+    Returns its exit status, the run folder it printed and, when it failed, its last error line.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        status = subprocess.run(
+            [sys.executable, str(MAIN), *argv],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=stop_with_parent,
+        ).returncode
+    lines = [line.strip() for line in re.split(r"[\r\n]+", Path(log).read_text(errors="replace"))]
+    folders = [m.group(1) for line in lines if (m := re.match(r"run folder: (.+)", line))]
+    folders += [m.group(1) for line in lines if (m := re.match(r"resuming (.+) at level", line))]
+    error = ""
+    if status != 0:
+        errors = [line for line in lines if line.startswith(("error:", "main.py: error:"))]
+        error = (errors or [line for line in lines if line] or [f"exit status {status}"])[-1]
+    return status, folders[-1] if folders else "", error
+
+
+def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> None:
+    """Run the tasks as Ray tasks; record each one's outcome (a failure stops no other task)."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError(
+            "sweep.py needs Ray: pip install -r requirements-ray.txt (it is not installed)"
+        ) from None
+    local = options.address is None
+    try:
+        ray.init(
+            address=options.address,
+            num_cpus=options.num_cpus if local else None,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    except Exception as error:  # Ray raises several types for an unreachable or bad cluster
+        where = "start a local Ray instance" if local else f"join --address {options.address}"
+        raise UserError(f"cannot {where}: {error}".splitlines()[0]) from None
+    try:
+        remote = ray.remote(run_main).options(
+            num_cpus=options.cpus_per_run, num_gpus=options.gpus_per_run
+        )
+        threads = max(1, int(options.cpus_per_run))
+        pending = {
+            remote.remote(task.argv, os.getcwd(), str(logs / f"{task.name}.log"), threads): task
+            for task in tasks
+        }
+        print(f"sweep: {len(pending)} task(s) on Ray; logs in {logs}/", flush=True)
+        while pending:
+            [ready], _ = ray.wait(list(pending), num_returns=1)
+            task = pending.pop(ready)
+            try:
+                status, run_dir, error = ray.get(ready)
+            except Exception as failure:  # the task itself died (worker lost, node down)
+                status, run_dir, error = -1, "", f"{type(failure).__name__}: {failure}"
+            task.run_dir = run_dir or task.run_dir
+            task.status, task.error = ("done", "") if status == 0 else ("failed", error)
+            print(f"sweep: {task.name} {task.status} {task.error}".rstrip(), flush=True)
+    finally:
+        ray.shutdown()
+
+
+def report(tasks: list[Task]) -> str:
+    rows = []
+    for task in tasks:
+        row = {
+            "task": task.name,
+            "status": task.status,
+            "seed": task.args.seed if task.args.seed is not None else "random",
+            "run": task.run_dir,
+            "error": task.error,
+        }
+        run = runs.read_run(task.run_dir) if task.run_dir else None
+        if run is not None and run.complete:
+            last = run.summary()[-1]
+            row["seed"] = run.args["seed"]
+            row["weights_left"] = last["weights_left"]
+            row["best_accuracy"] = f"{last['best_accuracy']:.2f}"
+            row["best_epoch"] = last["best_epoch"]
+        rows.append(row)
+    columns = ["task", "status", "seed", "weights_left", "best_accuracy", "best_epoch", "run"]
+    return runs.table(rows, columns + (["error"] if any(t.error for t in tasks) else []))
+
+
+def draw(tasks: list[Task], out: Path, dpi: int) -> None:
+    """The combined plots of every complete run of the sweep, one figure per arch/dataset."""
+    complete = [run for t in tasks if t.run_dir and (run := runs.read_run(t.run_dir))]
+    complete = [run for run in complete if run.complete]
+    groups: dict[tuple[str, str], list[runs.Run]] = {}
+    for run in complete:
+        groups.setdefault((run.args["arch_type"], run.args["dataset"]), []).append(run)
+    for group in groups.values():
+        for path in combine_plots.combine(group, out, dpi, best_epoch=True):
+            print(f"combined plot: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    own, main_flags = split_argv(sys.argv[1:] if argv is None else argv)
+    options = build_parser().parse_args(own)
+    try:
+        tasks = make_tasks(options, main_flags)
+        plan(tasks, options.results_root)
+        for task in tasks:
+            if task.status == "finished":
+                print(f"sweep: {task.name} finished earlier in {task.run_dir}: skipped")
+            elif task.status == "resume":
+                print(f"sweep: {task.name} was interrupted in {task.run_dir}: resuming it")
+        to_run = [task for task in tasks if task.status != "finished"]
+        if to_run:
+            run_on_ray(to_run, options, Path(options.results_root) / "sweep_logs")
+        print("\n" + report(tasks))
+        draw(tasks, Path(options.results_root) / "combined_plots", tasks[0].args.plot_dpi)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 1 if any(task.status == "failed" for task in tasks) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
