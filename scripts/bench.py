@@ -59,7 +59,14 @@ import plots  # noqa: E402
 from initialization import CONV_OR_LINEAR, initialize  # noqa: E402
 from pruning import device_masks, make_mask, prune_by_percentile  # noqa: E402
 from results import RunDir  # noqa: E402
-from train import LevelHistory, adam, evaluate, flush_denormals, train_epoch  # noqa: E402
+from train import (  # noqa: E402
+    WEIGHT_DECAY,
+    LevelHistory,
+    adam,
+    evaluate,
+    flush_denormals,
+    train_epoch,
+)
 
 BATCH = 60
 CASES = (  # name, dataset (for the architecture), arch, train shape, test size
@@ -287,7 +294,7 @@ def training_case(
 
     mask = make_mask(model)
     masks = device_masks(model, mask)
-    optimizer = adam(model.parameters(), lr=1.2e-3, weight_decay=main.WEIGHT_DECAY)
+    optimizer = adam(model.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY)
     criterion = nn.CrossEntropyLoss()
     cpu_times: list[float] = []
 
@@ -368,11 +375,11 @@ def level_overhead(folder: Path, dpi: int, device: torch.device, repeats: int) -
                 progress.mask = timed(
                     "prune", lambda: prune_by_percentile(model, progress.mask, 10)
                 )
-                timed("rewind", lambda: main.reset_survivors(model, progress, "lt"))
+                timed("rewind", lambda: main.reset_survivors(model, progress, "lt", initialize))
                 timed(
                     "setup",
                     lambda: (
-                        adam(model.parameters(), lr=1.2e-3, weight_decay=main.WEIGHT_DECAY),
+                        adam(model.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY),
                         main.print_nonzeros(model, progress.mask),
                         device_masks(model, progress.mask),
                     ),

@@ -100,10 +100,25 @@ def test_the_step_reads_nothing_back_to_the_host(monkeypatch):
     assert reads == ["item"], reads
 
 
-def test_benchmark_counts_flops_from_the_layer_shapes():
+def load_bench():
     spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_benchmark_times_the_work_between_levels_with_main_py_s_own_calls(tmp_path):
+    """The benchmark drives main.py's level functions directly: it must keep up with them."""
+    row = load_bench().level_overhead(tmp_path, dpi=20, device=torch.device("cpu"), repeats=1)
+    assert row["case"] == "level-overhead-dpi20"
+    parts = ("prune_s", "rewind_s", "setup_s", "files_s", "plot_s")
+    assert all(row[part] >= 0 for part in parts)
+    assert row["level_s"] == pytest.approx(sum(row[p] for p in parts if p != "plot_s"), abs=2e-3)
+    assert list((tmp_path).glob("*/checkpoints/level_*.pth")), "a level's files were written"
+
+
+def test_benchmark_counts_flops_from_the_layer_shapes():
+    bench = load_bench()
     batch = torch.zeros(60, 1, 28, 28)
     flops, layers = bench.layer_flops(archs.build("mnist", "fc1"), batch)
     # forward + weight gradient for all three layers, input gradient for the last two
