@@ -1,6 +1,6 @@
 """Compare runs in one figure: best test accuracy against weights left, one line per run.
 
-    python combine_plots.py                  # newest complete lt and reinit run of each arch/dataset
+    python combine_plots.py                  # newest complete run of each prune type (lt, reinit, random) per arch/dataset
     python combine_plots.py RUN_DIR ...      # exactly these runs (same arch and dataset)
 
 Writes `combined_{arch}_{dataset}.png` (and, with --best_epoch, `combined_{arch}_{dataset}_best_epoch.png`)
@@ -17,7 +17,7 @@ import plots
 import runs
 from cli import OneLineParser
 from results import save_png
-from utils import UserError
+from utils import UserError, one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--results_root",
         default="results",
-        help="without RUN_DIRs: compare the newest complete lt and reinit runs of each arch/dataset here",
+        help="without RUN_DIRs: compare the newest complete run of each prune type for each arch/dataset here",
     )
     add("--dpi", default=1200, type=int, help="resolution of the figures (as main.py's --plot_dpi)")
     add(
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in combine(group, out, args.dpi, args.best_epoch):
                 print(f"combined plot: {path}")
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
         return 2
     return 0
 

@@ -129,7 +129,17 @@ def load(
         raise UserError(f"--dataset {dataset} is not supported; choose one of: {choices}")
     spec = DATASETS[dataset]
     root = Path(data_dir)
-    _ensure_files(spec, root, None if data_source is None else Path(data_source))
+    try:
+        _ensure_files(spec, root, None if data_source is None else Path(data_source))
+    except OSError as error:  # a --data_dir that is a file, read-only, or an unreadable source
+        flags = f"--data_dir {data_dir}" + (
+            f" / --data_source {data_source}" if data_source else ""
+        )
+        where = f" ({error.filename})" if error.filename else ""
+        raise UserError(
+            f"{flags}: {error.strerror or error}{where}; --data_dir must be a folder this user"
+            " can write and --data_source one it can read"
+        ) from None
     return _split(spec, root, True, device), _split(spec, root, False, device)
 
 

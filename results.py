@@ -150,11 +150,13 @@ class RunDir:
             os.close(descriptor)  # releases the lock
 
     def remove_leftovers(self, first_level: int, levels: int) -> None:
-        """Before a resume: remove temporary files of a killed writer, and the TensorBoard events
-        of the levels about to run again, so that TensorBoard shows each epoch once."""
+        """Before a resume: remove temporary files of a killed writer, and the checkpoints and
+        TensorBoard events of the levels about to run again (`--start_iter`), so that a later
+        resume never counts an old level as done and TensorBoard shows each epoch once."""
         for temporary in self.root.rglob(f".*{TEMPORARY}"):
             temporary.unlink(missing_ok=True)
         for level in range(first_level, levels):
+            self.checkpoint_path(level).unlink(missing_ok=True)
             for events in self.tensorboard.glob(
                 f"events.out.tfevents.*{self.events_suffix(level)}"
             ):

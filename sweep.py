@@ -21,7 +21,7 @@ from pathlib import Path
 import cli
 import combine_plots
 import runs
-from utils import UserError
+from utils import UserError, one_line
 
 MAIN = Path(__file__).resolve().parent / "main.py"
 SWEPT = ("prune_type", "prune_percent", "seed", "results_root")
@@ -234,11 +234,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"sweep: {task.name} was interrupted in {task.run_dir}: resuming it")
         to_run = [task for task in tasks if task.status != "finished"]
         if to_run:
-            run_on_ray(to_run, options, Path(options.results_root) / "sweep_logs")
+            run_on_ray(to_run, options, Path(options.results_root).resolve() / "sweep_logs")
         print("\n" + report(tasks))
         draw(tasks, Path(options.results_root) / "combined_plots", tasks[0].args.plot_dpi)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
         return 2
     return 1 if any(task.status == "failed" for task in tasks) else 0
 

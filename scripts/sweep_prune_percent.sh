@@ -44,7 +44,8 @@ done
 ((${#percents[@]})) || usage
 for flag in "$@"; do
     case "$flag" in
-        --prune_type* | --prune_percent* | --resume* | --start_iter*)
+        --prune_type | --prune_type=* | --prune_percent | --prune_percent=* | --resume | \
+            --resume=* | --start_iter | --start_iter=*)
             echo "error: $flag: the sweep sets --prune_type and --prune_percent itself" >&2
             exit 2
             ;;

@@ -96,3 +96,16 @@ def test_refusal_from_the_shell_has_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_data_dir_that_is_a_file_is_one_line(tmp_path, capsys, mnist_source):
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("a file where the data folder should be")
+    check_refused(
+        tmp_path,
+        capsys,
+        [f"--data_source={mnist_source}", f"--data_dir={not_a_folder}"],
+        "--data_dir",
+        str(not_a_folder),
+    )
+    assert not_a_folder.read_text() == "a file where the data folder should be"

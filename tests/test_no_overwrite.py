@@ -105,3 +105,13 @@ def test_levels_with_the_same_comp_text_keep_their_own_files(tmp_path):
             masks.append(sum(int(m.sum()) for m in pickle.load(file)))
     assert masks[0] > masks[1] > masks[2]  # each file holds its own level's mask
     assert len(list(dumps.glob("lt_mask_*.pkl"))) == 3
+
+
+def test_a_resume_from_an_earlier_level_drops_the_checkpoints_it_will_redo(tmp_path):
+    """`--resume RUN --start_iter 1`: the checkpoints of levels 1 and later go before the rerun,
+    so a rerun killed half-way is never counted as finished by the old checkpoints."""
+    run_dir = RunDir.create(str(tmp_path), "fc1", "mnist", "lt")
+    for level in range(3):
+        run_dir.save_checkpoint(level, {"level": level})
+    run_dir.remove_leftovers(1, 3)
+    assert files_under(run_dir.root) == {"checkpoints/level_0.pth"}

@@ -26,6 +26,7 @@ def tiny_flags(tmp_path: Path) -> list[str]:
 def test_shell_sweep_runs_each_percent_for_lt_and_reinit_and_combines_them(tmp_path):
     results = tmp_path / "results"
     flags = [*tiny_flags(tmp_path), "--seed", "3", "--results_root", str(results)]
+    flags += ["--prune_percent_output", "10"]  # a flag whose name starts like a swept one
     done = subprocess.run(
         [
             "bash",
@@ -50,6 +51,7 @@ def test_shell_sweep_runs_each_percent_for_lt_and_reinit_and_combines_them(tmp_p
         ("reinit", 50.0),
     ]
     assert all(r.complete and r.args["seed"] == 3 for r in made)
+    assert all(r.args["prune_percent_output"] == 10.0 for r in made)
     for run in made:
         assert f"results: {run.root}" in done.stdout
     figure = results / "combined_plots" / "combined_fc1_mnist.png"
