@@ -34,6 +34,7 @@ from pruning import (
     prune_by_percentile,
     reinitialize,
     rewind,
+    state_copy,
 )
 from record import choose_seed, restore_rng_states, rng_states, run_record, seed_everything
 from results import RunDir, level_tag
@@ -63,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {one_line(str(error))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: finished levels are kept; `python main.py --resume` with the same"
+            " --dataset, --arch_type and --prune_type continues the newest such run",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 
@@ -170,7 +178,7 @@ def record_run(
 
 
 def fresh_progress(model: nn.Module, levels: int) -> Progress:
-    initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    initial_state = state_copy(model)
     return Progress(
         make_mask(model), initial_state, np.zeros(levels, float), np.zeros(levels, float)
     )
@@ -233,7 +241,7 @@ def epoch_hook(
     def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
         log_epoch(writer, args, level, epoch, loss, accuracy)
         if level == 0 and epoch + 1 == args.rewind_epoch:
-            progress.rewind_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            progress.rewind_state = state_copy(model)
             run_dir.save_model(model, run_dir.rewind_state_path())
 
     return on_epoch

@@ -151,6 +151,11 @@ def apply_mask(model: nn.Module, mask: Mask) -> None:
         param.mul_(torch.from_numpy(layer_mask).to(param.device, param.dtype))
 
 
+def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of every parameter and buffer of `model`, safe from later training."""
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
 def rewind(model: nn.Module, mask: Mask, initial_state: Mapping[str, torch.Tensor]) -> None:
     """Lottery ticket (`lt`): survivors and every unpruned parameter back to their initial values."""
     model.load_state_dict(initial_state)

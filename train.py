@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from data import Split
 from initialization import CONV_OR_LINEAR
-from pruning import freeze_pruned, prunable_weights
+from pruning import freeze_pruned, prunable_weights, state_copy
 from utils import UserError
 
 EVAL_BATCH = 1000
@@ -167,7 +167,7 @@ def train_level(
         nonlocal best_accuracy, best_epoch, best_state
         if accuracy > best_accuracy:
             best_accuracy, best_epoch = accuracy, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = state_copy(model)
 
     bar = tqdm(range(epochs), desc=description, dynamic_ncols=True)
     for epoch in bar:

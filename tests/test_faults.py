@@ -193,3 +193,18 @@ def test_diverging_later_level_leaves_earlier_levels_intact(
             assert (run / name).read_bytes() == (reference / name).read_bytes(), name
     summary = (reference / "summary.csv").read_text().splitlines()
     assert (run / "summary.csv").read_text().splitlines() == summary[:2]  # header, level 0
+
+
+def test_ctrl_c_is_one_line_saying_how_to_go_on(tmp_path, capsys, monkeypatch, data):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(main, "train_level", interrupted)
+    monkeypatch.chdir(tmp_path)
+    assert main.main([*FLAGS, *data]) == 130
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("interrupted:") and "--resume" in lines[0]
+    (run,) = (tmp_path / "results").iterdir()  # the run folder stays, ready to be resumed
+    assert (run / "args.json").exists() and not list(run.rglob(".*.tmp"))
