@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+import runs
 from results import CHECKPOINTS, RunDir
 from utils import UserError
 
@@ -41,19 +42,15 @@ def read_record(folder: Path) -> dict:
 
 def newest_matching_run(args: argparse.Namespace) -> Path:
     """The newest run under --results_root with the same dataset, arch and prune type."""
-    candidates = []
-    for record_file in Path(args.results_root).glob("*/args.json"):
-        try:
-            record = json.loads(record_file.read_text())
-            recorded = record["args"]
-        except (OSError, ValueError, KeyError):
-            continue
-        if all(recorded.get(name) == getattr(args, name) for name in MATCH_ON):
-            candidates.append((record.get("started", ""), record_file.stat().st_mtime, record_file))
-    if not candidates:
+    matching = [
+        run
+        for run in runs.all_runs(args.results_root)
+        if all(run.args.get(name) == getattr(args, name) for name in MATCH_ON)
+    ]
+    if not matching:
         wanted = ", ".join(f"--{name} {getattr(args, name)}" for name in MATCH_ON)
         raise UserError(f"--resume: no run under {args.results_root}/ with {wanted}")
-    return max(candidates)[2].parent
+    return matching[-1].root
 
 
 def finished_levels(folder: Path) -> int:

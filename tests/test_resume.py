@@ -172,3 +172,30 @@ def test_a_run_folder_in_use_is_refused(tmp_path, capsys, finished):
         line = refused(capsys, tmp_path, "--resume", str(run))
     assert str(run) in line and "in use" in line
     assert snapshot(run) == before
+
+
+def test_resume_alone_picks_the_newest_run_with_the_same_data_arch_and_prune_type(tmp_path):
+    import argparse
+    import json
+
+    import resume
+    from utils import UserError
+
+    def made(name, started, **changes):
+        recorded = {"dataset": "mnist", "arch_type": "fc1", "prune_type": "lt", **changes}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "args.json").write_text(
+            json.dumps({"args": recorded, "started": started})
+        )
+
+    made("Nov25_10-00-00_h", "2026-11-25T10:00:00")
+    made("Nov25_11-00-00_h", "2026-11-25T11:00:00")
+    made("Nov25_12-00-00_h", "2026-11-25T12:00:00", prune_type="reinit")
+    (tmp_path / "Nov25_13-00-00_h").mkdir()  # no args.json: not a run
+    args = argparse.Namespace(
+        dataset="mnist", arch_type="fc1", prune_type="lt", results_root=str(tmp_path)
+    )
+    assert resume.newest_matching_run(args) == tmp_path / "Nov25_11-00-00_h"
+    args.arch_type = "lenet5"
+    with pytest.raises(UserError, match="--arch_type lenet5"):
+        resume.newest_matching_run(args)
