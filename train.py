@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from data import Split
 from initialization import CONV_OR_LINEAR
-from pruning import freeze_pruned, prunable_weights, state_copy
+from pruning import state_copy
+from steps import training_step
 from utils import UserError
 
 EVAL_BATCH = 1000
@@ -92,25 +93,21 @@ def train_epoch(
 ) -> float:
     """One pass over a fresh permutation of `data`; returns the mean training loss.
 
-    Each batch is gathered from the permutation (as fast as one shuffled copy of the whole set,
+    The step is `steps.training_step`'s: fc1 with Adam gets a hand-written equivalent of the
+    autograd step. Each batch is gathered from the permutation (as fast as one shuffled copy of the whole set,
     without doubling its memory). The loss is summed on the device and read once per epoch, so
     the step never waits on the host. The last, smaller batch is kept (the original's train
     loader did not drop it).
     """
     model.train()
-    weights = prunable_weights(model)
+    step = training_step(model, optimizer, criterion, masks)
     count = data.labels.shape[0]
     order = torch.randperm(count, device=data.labels.device)
     total = torch.zeros((), device=data.labels.device)
     for start in range(0, count, batch_size):
         batch = order[start : start + batch_size]
         x, y = data.images.index_select(0, batch), data.labels.index_select(0, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss = criterion(model(x), y)
-        loss.backward()
-        freeze_pruned(weights, masks)
-        optimizer.step()
-        total += loss.detach() * y.shape[0]
+        total += step(x, y) * y.shape[0]
     return total.item() / count
 
 

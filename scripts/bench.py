@@ -59,6 +59,7 @@ import plots  # noqa: E402
 from initialization import CONV_OR_LINEAR, initialize  # noqa: E402
 from pruning import device_masks, make_mask, prune_by_percentile  # noqa: E402
 from results import RunDir  # noqa: E402
+from steps import training_step  # noqa: E402
 from train import (  # noqa: E402
     WEIGHT_DECAY,
     LevelHistory,
@@ -303,6 +304,8 @@ def training_case(
         train_epoch(model, train_set, BATCH, optimizer, criterion, masks)
         cpu_times.append(time.process_time() - start)
 
+    model.train()
+    step = type(training_step(model, optimizer, criterion, masks)).__name__
     epoch_times = median_time(epoch, repeats, device)
     test_times = median_time(lambda: evaluate(model, test_set), repeats, device)
     epoch_s = statistics.median(epoch_times)
@@ -312,6 +315,7 @@ def training_case(
         "device": str(device),
         "threads": torch.get_num_threads(),
         "data": source,
+        "step": step,
         "samples": samples,
         "batch_size": BATCH,
         "epoch_s": round(epoch_s, 4),
@@ -490,14 +494,15 @@ def write_random_idx(folder: Path) -> Path:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| case | threads | data | epoch s | test s | samples/s | GFLOP/epoch | peak GFLOP/s "
-        "| limit s | ratio | shapes GFLOP/s |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | threads | data | step | epoch s | test s | samples/s | GFLOP/epoch "
+        "| peak GFLOP/s | limit s | ratio | shapes GFLOP/s |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "epoch_s" in r:
             lines.append(
-                f"| {r['case']} | {r['threads']} | {r['data']} | {r['epoch_s']:.3f} | {r['test_s']:.3f} "
+                f"| {r['case']} | {r['threads']} | {r['data']} | {r['step']} "
+                f"| {r['epoch_s']:.3f} | {r['test_s']:.3f} "
                 f"| {r['samples_per_s']} | {r['gflop_per_epoch']:.1f} | {r['peak_gflops']:.0f} "
                 f"| {r['limit_s']:.3f} | {r['ratio']:.2f} | {r['shapes_gflops']:.0f} |"
             )

@@ -1,0 +1,135 @@
+"""The fast training steps against autograd and torch.optim.Adam: same losses, same weights,
+same masks, pruned weights frozen; and each model gets the step it should."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import archs
+from initialization import initialize
+from pruning import device_masks, make_mask, prunable_weights, prune_by_percentile
+from steps import AutogradStep, FusedAdam, LinearReluStep, training_step
+from tests.test_train import small_split
+from train import adam, add_input_dropout
+
+LR, WEIGHT_DECAY = 1e-2, 1e-4
+
+
+def twin_models(arch: str, dataset: str = "mnist", percent: float = 50):
+    """Two identical pruned models, their mask and its device copy."""
+    torch.manual_seed(0)
+    first = initialize(archs.build(dataset, arch))
+    second = initialize(archs.build(dataset, arch))
+    second.load_state_dict(first.state_dict())
+    mask = prune_by_percentile(first, make_mask(first), percent)
+    prune_by_percentile(second, make_mask(second), percent)
+    return first, second, mask, device_masks(first, mask)
+
+
+def run_steps(step, data, batch_sizes):
+    """Apply `step` to consecutive batches of `data`; return the losses read back."""
+    losses, start = [], 0
+    for size in batch_sizes:
+        x, y = data.images[start : start + size], data.labels[start : start + size]
+        losses.append(step(x, y).item())
+        start += size
+    return losses
+
+
+def plain_step(model, optimizer, masks):
+    """Autograd and torch.optim.Adam's own step(), as a reference."""
+    weights = prunable_weights(model)
+
+    def step(x, y):
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        torch._foreach_mul_([w.grad for w in weights], masks)
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_hand_written_fc1_step_matches_autograd_and_adam(dataset):
+    fast, plain, mask, masks = twin_models("fc1", dataset)
+    data = small_split(230, (1, 28, 28) if dataset == "mnist" else (3, 32, 32))
+    fast_optimizer = adam(fast.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    plain_optimizer = adam(plain.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    fast.train(), plain.train()
+    step = training_step(fast, fast_optimizer, nn.CrossEntropyLoss(), masks)
+    assert isinstance(step, LinearReluStep)
+    sizes = [60, 60, 60, 50]  # a smaller last batch, as at the end of an epoch
+    fast_losses = run_steps(step, data, sizes * 2)
+    plain_losses = run_steps(plain_step(plain, plain_optimizer, masks), data, sizes * 2)
+
+    np.testing.assert_allclose(fast_losses, plain_losses, rtol=1e-5)
+    assert fast_losses[0] == plain_losses[0], "the first forward pass is the same computation"
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+        assert a.grad is None, "the fast step keeps its gradients in its own buffers"
+    for weight, layer_mask in zip(prunable_weights(fast), mask, strict=True):
+        assert torch.all(weight.detach()[torch.from_numpy(layer_mask) == 0] == 0)
+    for a, b in zip(
+        prune_by_percentile(fast, mask, 30), prune_by_percentile(plain, mask, 30), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    # the optimiser's own state was kept: the same moments, one step count per batch
+    for p, q in zip(fast.parameters(), plain.parameters(), strict=True):
+        assert fast_optimizer.state[p]["step"].item() == len(sizes) * 2
+        torch.testing.assert_close(
+            fast_optimizer.state[p]["exp_avg_sq"], plain_optimizer.state[q]["exp_avg_sq"]
+        )
+
+
+def test_fused_adam_step_is_the_optimizer_step_exactly():
+    """The plain autograd step with FusedAdam (every model but fc1) against Adam's step()."""
+    fast, plain, _, masks = twin_models("lenet5")
+    data = small_split(120, (1, 28, 28))
+    fast_optimizer = adam(fast.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    plain_optimizer = adam(plain.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    step = training_step(fast, fast_optimizer, nn.CrossEntropyLoss(), masks)
+    assert isinstance(step, AutogradStep) and isinstance(step.optimizer, FusedAdam)
+    fast_losses = run_steps(step, data, [40, 40, 40])
+    plain_losses = run_steps(plain_step(plain, plain_optimizer, masks), data, [40, 40, 40])
+    assert fast_losses == plain_losses
+    for a, b in zip(fast.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_fused_adam_skips_parameters_without_a_gradient_like_the_optimizer():
+    torch.manual_seed(0)
+    used, unused = nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(3))
+    model = nn.Module()
+    model.used, model.unused = used, unused
+    optimizer = adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    before = unused.detach().clone()
+    used.grad = torch.ones(3)
+    FusedAdam.for_optimizer(optimizer, model).step()
+    assert torch.equal(unused.detach(), before)
+    assert not torch.equal(used.detach(), before)
+
+
+def test_each_model_and_optimizer_gets_the_right_step():
+    def chosen(model, optimizer=None, criterion=None):
+        optimizer = optimizer or adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+        masks = device_masks(model, make_mask(model))
+        return training_step(model, optimizer, criterion or nn.CrossEntropyLoss(), masks)
+
+    fc1 = archs.build("mnist", "fc1").train()
+    assert isinstance(chosen(fc1), LinearReluStep)
+    sgd = torch.optim.SGD(fc1.parameters(), lr=LR)
+    assert isinstance(chosen(fc1, sgd), AutogradStep), "only Adam has a hand-written update"
+    assert chosen(fc1, sgd).optimizer is sgd
+    plain_adam = torch.optim.Adam(fc1.parameters(), lr=LR, foreach=False)
+    assert chosen(fc1, plain_adam).optimizer is plain_adam, "not the fused configuration"
+    amsgrad = torch.optim.Adam(fc1.parameters(), lr=LR, amsgrad=True, fused=True)
+    assert chosen(fc1, amsgrad).optimizer is amsgrad
+    smoothed = nn.CrossEntropyLoss(label_smoothing=0.1)
+    assert isinstance(chosen(fc1, criterion=smoothed), AutogradStep)
+    dropout = add_input_dropout(archs.build("mnist", "fc1").train(), 0.1)
+    assert isinstance(chosen(dropout), AutogradStep), "--dropout's hooks need the plain step"
+    assert isinstance(chosen(archs.build("mnist", "lenet5").train()), AutogradStep)
+    assert isinstance(chosen(archs.build("cifar10", "fclin").train()), AutogradStep)
