@@ -1,5 +1,5 @@
 """Data sets: checked, imported into torchvision's layout under --data_dir, loaded once into
-normalised tensors on the training device.
+tensors on the training device (uint8 pixels, normalised batch by batch as they are used).
 
 Files reach --data_dir in one of four ways, tried in this order: already there; imported from
 --data_source; imported from an archive already in --data_dir (MNIST `.gz` files in `raw/`, the
@@ -62,10 +62,49 @@ class DatasetSpec:
         return self.archive is None
 
 
-@dataclass
 class Split:
-    images: torch.Tensor  # float32 (N, C, H, W), normalised, on the device
-    labels: torch.Tensor  # int64 (N,), on the device
+    """One split of a data set in memory on the device: images and their labels.
+
+    Loaded data keep the files' uint8 pixels, a quarter of the size of float32 images, and are
+    normalised as they are read, ((x / 255) - mean) / std per channel, in the same operations
+    normalising the whole set at once would use, so a batch holds exactly those values. A split
+    made from float images (`Split(images, labels)`) hands them out unchanged.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: torch.Tensor | None = None,
+        std: torch.Tensor | None = None,
+    ) -> None:
+        self.stored = images  # uint8 (N, C, H, W) pixels with mean and std, else float32 images
+        self.labels = labels  # int64 (N,)
+        self.mean, self.std = mean, std  # float32 (1, C, 1, 1), or None
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    @property
+    def images(self) -> torch.Tensor:
+        """All images, normalised (a new float32 tensor the size of the split, for uint8)."""
+        return self._normalised(self.stored)
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised images and the labels at `index` (a 1-D index tensor on the device)."""
+        return self._normalised(self.stored.index_select(0, index)), self.labels.index_select(
+            0, index
+        )
+
+    def between(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised images and the labels from `start` up to `stop`."""
+        return self._normalised(self.stored[start:stop]), self.labels[start:stop]
+
+    def _normalised(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.mean is None:
+            return pixels
+        images = torch.empty(pixels.shape, dtype=torch.float32, device=pixels.device)
+        return images.copy_(pixels).div_(255).sub_(self.mean).div_(self.std)
 
 
 def _presence_checked(cls: type[datasets.CIFAR10]) -> type[datasets.CIFAR10]:
@@ -153,20 +192,11 @@ def _split(spec: DatasetSpec, root: Path, train: bool, device: torch.device) -> 
     else:
         pixels, labels = torch.from_numpy(loaded.data), torch.as_tensor(loaded.targets)
     del loaded
-    return Split(_normalised(pixels, spec, device), labels.to(device, torch.int64))
-
-
-def _normalised(pixels: torch.Tensor, spec: DatasetSpec, device: torch.device) -> torch.Tensor:
-    """(N, H, W, C) uint8 pixels as (N, C, H, W) float32 (x / 255 - mean) / std on `device`,
-    converted in place so that only the uint8 source and the result exist at once."""
-    pixels = pixels.to(device)
-    images = torch.empty(
-        (pixels.shape[0], *spec.input_shape), dtype=torch.float32, device=device
-    ).copy_(pixels.permute(0, 3, 1, 2))
-    del pixels
+    # (N, H, W, C) as (N, C, H, W), contiguous, so that a batch is whole rows
+    pixels = pixels.permute(0, 3, 1, 2).contiguous().to(device)
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
-    return images.div_(255).sub_(mean).div_(std)
+    return Split(pixels, labels.to(device, torch.int64), mean, std)
 
 
 # --- finding and importing the files ------------------------------------------------------------

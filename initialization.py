@@ -3,7 +3,6 @@ the data-based scheme of models that define one (`fclin`)."""
 
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
 CONV_OR_LINEAR = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -47,16 +46,17 @@ def initialize(model: nn.Module, scheme: str = "xavier") -> nn.Module:
     return model
 
 
-def initializer(scheme: str, train_images: torch.Tensor) -> Initializer:
+def initializer(scheme: str, train_set) -> Initializer:
     """The function that (re-)initialises a model under `scheme` (`--init`).
 
-    `data` calls the model's own `data_init(train_images)` (the fitted `fclin` network has one);
-    every call draws afresh from the seeded generators, so `reinit` gets new values.
+    `data` calls the model's own `data_init` with the training images (the fitted `fclin`
+    network has one), normalised from `train_set` (a `data.Split`) only then; every call draws
+    afresh from the seeded generators, so `reinit` gets new values.
     """
     if scheme == "data":
 
         def data_based(model: nn.Module) -> nn.Module:
-            model.data_init(train_images)
+            model.data_init(train_set.images)
             return model
 
         return data_based

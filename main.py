@@ -86,7 +86,7 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
 
     train_set, test_set = data.load(args.dataset, args.data_dir, args.data_source, device)
     seed_everything(args.seed)
-    init = initializer(args.init, train_set.images)
+    init = initializer(args.init, train_set)
     model = build_model(args, train_set, init).to(device)
     if args.pretrain == "zae" and (resumed is None or resumed.checkpoint is None):
         pretrain_zae(
@@ -162,7 +162,8 @@ def build_model(args: argparse.Namespace, train_set: data.Split, init: Initializ
     """The architecture, fitted to the training data if it needs them, initialised (`--init`),
     with `--dropout` on every layer's input."""
     model = archs.build(args.dataset, args.arch_type, **cli.arch_options(args))
-    archs.fit_to_data(model, train_set.images)
+    if archs.needs_data(model):
+        archs.fit_to_data(model, train_set.images)
     return add_input_dropout(init(model), args.dropout)
 
 

@@ -94,19 +94,18 @@ def train_epoch(
     """One pass over a fresh permutation of `data`; returns the mean training loss.
 
     The step is `steps.training_step`'s: fc1 with Adam gets a hand-written equivalent of the
-    autograd step. Each batch is gathered from the permutation (as fast as one shuffled copy of the whole set,
-    without doubling its memory). The loss is summed on the device and read once per epoch, so
-    the step never waits on the host. The last, smaller batch is kept (the original's train
-    loader did not drop it).
+    autograd step. Each batch is gathered from the permutation and normalised (`Split.batch`),
+    as fast as one shuffled copy of the whole set without doubling its memory. The loss is
+    summed on the device and read once per epoch, so the step never waits on the host. The
+    last, smaller batch is kept (the original's train loader did not drop it).
     """
     model.train()
     step = training_step(model, optimizer, criterion, masks)
-    count = data.labels.shape[0]
+    count = len(data)
     order = torch.randperm(count, device=data.labels.device)
     total = torch.zeros((), device=data.labels.device)
     for start in range(0, count, batch_size):
-        batch = order[start : start + batch_size]
-        x, y = data.images.index_select(0, batch), data.labels.index_select(0, batch)
+        x, y = data.batch(order[start : start + batch_size])
         total += step(x, y) * y.shape[0]
     return total.item() / count
 
@@ -116,10 +115,10 @@ def evaluate(model: nn.Module, data: Split, batch_size: int = EVAL_BATCH) -> flo
     """Test accuracy in percent over the whole split (the last partial batch included)."""
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=data.labels.device)
-    for start in range(0, data.labels.shape[0], batch_size):
-        logits = model(data.images[start : start + batch_size])
-        correct += (logits.argmax(dim=1) == data.labels[start : start + batch_size]).sum()
-    return 100.0 * correct.item() / data.labels.shape[0]
+    for start in range(0, len(data), batch_size):
+        images, labels = data.between(start, start + batch_size)
+        correct += (model(images).argmax(dim=1) == labels).sum()
+    return 100.0 * correct.item() / len(data)
 
 
 @dataclass

@@ -61,6 +61,11 @@ def build(dataset: str, arch_type: str, **options: object) -> nn.Module:
     return check(dataset, arch_type)(**options)
 
 
+def needs_data(model: nn.Module) -> bool:
+    """Whether `model` has a `fit_to_data` method (fclin's whitening)."""
+    return callable(getattr(model, "fit_to_data", None))
+
+
 def fit_to_data(model: nn.Module, train_images: Tensor) -> None:
     """Let a model that needs the training data (its `fit_to_data` method: fclin's whitening)
     compute what it keeps from them; other models are left alone. Called once, after `build`."""

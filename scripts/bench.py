@@ -210,6 +210,12 @@ def random_split(shape: tuple[int, ...], classes: int, device: torch.device) -> 
     return data.Split(images.to(device), labels.to(device))
 
 
+def first_share(split: data.Split, share: int) -> data.Split:
+    """The first 1/`share` of `split`, stored as it is."""
+    count = len(split) // share
+    return data.Split(split.stored[:count], split.labels[:count], split.mean, split.std)
+
+
 def layer_flops(model: nn.Module, sample: torch.Tensor) -> tuple[int, list[tuple]]:
     """Training FLOPs of one forward+backward pass on `sample`, and each layer's (module, input).
 
@@ -279,17 +285,10 @@ def training_case(
         test_set = random_split((test_count, *shape[1:]), classes, device)
         source = "random"
     if share > 1:
-        train_set = data.Split(
-            train_set.images[: len(train_set.labels) // share],
-            train_set.labels[: len(train_set.labels) // share],
-        )
-        test_set = data.Split(
-            test_set.images[: len(test_set.labels) // share],
-            test_set.labels[: len(test_set.labels) // share],
-        )
-    samples = len(train_set.labels)
+        train_set, test_set = first_share(train_set, share), first_share(test_set, share)
+    samples = len(train_set)
 
-    step_flops, layers = layer_flops(model, train_set.images[:BATCH])
+    step_flops, layers = layer_flops(model, train_set.between(0, BATCH)[0])
     epoch_flops = step_flops * samples // BATCH
     shapes_rate = shapes_matmul_rate(layers, step_flops, device)
 
@@ -322,7 +321,7 @@ def training_case(
         "epoch_s_all": [round(t, 4) for t in epoch_times],
         "epoch_cpu_s": round(statistics.median(cpu_times[1:]), 4),
         "test_s": round(statistics.median(test_times), 4),
-        "test_samples": len(test_set.labels),
+        "test_samples": len(test_set),
         "samples_per_s": round(samples / epoch_s),
         "gflop_per_epoch": round(epoch_flops / 1e9, 2),
         "peak_gflops": round(peak / 1e9, 1),

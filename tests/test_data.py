@@ -74,6 +74,20 @@ def check_split(split: data.Split, dataset: str, pixels: np.ndarray, labels: np.
     expected = ((pixels.astype(np.float64) / 255 - mean) / std).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(split.images.numpy(), expected, atol=1e-5)
     assert split.labels.tolist() == labels.tolist()
+    check_stored_as_pixels(split)
+
+
+def check_stored_as_pixels(split: data.Split) -> None:
+    """The split keeps uint8 pixels (a quarter of float32) and every way of reading it gives
+    exactly the values of normalising the whole set at once."""
+    assert split.stored.dtype == torch.uint8 and split.stored.is_contiguous()
+    whole = split.stored.float().div_(255).sub_(split.mean).div_(split.std)
+    assert torch.equal(split.images, whole)
+    index = torch.randperm(len(split))[: max(1, len(split) // 2)]
+    images, labels = split.batch(index)
+    assert torch.equal(images, whole[index]) and torch.equal(labels, split.labels[index])
+    images, labels = split.between(1, len(split) + 5)  # past the end, as the last batch can be
+    assert torch.equal(images, whole[1:]) and torch.equal(labels, split.labels[1:])
 
 
 def check_mnist_family(dataset: str, source: Path, train: data.Split, test: data.Split) -> None:

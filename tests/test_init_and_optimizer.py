@@ -40,7 +40,7 @@ def test_xavier_is_still_the_default_and_differs_from_kaiming():
     default = initialize(nn.Linear(2000, 1000)).weight.detach().double()
     assert default.var().item() == pytest.approx(2.0 / (2000 + 1000), rel=0.02)
     torch.manual_seed(0)
-    named = initializer("xavier", torch.zeros(1))(nn.Linear(2000, 1000)).weight.detach()
+    named = initializer("xavier", None)(nn.Linear(2000, 1000)).weight.detach()
     assert torch.equal(default.float(), named)
 
 

@@ -14,7 +14,7 @@ from pruning import device_masks, make_mask, prunable_weights, prune_by_percenti
 from tests.conftest import ROOT
 from tests.datafiles import write_mnist_files
 from tests.test_main import TINY, run_main
-from train import adam, train_epoch
+from train import adam, evaluate, train_epoch
 
 LR, WEIGHT_DECAY = 1e-2, 1e-4
 
@@ -143,3 +143,28 @@ def test_main_runs_with_denormals_flushed_to_zero(tmp_path):
         assert (torch.tensor([1e-39]) * 1.0).item() == 0
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_an_epoch_on_uint8_pixels_is_the_epoch_on_normalised_images():
+    """Loaded splits keep uint8 pixels and normalise each batch; that trains exactly as the
+    whole set normalised up front, and tests the same."""
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (130, 1, 28, 28), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (130,), generator=generator)
+    mean, std = torch.tensor(0.2860).view(1, 1, 1, 1), torch.tensor(0.3530).view(1, 1, 1, 1)
+    stored = Split(pixels, labels, mean, std)
+    normalised = Split(stored.images, labels)
+    assert normalised.stored.dtype == torch.float32
+    torch.manual_seed(0)
+    models = [initialize(archs.build("mnist", "fc1")) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    losses = []
+    for model, split in zip(models, (stored, normalised), strict=True):
+        optimizer = adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+        masks = device_masks(model, make_mask(model))
+        torch.manual_seed(1)
+        losses.append(train_epoch(model, split, 40, optimizer, nn.CrossEntropyLoss(), masks))
+    assert losses[0] == losses[1]
+    for a, b in zip(*(m.parameters() for m in models), strict=True):
+        assert torch.equal(a, b)
+    assert evaluate(models[0], stored, 50) == evaluate(models[1], normalised, 50)
