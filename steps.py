@@ -9,7 +9,7 @@ allocation), which at batch 60 costs about as much as the arithmetic. `tests/tes
 holds the fast step to the plain one: same losses, same weights, same masks.
 """
 
-from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -17,7 +17,15 @@ from torch import nn
 from archs.models.fc1 import FC1
 from pruning import freeze_pruned, prunable_weights
 
-Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+class Step(Protocol):
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Train on one batch; return its mean loss (a detached device tensor)."""
+
+    def finish(self) -> None:
+        """End of an epoch: leave the optimiser's state complete."""
+
+
 MEAN_REDUCTION = 1  # aten's code for reduction="mean"
 NO_IGNORED_INDEX = -100  # nn.CrossEntropyLoss's default ignore_index
 
@@ -28,41 +36,67 @@ def training_step(
     criterion: nn.Module,
     masks: list[torch.Tensor],
 ) -> Step:
-    """The fastest step that trains `model` exactly as the plain one: a callable taking a batch
-    (images, labels) and returning its mean loss (a detached device tensor)."""
-    adam = FusedAdam.for_optimizer(optimizer, model)
+    """The fastest step that trains `model` as the plain one does (see `Step`)."""
+    weights = prunable_weights(model)
+    by_weight = {id(w): mask for w, mask in zip(weights, masks, strict=True)}
+    adam = FusedAdam.for_optimizer(optimizer, model, by_weight)
     layers = linear_relu_stack(model)
     if adam is not None and layers is not None and is_plain_cross_entropy(criterion):
-        return LinearReluStep(layers, adam, masks)
+        return LinearReluStep(layers, adam)
     return AutogradStep(model, optimizer if adam is None else adam, criterion, masks)
 
 
 class AutogradStep:
-    """The plain step: forward, backward, zero pruned gradients, update."""
+    """The plain step: forward, backward, zero pruned gradients, update. With FusedAdam, the
+    update itself keeps pruned weights frozen."""
 
     def __init__(self, model, optimizer, criterion, masks) -> None:
         self.model, self.optimizer, self.criterion, self.masks = model, optimizer, criterion, masks
         self.weights = prunable_weights(model)
+        self.freezes = not isinstance(optimizer, FusedAdam)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.criterion(self.model(x), y)
         loss.backward()
-        freeze_pruned(self.weights, self.masks)
+        if self.freezes:
+            freeze_pruned(self.weights, self.masks)
         self.optimizer.step()
         return loss.detach()
 
+    def finish(self) -> None:
+        """End of an epoch: leave the optimiser's state complete."""
+        if isinstance(self.optimizer, FusedAdam):
+            self.optimizer.finish()
+
 
 class FusedAdam:
-    """`torch.optim.Adam(fused=True).step()` as one prepared kernel call.
+    """`torch.optim.Adam(fused=True).step()` as one prepared kernel call, which also freezes
+    the pruned weights.
 
-    Keeps its moments and step counts in the optimiser's own `state`, created exactly as the
-    optimiser creates them, so the two can be mixed; reads lr, betas, eps and weight decay from
-    the param group at every step. Only for the configuration the runner builds: one param
-    group holding every parameter of the model, L2 weight decay, no amsgrad, no maximize.
+    Moments and step counts live in the optimiser's own `state`, created exactly as the
+    optimiser creates them; lr, betas, eps and weight decay are read from the param group at
+    every step. Only for the configuration the runner builds: one param group holding every
+    parameter of the model, L2 weight decay, no amsgrad, no maximize.
+
+    Freezing: a weight with nothing pruned needs nothing. A weight with most of it alive has the
+    gradients of its pruned entries zeroed, which keeps them at zero through Adam (zero
+    gradient, zero moments, zero weight decay). A weight with less than `COMPACT_BELOW` of it
+    alive is updated through its survivors alone: their values and moments are kept as short
+    vectors (`take`n once per epoch), the kernel runs on those, and the new values are `put`
+    back into the weight. Adam treats every entry on its own, so this is the same update at a
+    fraction of the memory traffic; the pruned entries are never touched. `finish()` writes
+    the moments back into the optimiser's state at the end of an epoch.
     """
 
-    def __init__(self, optimizer: torch.optim.Adam, params: list[nn.Parameter]) -> None:
+    COMPACT_BELOW = 0.25  # measured: below about this share alive, the compact update is faster
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Adam,
+        params: list[nn.Parameter],
+        masks: dict[int, torch.Tensor],
+    ) -> None:
         self.group = optimizer.param_groups[0]
         self.params = params
         for p in params:
@@ -74,10 +108,37 @@ class FusedAdam:
         self.exp_avgs = [optimizer.state[p]["exp_avg"] for p in params]
         self.exp_avg_sqs = [optimizer.state[p]["exp_avg_sq"] for p in params]
         self.steps = [optimizer.state[p]["step"] for p in params]
+        # What the kernel runs on: the parameters and their moments, or the survivors' vectors.
+        self.targets = list(params)
+        self.target_exp_avgs, self.target_exp_avg_sqs = list(self.exp_avgs), list(self.exp_avg_sqs)
+        self.masked: list[tuple[int, torch.Tensor]] = []  # (position, mask) to zero gradients
+        self.compact: list[tuple[int, torch.Tensor]] = []  # (position, survivors' flat indices)
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                mask = masks.get(id(p))
+                if mask is None:
+                    continue
+                alive = int(mask.count_nonzero())  # one read per weight per epoch, none per step
+                if alive == mask.numel():
+                    continue
+                if alive >= self.COMPACT_BELOW * mask.numel() or not p.is_contiguous():
+                    self.masked.append((i, mask))
+                    continue
+                survivors = mask.reshape(-1).nonzero().squeeze(1)
+                self.compact.append((i, survivors))
+                self.targets[i] = p.take(survivors)
+                self.target_exp_avgs[i] = self.exp_avgs[i].take(survivors)
+                self.target_exp_avg_sqs[i] = self.exp_avg_sqs[i].take(survivors)
 
     @classmethod
-    def for_optimizer(cls, optimizer: torch.optim.Optimizer, model: nn.Module):
-        """A FusedAdam for `optimizer`, or None where it is not exactly that configuration."""
+    def for_optimizer(
+        cls,
+        optimizer: torch.optim.Optimizer,
+        model: nn.Module,
+        masks: dict[int, torch.Tensor] | None = None,
+    ):
+        """A FusedAdam for `optimizer`, freezing by `masks` (parameter id -> mask), or None
+        where the optimiser is not exactly that configuration."""
         params = list(model.parameters())
         if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
             return None
@@ -94,33 +155,40 @@ class FusedAdam:
             return None
         if any(p.dtype != torch.float32 or p.is_complex() for p in params):
             return None
-        return cls(optimizer, params)
+        return cls(optimizer, params, masks or {})
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
             p.grad = None
 
+    @torch.no_grad()
     def step(self, grads: list[torch.Tensor] | None = None) -> None:
-        """One Adam update with `grads` (default: each parameter's `.grad`)."""
-        params, exp_avgs, exp_avg_sqs, steps = (
-            self.params,
-            self.exp_avgs,
-            self.exp_avg_sqs,
+        """One Adam update with `grads` (default: each parameter's `.grad`), pruned weights
+        frozen. The gradients of partly pruned weights are zeroed in place where pruned."""
+        grads = [p.grad for p in self.params] if grads is None else list(grads)
+        masked = [(grads[i], mask) for i, mask in self.masked if grads[i] is not None]
+        if masked:
+            torch._foreach_mul_([g for g, _ in masked], [mask for _, mask in masked])
+        for i, survivors in self.compact:
+            if grads[i] is not None:
+                grads[i] = grads[i].take(survivors)
+        targets, exp_avgs, exp_avg_sqs, steps = (
+            self.targets,
+            self.target_exp_avgs,
+            self.target_exp_avg_sqs,
             self.steps,
         )
-        if grads is None:
-            grads = [p.grad for p in params]
-            if any(g is None for g in grads):  # as the optimiser does: skip those parameters
-                kept = [i for i, g in enumerate(grads) if g is not None]
-                params, grads, exp_avgs, exp_avg_sqs, steps = (
-                    [values[i] for i in kept]
-                    for values in (params, grads, exp_avgs, exp_avg_sqs, steps)
-                )
+        if any(g is None for g in grads):  # as the optimiser does: skip those parameters
+            kept = [i for i, g in enumerate(grads) if g is not None]
+            targets, grads, exp_avgs, exp_avg_sqs, steps = (
+                [values[i] for i in kept]
+                for values in (targets, grads, exp_avgs, exp_avg_sqs, steps)
+            )
         group = self.group
         beta1, beta2 = group["betas"]
         torch._foreach_add_(steps, 1)
         torch._fused_adam_(
-            params,
+            targets,
             grads,
             exp_avgs,
             exp_avg_sqs,
@@ -134,6 +202,15 @@ class FusedAdam:
             amsgrad=False,
             maximize=False,
         )
+        for i, survivors in self.compact:
+            self.params[i].put_(survivors, self.targets[i])
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        """Write the survivors' moments back into the optimiser's state (end of an epoch)."""
+        for i, survivors in self.compact:
+            self.exp_avgs[i].put_(survivors, self.target_exp_avgs[i])
+            self.exp_avg_sqs[i].put_(survivors, self.target_exp_avg_sqs[i])
 
 
 def linear_relu_stack(model: nn.Module) -> list[nn.Linear] | None:
@@ -169,12 +246,11 @@ class LinearReluStep:
     log-likelihood. Backward uses the kernels autograd would: the loss gradient through
     nll_loss_backward and _log_softmax_backward_data, dW = dz.T @ h, db = dz summed over the
     batch, dh = dz @ W, and ReLU's threshold_backward. Gradients go into buffers kept for the
-    whole level instead of new `.grad` tensors; pruned weights' gradients are zeroed by the
-    mask before the update, as in the plain step.
+    epoch instead of new `.grad` tensors; FusedAdam's update keeps the pruned weights frozen.
     """
 
-    def __init__(self, layers: list[nn.Linear], adam: FusedAdam, masks: list[torch.Tensor]):
-        self.layers, self.adam, self.masks = layers, adam, masks
+    def __init__(self, layers: list[nn.Linear], adam: FusedAdam):
+        self.layers, self.adam = layers, adam
         params = adam.params
         if len(params) != sum(1 + (layer.bias is not None) for layer in layers):
             raise ValueError("the optimiser does not hold exactly the stack's parameters")
@@ -219,6 +295,9 @@ class LinearReluStep:
                 torch.sum(grad, 0, out=self.bias_grads[i])
             if i > 0:
                 grad = torch.ops.aten.threshold_backward(grad.mm(layer.weight), inputs[i], 0)
-        torch._foreach_mul_(self.weight_grads, self.masks)
         self.adam.step(self.grads)
         return loss
+
+    def finish(self) -> None:
+        """End of an epoch: leave the optimiser's state complete."""
+        self.adam.finish()

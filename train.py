@@ -107,6 +107,7 @@ def train_epoch(
     for start in range(0, count, batch_size):
         x, y = data.batch(order[start : start + batch_size])
         total += step(x, y) * y.shape[0]
+    step.finish()
     return total.item() / count
 
 
