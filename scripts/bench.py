@@ -5,7 +5,9 @@ Usage: python scripts/bench.py [--quick] [--repeats N] [--threads N] [--device c
                                [--skip-memory]
 
 Training cases (batch 60, the default): fc1 on mnist-shaped data (60000 x 1x28x28), fc1 on
-cifar10-shaped data (50000 x 3x32x32), lenet5 on mnist-shaped data. Mnist-shaped cases use the
+cifar10-shaped data (50000 x 3x32x32), lenet5 on mnist-shaped data, and fc1 on mnist-shaped data
+pruned as at level 13 of the default experiment (5.5% of each layer left, where the optimiser
+updates only the survivors). Mnist-shaped cases use the
 real Fashion-MNIST when Debian's copy is installed, random data of the same shape otherwise; the
 cifar10-shaped case always uses random data. The `data` field says which. The timing does not
 depend on the values.
@@ -22,6 +24,9 @@ of every core and one core (on a busy machine one thread can be faster); this is
 arithmetic limit, which `limit_s` and `ratio` use. `shapes`: the model's own layers at batch 60,
 each run alone forward and backward, which is what the library reaches on those small shapes;
 `ratio_shapes` compares the epoch with the time every layer would take at that rate.
+
+The default experiment's minutes are estimated from the dense and level-13 fc1 epochs, the test
+pass and the work between levels at 1200 dpi (`default_experiment`).
 
 Timings are wall-clock medians after one warm-up; on a machine shared with other jobs they are
 noisy (`load_average` is recorded), and `epoch_cpu_s`, this process's CPU time, helps read them.
@@ -59,7 +64,7 @@ import plots  # noqa: E402
 from initialization import CONV_OR_LINEAR, initialize  # noqa: E402
 from pruning import device_masks, make_mask, prune_by_percentile  # noqa: E402
 from results import RunDir  # noqa: E402
-from steps import training_step  # noqa: E402
+from steps import FusedAdam, training_step  # noqa: E402
 from train import (  # noqa: E402
     WEIGHT_DECAY,
     LevelHistory,
@@ -70,11 +75,14 @@ from train import (  # noqa: E402
 )
 
 BATCH = 60
-CASES = (  # name, dataset (for the architecture), arch, train shape, test size
-    ("fc1-mnist", "mnist", "fc1", (60000, 1, 28, 28), 10000),
-    ("fc1-cifar10", "cifar10", "fc1", (50000, 3, 32, 32), 10000),
-    ("lenet5-mnist", "mnist", "lenet5", (60000, 1, 28, 28), 10000),
+CASES = (  # name, dataset (for the architecture), arch, train shape, test size, level
+    ("fc1-mnist", "mnist", "fc1", (60000, 1, 28, 28), 10000, 0),
+    ("fc1-cifar10", "cifar10", "fc1", (50000, 3, 32, 32), 10000, 0),
+    ("lenet5-mnist", "mnist", "lenet5", (60000, 1, 28, 28), 10000, 0),
+    # fc1 as at level 13 of the default experiment: 0.8^13 = 5.5% of each layer left
+    ("fc1-mnist-level13", "mnist", "fc1", (60000, 1, 28, 28), 10000, 13),
 )
+DEFAULT_LEVELS, DEFAULT_EPOCHS, DEFAULT_RATE = 35, 100, 0.2  # main.py's defaults
 
 
 def main_(argv: list[str] | None = None) -> int:
@@ -113,10 +121,20 @@ def main_(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         real = real_fashion_mnist(Path(tmp) / "data", device)
-        for name, dataset, arch, shape, test_count, case_threads in cases:
+        for name, dataset, arch, shape, test_count, level, case_threads in cases:
             torch.set_num_threads(case_threads)
             row = training_case(
-                name, dataset, arch, shape, test_count, share, real, device, peak, args.repeats
+                name,
+                dataset,
+                arch,
+                shape,
+                test_count,
+                level,
+                share,
+                real,
+                device,
+                peak,
+                args.repeats,
             )
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -125,6 +143,8 @@ def main_(argv: list[str] | None = None) -> int:
             row = level_overhead(Path(tmp) / f"level{dpi}", dpi, device, args.repeats)
             rows.append(row)
             print(json.dumps(row), flush=True)
+        rows.append(default_experiment(rows, threads))
+        print(json.dumps(rows[-1]), flush=True)
         if not args.skip_memory:
             row = peak_memory(Path(tmp) / "memory", args.threads, args.quick)
             rows.append(row)
@@ -210,6 +230,11 @@ def random_split(shape: tuple[int, ...], classes: int, device: torch.device) -> 
     return data.Split(images.to(device), labels.to(device))
 
 
+def weights_left(mask: list[np.ndarray]) -> float:
+    """Percent of the prunable weights a mask keeps."""
+    return round(100 * float(sum(m.sum() for m in mask)) / sum(m.size for m in mask), 1)
+
+
 def first_share(split: data.Split, share: int) -> data.Split:
     """The first 1/`share` of `split`, stored as it is."""
     count = len(split) // share
@@ -269,6 +294,7 @@ def training_case(
     arch: str,
     shape: tuple[int, ...],
     test_count: int,
+    level: int,
     share: int,
     real: tuple | None,
     device: torch.device,
@@ -293,6 +319,8 @@ def training_case(
     shapes_rate = shapes_matmul_rate(layers, step_flops, device)
 
     mask = make_mask(model)
+    if level:  # the weights a run at the default rate has left at this level, per layer
+        mask = prune_by_percentile(model, mask, 100 * (1 - (1 - DEFAULT_RATE) ** level))
     masks = device_masks(model, mask)
     optimizer = adam(model.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY)
     criterion = nn.CrossEntropyLoss()
@@ -315,6 +343,8 @@ def training_case(
         "threads": torch.get_num_threads(),
         "data": source,
         "step": step,
+        "level": level,
+        "weights_left_percent": weights_left(mask),
         "samples": samples,
         "batch_size": BATCH,
         "epoch_s": round(epoch_s, 4),
@@ -491,16 +521,41 @@ def write_random_idx(folder: Path) -> Path:
 # --- the table --------------------------------------------------------------------------------
 
 
+def default_experiment(rows: list[dict], threads: int) -> dict:
+    """Minutes of main.py's default run (35 levels x 100 epochs of fc1 on an MNIST-sized set, a
+    test every epoch, 1200-dpi figures), estimated from the measured rows: a level whose layers
+    still have at least FusedAdam.COMPACT_BELOW of their weights costs what the dense epoch
+    costs, a sparser one what the level-13 epoch costs (the same update path), plus the work
+    between levels. An estimate: one full run takes about an hour here."""
+    by_case = {(r["case"], r.get("threads", threads)): r for r in rows}
+    dense, sparse = by_case[("fc1-mnist", threads)], by_case[("fc1-mnist-level13", threads)]
+    overhead = by_case[("level-overhead-dpi1200", threads)]["level_s"]
+    scale = 60000 / dense["samples"]  # 1, or 10 with --quick
+    seconds = 0.0
+    for level in range(DEFAULT_LEVELS):
+        left = (1 - DEFAULT_RATE) ** level
+        epoch = dense if left >= FusedAdam.COMPACT_BELOW else sparse
+        seconds += DEFAULT_EPOCHS * (epoch["epoch_s"] + epoch["test_s"]) * scale + overhead
+    return {
+        "case": "default-experiment-estimate",
+        "threads": threads,
+        "levels": DEFAULT_LEVELS,
+        "epochs": DEFAULT_EPOCHS,
+        "minutes": round(seconds / 60, 1),
+    }
+
+
 def table(rows: list[dict]) -> str:
     lines = [
-        "| case | threads | data | step | epoch s | test s | samples/s | GFLOP/epoch "
-        "| peak GFLOP/s | limit s | ratio | shapes GFLOP/s |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | threads | data | weights left | step | epoch s | test s | samples/s "
+        "| GFLOP/epoch | peak GFLOP/s | limit s | ratio | shapes GFLOP/s |",
+        "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "epoch_s" in r:
             lines.append(
-                f"| {r['case']} | {r['threads']} | {r['data']} | {r['step']} "
+                f"| {r['case']} | {r['threads']} | {r['data']} | {r['weights_left_percent']}% "
+                f"| {r['step']} "
                 f"| {r['epoch_s']:.3f} | {r['test_s']:.3f} "
                 f"| {r['samples_per_s']} | {r['gflop_per_epoch']:.1f} | {r['peak_gflops']:.0f} "
                 f"| {r['limit_s']:.3f} | {r['ratio']:.2f} | {r['shapes_gflops']:.0f} |"
@@ -515,6 +570,12 @@ def table(rows: list[dict]) -> str:
             lines.append(
                 f"| {r['case']} | {r['level_s']:.3f} | {r['prune_s']:.3f} | {r['rewind_s']:.3f} "
                 f"| {r['setup_s']:.3f} | {r['files_s']:.3f} | {r['plot_s']:.3f} |"
+            )
+    for r in rows:
+        if r["case"] == "default-experiment-estimate":
+            lines.append(
+                f"\ndefault experiment ({r['levels']} levels x {r['epochs']} epochs of fc1,"
+                f" estimated from the rows above): {r['minutes']:.0f} minutes"
             )
     for r in rows:
         if "peak_rss_mb" in r:

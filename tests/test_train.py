@@ -175,3 +175,16 @@ def test_an_epoch_on_uint8_pixels_is_the_epoch_on_normalised_images():
     for a, b in zip(*(m.parameters() for m in models), strict=True):
         assert torch.equal(a, b)
     assert evaluate(models[0], stored, 50) == evaluate(models[1], normalised, 50)
+
+
+def test_benchmark_estimates_the_default_experiment_from_its_rows():
+    bench = load_bench()
+    rows = [
+        {"case": "fc1-mnist", "threads": 2, "samples": 60000, "epoch_s": 1.0, "test_s": 0.5},
+        {"case": "fc1-mnist-level13", "threads": 2, "samples": 60000, "epoch_s": 0.5, "test_s": 0},
+        {"case": "fc1-mnist", "threads": 1, "samples": 60000, "epoch_s": 9.0, "test_s": 9.0},
+        {"case": "level-overhead-dpi1200", "threads": 2, "level_s": 6.0},
+    ]
+    # 0.8^k >= 0.25 for k = 0..6: 7 dense levels, 28 sparse ones, 35 level overheads
+    expected = (7 * 100 * 1.5 + 28 * 100 * 0.5 + 35 * 6.0) / 60
+    assert bench.default_experiment(rows, 2)["minutes"] == round(expected, 1)
