@@ -64,7 +64,7 @@ import plots  # noqa: E402
 from initialization import CONV_OR_LINEAR, initialize  # noqa: E402
 from pruning import device_masks, make_mask, prune_by_percentile  # noqa: E402
 from results import RunDir  # noqa: E402
-from steps import FusedAdam, training_step  # noqa: E402
+from steps import FusedAdam, linear_relu_stack, training_step  # noqa: E402
 from train import (  # noqa: E402
     WEIGHT_DECAY,
     LevelHistory,
@@ -288,6 +288,48 @@ def shapes_matmul_rate(layers: list[tuple], flops: int, device: torch.device) ->
     return flops * loops / statistics.median(times)
 
 
+def kernel_floor(model: nn.Module, batch: int, device: torch.device) -> float | None:
+    """Seconds per step of the bare kernels a step of a Linear stack needs at this batch size,
+    each timed alone and warm: forward, weight-gradient and input-gradient matmuls of every
+    layer, and the fused Adam update of every parameter. What a step would cost with no other
+    work at all; None for models that are not a Linear stack."""
+    layers = linear_relu_stack(model.train())
+    if layers is None:
+        return None
+    generator = torch.Generator().manual_seed(0)
+    kernels: list[Callable[[], object]] = []
+    for i, layer in enumerate(layers):
+        x = torch.randn(batch, layer.in_features, generator=generator).to(device)
+        g = torch.randn(batch, layer.out_features, generator=generator).to(device)
+        w, b = layer.weight.detach(), layer.bias.detach()
+        kernels.append(lambda x=x, w=w, b=b: torch.addmm(b, x, w.t()))
+        kernels.append(lambda x=x, g=g: torch.mm(g.t(), x))
+        if i > 0:
+            kernels.append(lambda g=g, w=w: torch.mm(g, w))
+    params = [p.detach().clone() for p in model.parameters()]
+    grads = [torch.randn_like(p) * 1e-3 for p in params]
+    moments = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    steps = [torch.zeros((), device=device) for _ in params]
+
+    def update() -> None:
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(
+            params, grads, *moments, [], steps, lr=1e-3, beta1=0.9, beta2=0.999,
+            weight_decay=WEIGHT_DECAY, eps=1e-8, amsgrad=False, maximize=False,
+        )  # fmt: skip
+
+    kernels.append(update)
+    loops = 50
+
+    def repeat(kernel: Callable[[], object]) -> None:
+        for _ in range(loops):
+            kernel()  # the result is dropped at once, as in a step
+
+    return sum(
+        statistics.median(median_time(lambda k=k: repeat(k), 5, device)) / loops for k in kernels
+    )
+
+
 def training_case(
     name: str,
     dataset: str,
@@ -317,6 +359,7 @@ def training_case(
     step_flops, layers = layer_flops(model, train_set.between(0, BATCH)[0])
     epoch_flops = step_flops * samples // BATCH
     shapes_rate = shapes_matmul_rate(layers, step_flops, device)
+    floor = kernel_floor(model, BATCH, device)
 
     mask = make_mask(model)
     if level:  # the weights a run at the default rate has left at this level, per layer
@@ -359,6 +402,7 @@ def training_case(
         "limit_s": round(limit_s, 4),
         "ratio": round(epoch_s / limit_s, 2),
         "ratio_shapes": round(epoch_s / (epoch_flops / shapes_rate), 2),
+        "kernels_s": None if floor is None else round(floor * samples / BATCH, 4),
     }
 
 
@@ -548,8 +592,8 @@ def default_experiment(rows: list[dict], threads: int) -> dict:
 def table(rows: list[dict]) -> str:
     lines = [
         "| case | threads | data | weights left | step | epoch s | test s | samples/s "
-        "| GFLOP/epoch | peak GFLOP/s | limit s | ratio | shapes GFLOP/s |",
-        "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| GFLOP/epoch | peak GFLOP/s | limit s | ratio | shapes GFLOP/s | kernels s |",
+        "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "epoch_s" in r:
@@ -558,7 +602,8 @@ def table(rows: list[dict]) -> str:
                 f"| {r['step']} "
                 f"| {r['epoch_s']:.3f} | {r['test_s']:.3f} "
                 f"| {r['samples_per_s']} | {r['gflop_per_epoch']:.1f} | {r['peak_gflops']:.0f} "
-                f"| {r['limit_s']:.3f} | {r['ratio']:.2f} | {r['shapes_gflops']:.0f} |"
+                f"| {r['limit_s']:.3f} | {r['ratio']:.2f} | {r['shapes_gflops']:.0f} "
+                f"| {'-' if r['kernels_s'] is None else format(r['kernels_s'], '.3f')} |"
             )
     lines += [
         "",
