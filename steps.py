@@ -2,7 +2,7 @@
 common case, a stack of Linear layers with ReLUs between them (fc1) trained with the fused Adam.
 
 Both compute what the original computed: the mean cross-entropy of the batch, its gradients,
-the gradients of pruned weights zeroed by the mask, one Adam update. The fast step calls the
+one update that leaves the pruned weights at zero. The fast step calls the
 same kernels autograd and `torch.optim.Adam(fused=True)` call, in the same order, without the
 per-step bookkeeping around them (the autograd graph, the optimiser's state lookups, grad
 allocation), which at batch 60 costs about as much as the arithmetic. `tests/test_steps.py`
@@ -143,11 +143,8 @@ class FusedAdam:
         if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
             return None
         group = optimizer.param_groups[0]
-        plain = not any(
-            group.get(flag)
-            for flag in ("amsgrad", "maximize", "differentiable", "capturable")
-            + ("decoupled_weight_decay",)
-        )
+        flags = ("amsgrad", "maximize", "differentiable", "capturable", "decoupled_weight_decay")
+        plain = not any(group.get(flag) for flag in flags)
         same_params = len(group["params"]) == len(params) and all(
             a is b for a, b in zip(group["params"], params, strict=True)
         )
