@@ -92,9 +92,8 @@ class Split:
 
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised images and the labels at `index` (a 1-D index tensor on the device)."""
-        return self._normalised(self.stored.index_select(0, index)), self.labels.index_select(
-            0, index
-        )
+        images = self._normalised(self.stored.index_select(0, index))
+        return images, self.labels.index_select(0, index)
 
     def between(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised images and the labels from `start` up to `stop`."""
