@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from copy import deepcopy
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +63,7 @@ import data  # noqa: E402
 import main  # noqa: E402
 import plots  # noqa: E402
 from initialization import CONV_OR_LINEAR, initialize  # noqa: E402
-from pruning import device_masks, make_mask, prune_by_percentile  # noqa: E402
+from pruning import device_masks, make_mask, prunable_weights, prune_by_percentile  # noqa: E402
 from results import RunDir  # noqa: E402
 from steps import FusedAdam, linear_relu_stack, training_step  # noqa: E402
 from train import (  # noqa: E402
@@ -288,11 +289,14 @@ def shapes_matmul_rate(layers: list[tuple], flops: int, device: torch.device) ->
     return flops * loops / statistics.median(times)
 
 
-def kernel_floor(model: nn.Module, batch: int, device: torch.device) -> float | None:
+def kernel_floor(
+    model: nn.Module, masks: list[torch.Tensor], batch: int, device: torch.device
+) -> float | None:
     """Seconds per step of the bare kernels a step of a Linear stack needs at this batch size,
     each timed alone and warm: forward, weight-gradient and input-gradient matmuls of every
-    layer, and the fused Adam update of every parameter. What a step would cost with no other
-    work at all; None for models that are not a Linear stack."""
+    layer, and the Adam update as FusedAdam makes it under `masks` (all parameters, or the
+    survivors of sparse layers). What a step would cost with no other work at all; None for
+    models that are not a Linear stack."""
     layers = linear_relu_stack(model.train())
     if layers is None:
         return None
@@ -306,19 +310,12 @@ def kernel_floor(model: nn.Module, batch: int, device: torch.device) -> float | 
         kernels.append(lambda x=x, g=g: torch.mm(g.t(), x))
         if i > 0:
             kernels.append(lambda g=g, w=w: torch.mm(g, w))
-    params = [p.detach().clone() for p in model.parameters()]
-    grads = [torch.randn_like(p) * 1e-3 for p in params]
-    moments = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
-    steps = [torch.zeros((), device=device) for _ in params]
-
-    def update() -> None:
-        torch._foreach_add_(steps, 1)
-        torch._fused_adam_(
-            params, grads, *moments, [], steps, lr=1e-3, beta1=0.9, beta2=0.999,
-            weight_decay=WEIGHT_DECAY, eps=1e-8, amsgrad=False, maximize=False,
-        )  # fmt: skip
-
-    kernels.append(update)
+    copy = deepcopy(model)  # the update, as the step makes it, on a copy of the weights
+    optimizer = adam(copy.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY)
+    by_weight = dict(zip(map(id, prunable_weights(copy)), masks, strict=True))
+    update = FusedAdam.for_optimizer(optimizer, copy, by_weight)
+    grads = [torch.randn_like(p) * 1e-3 for p in copy.parameters()]
+    kernels.append(lambda: update.step(grads))
     loops = 50
 
     def repeat(kernel: Callable[[], object]) -> None:
@@ -359,12 +356,12 @@ def training_case(
     step_flops, layers = layer_flops(model, train_set.between(0, BATCH)[0])
     epoch_flops = step_flops * samples // BATCH
     shapes_rate = shapes_matmul_rate(layers, step_flops, device)
-    floor = kernel_floor(model, BATCH, device)
 
     mask = make_mask(model)
     if level:  # the weights a run at the default rate has left at this level, per layer
         mask = prune_by_percentile(model, mask, 100 * (1 - (1 - DEFAULT_RATE) ** level))
     masks = device_masks(model, mask)
+    floor = kernel_floor(model, masks, BATCH, device)
     optimizer = adam(model.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY)
     criterion = nn.CrossEntropyLoss()
     cpu_times: list[float] = []
