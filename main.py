@@ -162,8 +162,7 @@ def build_model(args: argparse.Namespace, train_set: data.Split, init: Initializ
     """The architecture, fitted to the training data if it needs them, initialised (`--init`),
     with `--dropout` on every layer's input."""
     model = archs.build(args.dataset, args.arch_type, **cli.arch_options(args))
-    if archs.needs_data(model):
-        archs.fit_to_data(model, train_set.images)
+    archs.fit_to_data(model, train_set)
     return add_input_dropout(init(model), args.dropout)
 
 

@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 
-from torch import Tensor, nn
+from torch import nn
 
 from utils import UserError
 
@@ -61,14 +61,10 @@ def build(dataset: str, arch_type: str, **options: object) -> nn.Module:
     return check(dataset, arch_type)(**options)
 
 
-def needs_data(model: nn.Module) -> bool:
-    """Whether `model` has a `fit_to_data` method (fclin's whitening)."""
-    return callable(getattr(model, "fit_to_data", None))
-
-
-def fit_to_data(model: nn.Module, train_images: Tensor) -> None:
+def fit_to_data(model: nn.Module, train_set) -> None:
     """Let a model that needs the training data (its `fit_to_data` method: fclin's whitening)
-    compute what it keeps from them; other models are left alone. Called once, after `build`."""
+    compute what it keeps from them; other models are left alone, and `train_set` (a
+    `data.Split`) is not normalised for them. Called once, after `build`."""
     fit = getattr(model, "fit_to_data", None)
     if fit is not None:
-        fit(train_images)
+        fit(train_set.images)
