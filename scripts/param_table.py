@@ -14,6 +14,27 @@ if str(ROOT) not in sys.path:
 import archs  # noqa: E402
 from pruning import prunable_weights  # noqa: E402
 
+ORIGINAL = "original"
+PAPER = "Frankle & Carbin (2019)"
+SOURCES = {  # arch_type -> where the network comes from (docs/readme/archs.md says more)
+    "fc1": ORIGINAL,
+    "lenet5": ORIGINAL,
+    "alexnet": ORIGINAL,
+    "vgg16": ORIGINAL,
+    "resnet18": ORIGINAL,
+    "densenet121": ORIGINAL,
+    "conv2": PAPER,
+    "conv4": PAPER,
+    "conv6": PAPER,
+    "vgg19": PAPER,
+    "resnet20": PAPER,
+    "fclin": "Lin, Memisevic & Konda (2016)",
+}
+FIXED = {  # (arch package, arch_type) -> what differs from the original's network
+    ("mnist", "vgg16"): ", fixed to run on 28x28",
+    ("mnist", "resnet18"): ", 10 outputs (not 1000)",
+}
+
 
 def param_table() -> str:
     """The markdown table, one row per dataset/arch pair."""
@@ -24,8 +45,8 @@ def param_table() -> str:
         "Linear and Conv layers (biases and BatchNorm parameters are never pruned). `fclin` is",
         "shown at its default `--fclin_depth 4`; its whitening is held in buffers, not parameters.",
         "",
-        "| dataset | arch_type | input | classes | parameters | prunable weights |",
-        "|---|---|---|---:|---:|---:|",
+        "| dataset | arch_type | from | input | classes | parameters | prunable weights |",
+        "|---|---|---|---|---:|---:|---:|",
     ]
     for dataset in sorted(archs.ARCH_PACKAGES):
         package = importlib.import_module(f"archs.{archs.ARCH_PACKAGES[dataset]}")
@@ -34,7 +55,9 @@ def param_table() -> str:
             model = archs.build(dataset, arch)
             total = sum(p.numel() for p in model.parameters())
             prunable = sum(p.numel() for p in prunable_weights(model))
-            cells = [dataset, arch, shape, str(package.NUM_CLASSES), f"{total:,}", f"{prunable:,}"]
+            source = SOURCES.get(arch, "") + FIXED.get((archs.ARCH_PACKAGES[dataset], arch), "")
+            cells = [dataset, arch, source, shape, str(package.NUM_CLASSES)]
+            cells += [f"{total:,}", f"{prunable:,}"]
             lines.append(f"| {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 

@@ -69,7 +69,7 @@ def test_pruning_removes_the_smallest_survivors_of_each_layer():
 
 def test_only_linear_and_conv_weights_are_prunable():
     torch.manual_seed(0)
-    model = archs.build("cifar10", "vgg16")
+    model = archs.build("cifar10", "resnet20")
     names = prunable_names(model)
     assert names and all(n.endswith("weight") for n in names)
     modules = dict(model.named_modules())

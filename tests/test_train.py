@@ -46,11 +46,13 @@ def plain_epoch(model, data, batch_size, optimizer, mask) -> float:
     return float(np.average(losses, weights=sizes))
 
 
-@pytest.mark.parametrize("arch, shape", [("fc1", (1, 28, 28)), ("lenet5", (1, 28, 28))])
-def test_fast_epoch_trains_exactly_like_the_plain_loop(arch, shape):
+@pytest.mark.parametrize(
+    "dataset, arch, shape", [("mnist", "fc1", (1, 28, 28)), ("cifar10", "lenet5", (3, 32, 32))]
+)
+def test_fast_epoch_trains_exactly_like_the_plain_loop(dataset, arch, shape):
     torch.manual_seed(0)
-    fast = initialize(archs.build("mnist", arch))
-    plain = initialize(archs.build("mnist", arch))
+    fast = initialize(archs.build(dataset, arch))
+    plain = initialize(archs.build(dataset, arch))
     plain.load_state_dict(fast.state_dict())
     mask = prune_by_percentile(fast, make_mask(fast), 40)
     assert all(
@@ -132,9 +134,9 @@ def test_benchmark_counts_flops_from_the_layer_shapes():
     assert flops == 60 * (2 * 2 * 784 * 300 + 3 * 2 * (300 * 100 + 100 * 10))
     assert [needs_grad for _, _, needs_grad in layers] == [False, True, True]
     flops, _ = bench.layer_flops(archs.build("mnist", "lenet5"), batch)
-    conv1 = 28 * 28 * 6 * 25  # padded to 32x32, 5x5 kernel, one input channel
-    conv2 = 10 * 10 * 16 * 6 * 25
-    linear = 400 * 120 + 120 * 84 + 84 * 10
+    conv1 = 28 * 28 * 64 * 9  # the original's MNIST lenet5: 3x3 'same' convolutions, one input
+    conv2 = 28 * 28 * 64 * 64 * 9
+    linear = 64 * 14 * 14 * 256 + 256 * 256 + 256 * 10
     assert flops == 60 * (2 * 2 * conv1 + 3 * 2 * (conv2 + linear))
 
 

@@ -1,4 +1,4 @@
-"""LeNet-5 for CIFAR-10."""
+"""The original's LeNet5 for CIFAR-10: LeNet-5 with ReLU and max-pooling."""
 
 from torch import nn
 
@@ -7,7 +7,7 @@ from archs.models.lenet5 import LeNet5
 
 
 def lenet5() -> nn.Module:
-    return LeNet5(INPUT_SHAPE, NUM_CLASSES)
+    return LeNet5(INPUT_SHAPE[0], NUM_CLASSES)
 
 
 ARCHS = {"lenet5": lenet5}

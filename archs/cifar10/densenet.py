@@ -1,13 +1,13 @@
-"""DenseNet-121 for CIFAR-10."""
+"""The original's DenseNet-121 for CIFAR-10 (torchvision's ImageNet design)."""
 
 from torch import nn
 
-from archs.cifar10 import INPUT_SHAPE, NUM_CLASSES
-from archs.models.densenet import DenseNet
+from archs.cifar10 import NUM_CLASSES
+from archs.models.densenet import densenet121 as build
 
 
 def densenet121() -> nn.Module:
-    return DenseNet(INPUT_SHAPE, NUM_CLASSES)
+    return build(NUM_CLASSES)
 
 
 ARCHS = {"densenet121": densenet121}

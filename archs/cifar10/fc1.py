@@ -1,4 +1,4 @@
-"""Fully connected 300-100 network for CIFAR-10."""
+"""The original's fc1 for CIFAR-10: fully connected 300-100 (the paper's LeNet-300-100)."""
 
 from torch import nn
 

@@ -1,4 +1,4 @@
-"""Fully connected 300-100 network for CIFAR-100."""
+"""The original's fc1 for CIFAR-100: fully connected 300-100 (the paper's LeNet-300-100)."""
 
 from torch import nn
 

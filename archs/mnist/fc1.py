@@ -1,4 +1,4 @@
-"""Fully connected 300-100 network for MNIST and Fashion-MNIST."""
+"""The original's fc1 for MNIST and Fashion-MNIST: fully connected 300-100 (the paper's LeNet-300-100)."""
 
 from torch import nn
 

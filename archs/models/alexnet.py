@@ -1,39 +1,14 @@
-"""AlexNet for small images (3x3 kernels, stride-2 stem)."""
+"""The original's AlexNet: torchvision's AlexNet with a 3x3 stride-2 first convolution.
 
-import torch
+On 28x28 and 32x32 inputs its features end smaller than 6x6, and the adaptive average pooling
+enlarges them to the 6x6 the classifier expects; that is the original's network and stays.
+"""
+
 from torch import nn
+from torchvision.models import AlexNet
 
-from archs.models import FeaturesClassifier, Shape
 
-
-class AlexNet(FeaturesClassifier):
-    def __init__(self, input_shape: Shape, num_classes: int) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(input_shape[0], 64, 3, stride=2, padding=1),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(64, 192, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(192, 384, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-        )
-        # The flattened size depends on the input size (256 for 28x28, 1024 for 32x32).
-        with torch.no_grad():
-            flat = self.features(torch.zeros(1, *input_shape)).numel()
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Dropout(0.5),
-            nn.Linear(flat, 4096),
-            nn.ReLU(inplace=True),
-            nn.Dropout(0.5),
-            nn.Linear(4096, 4096),
-            nn.ReLU(inplace=True),
-            nn.Linear(4096, num_classes),
-        )
+def alexnet(in_channels: int, num_classes: int) -> AlexNet:
+    model = AlexNet(num_classes=num_classes)
+    model.features[0] = nn.Conv2d(in_channels, 64, kernel_size=3, stride=2, padding=2)
+    return model

@@ -1,0 +1,13 @@
+"""The CIFAR ResNet-20 of Frankle & Carbin and OpenLTH for CIFAR-100 (0.27M weights)."""
+
+from torch import nn
+
+from archs.cifar100 import INPUT_SHAPE, NUM_CLASSES
+from archs.models.resnet import ResNet20
+
+
+def resnet20() -> nn.Module:
+    return ResNet20(INPUT_SHAPE[0], NUM_CLASSES)
+
+
+ARCHS = {"resnet20": resnet20}
