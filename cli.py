@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help="percent of the output layer's survivors pruned per level; None means --prune_percent",
     )
+    add(
+        "--prune_percent_conv",
+        default=None,
+        type=float,
+        metavar="P",
+        help="percent of each conv layer's survivors pruned per level; None means --prune_percent",
+    )
     add("--optimizer", default="adam", help=f"one of: {', '.join(OPTIMIZERS)}")
     add("--momentum", default=0.0, type=float, help="momentum of --optimizer sgd")
     add("--dropout", default=0.0, type=float, help="dropout rate on every layer's input")
@@ -190,11 +197,10 @@ def _validate_beyond_original(args: argparse.Namespace) -> None:
             "--rewind_epoch applies to --prune_type lt or random; reinit draws new weights"
         )
     _one_of(args, "prune_scope", PRUNE_SCOPES)
-    output = args.prune_percent_output
-    if output is not None and not 0 < output < 100:
-        raise UserError(
-            f"--prune_percent_output must be between 0 and 100 (exclusive), got {output}"
-        )
+    for name in ("prune_percent_output", "prune_percent_conv"):
+        rate = getattr(args, name)
+        if rate is not None and not 0 < rate < 100:
+            raise UserError(f"--{name} must be between 0 and 100 (exclusive), got {rate}")
     _one_of(args, "optimizer", OPTIMIZERS)
     _rate(args, "momentum")
     if args.momentum > 0 and args.optimizer != "sgd":

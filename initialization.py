@@ -5,8 +5,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-CONV_OR_LINEAR = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+from layers import BATCH_NORM, CONV_OR_LINEAR
+
 INIT_SCHEMES = ("xavier", "kaiming", "data")
 
 Initializer = Callable[[nn.Module], nn.Module]

@@ -35,6 +35,7 @@ from pruning import (
     reinitialize,
     rewind,
     state_copy,
+    weights_left,
 )
 from record import choose_seed, restore_rng_states, rng_states, run_record, seed_everything
 from results import RunDir, level_tag
@@ -46,9 +47,9 @@ from utils import UserError, one_line, print_nonzeros
 class Progress:
     """Everything a level hands to the next; saved whole in each level's checkpoint."""
 
-    mask: Mask
+    mask: Mask  # parameter name -> array of ones and zeros, for each prunable weight
     initial_state: dict[str, torch.Tensor]
-    comp: np.ndarray  # weights left (%) of each level
+    comp: np.ndarray  # nonzero parameters (%) at the start of each level: the original's figure
     bestacc: np.ndarray  # best test accuracy of each level
     tags: list[str] = field(default_factory=list)  # the `{comp}` text of each finished level
     summary: list[dict] = field(default_factory=list)  # rows of summary.csv
@@ -127,7 +128,7 @@ def run_level(
     optimizer = build_optimizer(args, model)
 
     print(f"\n--- Pruning Level [0:{level}/{args.prune_iterations}]: ---")
-    comp = print_nonzeros(model, progress.mask)
+    comp = print_nonzeros(model)
     suffix = run_dir.events_suffix(level)
     with SummaryWriter(str(run_dir.tensorboard), filename_suffix=suffix) as writer:
         history = train_level(
@@ -211,6 +212,7 @@ def prune(model: nn.Module, mask: Mask, args: argparse.Namespace) -> Mask:
         args.prune_percent,
         scope=args.prune_scope,
         output_percent=args.prune_percent_output,
+        conv_percent=args.prune_percent_conv,
     )
 
 
@@ -265,8 +267,14 @@ def write_level(
     progress: Progress,
     writer: SummaryWriter,
 ) -> None:
-    """The level's files: best model, loss/accuracy dumps and plot, mask, summary row."""
+    """The level's files: best model, loss/accuracy dumps and plot, mask, summary row.
+
+    `comp` (the `{comp}` of the file names) is the original's figure, the share of nonzero
+    parameters; summary.csv has it as `params_left` beside `weights_left`, the share of the
+    prunable weights the mask keeps.
+    """
     tag = level_tag(comp, level, progress.tags)
+    left = weights_left(progress.mask)
     progress.tags.append(tag)
     progress.comp[level], progress.bestacc[level] = comp, history.best_accuracy
 
@@ -275,7 +283,7 @@ def write_level(
     run_dir.save_model(best_model, run_dir.model_path(level))
     run_dir.dump_array(history.all_loss, run_dir.dump_path("all_loss", tag))
     run_dir.dump_array(history.all_accuracy, run_dir.dump_path("all_accuracy", tag))
-    run_dir.dump_mask(progress.mask, run_dir.dump_path("mask", tag, ".pkl"))
+    run_dir.dump_mask(model, progress.mask, run_dir.dump_path("mask", tag, ".pkl"))
     figure = plots.loss_vs_accuracy(
         history.all_loss, history.all_accuracy, args.dataset, args.arch_type
     )
@@ -285,7 +293,8 @@ def write_level(
     progress.summary.append(
         {
             "level": level,
-            "weights_left": comp,
+            "weights_left": left,
+            "params_left": comp,
             "best_accuracy": history.best_accuracy,
             "best_epoch": history.best_epoch,
             "final_accuracy": history.final_accuracy,
@@ -294,12 +303,12 @@ def write_level(
     )
     run_dir.write_summary(progress.summary)
     writer.add_scalar("Accuracy/best_by_level", history.best_accuracy, level)
-    writer.add_scalar("Accuracy/best_vs_weights_left_x10", history.best_accuracy, round(comp * 10))
+    writer.add_scalar("Accuracy/best_vs_weights_left_x10", history.best_accuracy, round(left * 10))
     writer.flush()
 
 
 def write_final(run_dir: RunDir, args: argparse.Namespace, progress: Progress) -> None:
-    """The whole run's files: weights left and best accuracy per level, and their plot."""
+    """The whole run's files: the original's `comp` and best accuracy per level, and their plot."""
     run_dir.dump_array(progress.comp, run_dir.dump_path("compression"))
     run_dir.dump_array(progress.bestacc, run_dir.dump_path("bestaccuracy"))
     figure = plots.accuracy_vs_weights(

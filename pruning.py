@@ -1,11 +1,17 @@
 """Iterative magnitude pruning: masks, pruning by percentile, rewinding and freezing.
 
-A mask is what the original runner made it: a list of float32 numpy arrays of ones and zeros,
-one per prunable weight tensor, in `named_parameters()` order. Only the weights of Linear and
-Conv layers are prunable; biases, BatchNorm parameters and buffers never are. Masks are
-computed on the host once per level; the training step uses device copies (`device_masks`).
-Survivors are ranked per layer (the original) or across all layers (`scope="global"`), with an
-optional separate rate for the output layer; `prune_at_random` is the random control.
+Inside the program a mask is a dict: parameter name -> float32 numpy array of ones and zeros,
+one entry per prunable weight tensor, in `named_parameters()` order. Only the weights of Linear
+and Conv layers are prunable; biases, BatchNorm parameters and buffers never are. (The result
+files hold the original's positional list instead: `results.mask_to_list` and
+`results.mask_from_list` convert at that boundary.) Masks are computed on the host once per
+level; the training step uses device copies (`device_masks`).
+
+Layer-wise pruning (the default) is the original's rule: per layer, the threshold is
+`np.percentile` of the surviving weights' magnitudes and the survivors strictly below it go.
+`scope="global"` ranks the survivors of several layers together and removes exactly
+round(p %) of them. Conv layers and the output layer may have rates of their own;
+`prune_at_random` is the random control.
 """
 
 from collections.abc import Callable, Mapping
@@ -14,43 +20,60 @@ import numpy as np
 import torch
 from torch import nn
 
-from initialization import CONV_OR_LINEAR
+from layers import CONV, CONV_OR_LINEAR
 
-Mask = list[np.ndarray]
+Mask = dict[str, np.ndarray]
+
+
+def prunable(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Name -> weight tensor of every Linear and Conv layer, in `named_parameters()` order."""
+    wanted = {id(m.weight) for m in model.modules() if isinstance(m, CONV_OR_LINEAR)}
+    return {name: p for name, p in model.named_parameters() if id(p) in wanted}
 
 
 def prunable_weights(model: nn.Module) -> list[nn.Parameter]:
     """The weight tensors of Linear and Conv layers, in `named_parameters()` order."""
-    wanted = {id(m.weight) for m in model.modules() if isinstance(m, CONV_OR_LINEAR)}
-    return [p for _, p in model.named_parameters() if id(p) in wanted]
+    return list(prunable(model).values())
 
 
-def prunable_names(model: nn.Module) -> list[str]:
-    """Parameter names matching `prunable_weights`, for messages and tables."""
-    wanted = {id(p) for p in prunable_weights(model)}
-    return [name for name, p in model.named_parameters() if id(p) in wanted]
+def conv_names(model: nn.Module) -> set[str]:
+    """The names of the prunable weights that belong to Conv layers."""
+    conv = {id(m.weight) for m in model.modules() if isinstance(m, CONV)}
+    return {name for name, p in prunable(model).items() if id(p) in conv}
 
 
 def make_mask(model: nn.Module) -> Mask:
     """A mask that keeps every prunable weight."""
-    return [np.ones(tuple(p.shape), dtype=np.float32) for p in prunable_weights(model)]
+    return {name: np.ones(tuple(p.shape), dtype=np.float32) for name, p in prunable(model).items()}
 
 
-def layer_prune_count(alive: int, percent: float) -> int:
-    """How many of `alive` surviving weights a level removes at `percent` % (half rounds up)."""
-    return int(np.floor(alive * percent / 100 + 0.5))
+def weights_left(mask: Mask) -> float:
+    """Percentage of the prunable weights the mask keeps, one decimal (`weights_left` of
+    summary.csv)."""
+    kept = sum(int(m.sum()) for m in mask.values())
+    total = sum(m.size for m in mask.values())
+    return round(100 * kept / total, 1)
 
 
-def prune_layer(weights: np.ndarray, layer_mask: np.ndarray, count: int) -> np.ndarray:
-    """Return a copy of `layer_mask` without the `count` smallest-magnitude survivors.
+def percentile_prune(weights: np.ndarray, layer_mask: np.ndarray, percent: float) -> np.ndarray:
+    """The original's rule for one layer: `layer_mask` without the survivors whose magnitude is
+    strictly below `np.percentile` (`percent`) of the surviving weights' magnitudes.
 
-    Ties are broken by position (stable sort), so the result is deterministic.
+    As the original's `tensor[np.nonzero(tensor)]`, a survivor that is exactly 0.0 takes no part
+    in the percentile (and, being below it, is pruned). A layer with no nonzero survivor keeps
+    its mask (the original failed there).
     """
-    alive = np.flatnonzero(layer_mask)
-    order = np.argsort(np.abs(weights.reshape(-1)[alive]), kind="stable")
-    new_mask = layer_mask.copy()
-    new_mask.reshape(-1)[alive[order[:count]]] = 0
-    return new_mask
+    alive = weights[(layer_mask != 0) & (weights != 0)]
+    if alive.size == 0:
+        return layer_mask.copy()
+    threshold = np.percentile(np.abs(alive), percent)
+    return np.where(np.abs(weights) < threshold, 0, layer_mask).astype(np.float32, copy=False)
+
+
+def prune_count(alive: int, percent: float) -> int:
+    """How many of `alive` survivors ranked together (`scope="global"`) a level removes at
+    `percent` % (half rounds up)."""
+    return int(np.floor(alive * percent / 100 + 0.5))
 
 
 def prune_by_percentile(
@@ -60,18 +83,16 @@ def prune_by_percentile(
     *,
     scope: str = "layer",
     output_percent: float | None = None,
+    conv_percent: float | None = None,
 ) -> Mask:
-    """Remove `percent` % of the surviving weights by magnitude; zero them in `model`.
+    """Prune the surviving weights by magnitude and zero them in `model`; return the new mask.
 
-    `scope="layer"` (the original) ranks each layer's survivors on their own; `"global"` ranks
-    the survivors of all layers together. `output_percent` prunes the output layer (the last
-    prunable one) at its own rate, ranked on its own; None: it is treated like the others.
-
-    The original took `np.percentile` of the nonzero weights and dropped those below it; counting
-    survivors through the mask instead gives the same count (within one weight) and never
-    confuses a weight that trained to exactly zero with a pruned one.
+    `scope="layer"` (the original) prunes each layer on its own by `percentile_prune`;
+    `"global"` ranks the survivors of the layers of one rate together and removes exactly
+    round(rate %) of them. `conv_percent` is the rate of the Conv layers and `output_percent`
+    that of the output layer (the last prunable one, ranked on its own); None: `percent`.
     """
-    new_mask = magnitude_mask(model, mask, percent, scope, output_percent)
+    new_mask = magnitude_mask(model, mask, percent, scope, output_percent, conv_percent)
     apply_mask(model, new_mask)
     return new_mask
 
@@ -83,72 +104,83 @@ def prune_at_random(
     *,
     scope: str = "layer",
     output_percent: float | None = None,
+    conv_percent: float | None = None,
 ) -> Mask:
     """The random control: per layer, as many survivors as `prune_by_percentile` would remove,
     chosen uniformly at random (numpy's seeded generator); zero them in `model`."""
-    by_magnitude = magnitude_mask(model, mask, percent, scope, output_percent)
-    new_mask = []
-    for before, after in zip(mask, by_magnitude, strict=True):
+    by_magnitude = magnitude_mask(model, mask, percent, scope, output_percent, conv_percent)
+    new_mask = {}
+    for name, before in mask.items():
         alive = np.flatnonzero(before)
-        count = int(before.sum() - after.sum())
+        count = int(before.sum() - by_magnitude[name].sum())
         layer_mask = before.copy()
         layer_mask.reshape(-1)[np.random.permutation(alive)[:count]] = 0
-        new_mask.append(layer_mask)
+        new_mask[name] = layer_mask
     apply_mask(model, new_mask)
     return new_mask
 
 
 def magnitude_mask(
-    model: nn.Module, mask: Mask, percent: float, scope: str, output_percent: float | None
+    model: nn.Module,
+    mask: Mask,
+    percent: float,
+    scope: str,
+    output_percent: float | None,
+    conv_percent: float | None = None,
 ) -> Mask:
     """The mask `prune_by_percentile` makes, without touching `model`."""
-    weights = [p.detach().cpu().numpy() for p in prunable_weights(model)]
-    new_mask = [m.copy() for m in mask]
-    for layers, rate in pruning_groups(len(mask), percent, scope, output_percent):
-        _prune_group(weights, mask, new_mask, layers, rate)
-    return new_mask
+    weights = {name: p.detach().cpu().numpy() for name, p in prunable(model).items()}
+    groups = rate_groups(list(mask), conv_names(model), percent, output_percent, conv_percent)
+    if scope == "layer":
+        rates = {name: rate for layers, rate in groups for name in layers}
+        return {name: percentile_prune(weights[name], m, rates[name]) for name, m in mask.items()}
+    new_mask = {name: m.copy() for name, m in mask.items()}
+    for layers, rate in groups:
+        _prune_together(weights, mask, new_mask, layers, rate)
+    return {name: new_mask[name] for name in mask}
 
 
-def pruning_groups(
-    layers: int, percent: float, scope: str, output_percent: float | None
-) -> list[tuple[list[int], float]]:
-    """The sets of layers ranked together, each with its rate (layer indices in mask order)."""
-    separate_output = output_percent is not None
-    body = list(range(layers - 1 if separate_output else layers))
-    groups = [([i], percent) for i in body] if scope == "layer" else [(body, percent)]
-    if separate_output:
-        groups.append(([layers - 1], output_percent))
-    return [(group, rate) for group, rate in groups if group]
+def rate_groups(
+    names: list[str],
+    conv: set[str],
+    percent: float,
+    output_percent: float | None,
+    conv_percent: float | None,
+) -> list[tuple[list[str], float]]:
+    """The layers of each rate, with the rate: the Conv layers (`conv`) at `conv_percent`, the
+    output layer (the last) at `output_percent`, the others at `percent`. A rate that is None
+    leaves its layers with the others. Empty groups are left out."""
+    output = names[-1:] if output_percent is not None else []
+    own_conv = (
+        [n for n in names if n in conv and n not in output] if conv_percent is not None else []
+    )
+    body = [n for n in names if n not in own_conv and n not in output]
+    groups = [(body, percent), (own_conv, conv_percent), (output, output_percent)]
+    return [(layers, rate) for layers, rate in groups if layers]
 
 
-def _prune_group(
-    weights: list[np.ndarray], mask: Mask, new_mask: Mask, layers: list[int], percent: float
+def _prune_together(
+    weights: Mapping[str, np.ndarray], mask: Mask, new_mask: Mask, layers: list[str], percent: float
 ) -> None:
     """Zero in `new_mask` the smallest-magnitude `percent` % of the survivors of `layers` taken
     together (ties by layer order, then position)."""
-    if len(layers) == 1:  # the common case, without the concatenation
-        i = layers[0]
-        count = layer_prune_count(int(mask[i].sum()), percent)
-        new_mask[i] = prune_layer(weights[i], mask[i], count)
-        return
-    alive = [np.flatnonzero(mask[i]) for i in layers]
+    alive = [np.flatnonzero(mask[name]) for name in layers]
     magnitudes = np.concatenate(
-        [np.abs(weights[i].reshape(-1)[kept]) for i, kept in zip(layers, alive, strict=True)]
+        [np.abs(weights[name].reshape(-1)[kept]) for name, kept in zip(layers, alive, strict=True)]
     )
-    count = layer_prune_count(magnitudes.size, percent)
-    chosen = np.argsort(magnitudes, kind="stable")[:count]
+    chosen = np.argsort(magnitudes, kind="stable")[: prune_count(magnitudes.size, percent)]
     start = 0
-    for i, kept in zip(layers, alive, strict=True):
+    for name, kept in zip(layers, alive, strict=True):
         mine = chosen[(chosen >= start) & (chosen < start + kept.size)] - start
-        new_mask[i].reshape(-1)[kept[mine]] = 0
+        new_mask[name].reshape(-1)[kept[mine]] = 0
         start += kept.size
 
 
 @torch.no_grad()
 def apply_mask(model: nn.Module, mask: Mask) -> None:
     """Zero the pruned weights of `model` in place."""
-    for param, layer_mask in zip(prunable_weights(model), mask, strict=True):
-        param.mul_(torch.from_numpy(layer_mask).to(param.device, param.dtype))
+    for name, param in prunable(model).items():
+        param.mul_(torch.from_numpy(mask[name]).to(param.device, param.dtype))
 
 
 def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -169,10 +201,10 @@ def reinitialize(model: nn.Module, mask: Mask, init: Callable[[nn.Module], objec
 
 
 def device_masks(model: nn.Module, mask: Mask) -> list[torch.Tensor]:
-    """The mask as tensors beside the weights they freeze (built once per level)."""
+    """The mask as tensors beside the weights they freeze, a list aligned with
+    `prunable_weights(model)` (built once per level)."""
     return [
-        torch.from_numpy(m).to(p.device, p.dtype)
-        for p, m in zip(prunable_weights(model), mask, strict=True)
+        torch.from_numpy(mask[name]).to(p.device, p.dtype) for name, p in prunable(model).items()
     ]
 
 

@@ -30,6 +30,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from pruning import Mask, prunable
 from utils import UserError
 
 CHECKPOINTS = "checkpoints"
@@ -38,6 +39,7 @@ TEMPORARY = ".tmp"  # suffix of the temporary names atomic_write uses
 SUMMARY_FIELDS = [
     "level",
     "weights_left",
+    "params_left",
     "best_accuracy",
     "best_epoch",
     "final_accuracy",
@@ -82,7 +84,8 @@ def run_name(now: datetime.datetime | None = None) -> str:
 
 
 def level_tag(comp: float, level: int, earlier_tags: list[str]) -> str:
-    """The `{comp}` of a level's file names: the weights left, one decimal, as the original.
+    """The `{comp}` of a level's file names: `comp` (the original's figure, the percentage of
+    nonzero parameters at the start of the level) with one decimal, as the original.
 
     A level whose text equals an earlier level's (tiny --prune_percent) gets `_level{N}` added,
     so it never overwrites the earlier files.
@@ -204,8 +207,10 @@ class RunDir:
         """Same bytes as the original's `ndarray.dump(path)` (a protocol-2 pickle)."""
         atomic_write(path, lambda f: pickle.dump(array, f, protocol=2))
 
-    def dump_mask(self, mask: list[np.ndarray], path: Path) -> None:
-        atomic_write(path, lambda f: pickle.dump(mask, f))
+    def dump_mask(self, model: nn.Module, mask: Mask, path: Path) -> None:
+        """The mask as the original pickled it: the list `mask_to_list` makes."""
+        entries = mask_to_list(model, mask)
+        atomic_write(path, lambda f: pickle.dump(entries, f))
 
     def save_figure(self, figure: Figure, path: Path, dpi: int) -> None:
         save_png(figure, path, dpi)
@@ -213,9 +218,6 @@ class RunDir:
     def write_json(self, name: str, content: dict) -> None:
         text = json.dumps(content, indent=2, sort_keys=True) + "\n"
         atomic_write(self.root / name, lambda f: f.write(text.encode()))
-
-    def read_json(self, name: str) -> dict:
-        return json.loads((self.root / name).read_text())
 
     def write_summary(self, rows: list[dict]) -> None:
         """`summary.csv`: one row per finished level (see SUMMARY_FIELDS)."""
@@ -227,3 +229,69 @@ class RunDir:
 
     def save_checkpoint(self, level: int, state: dict) -> None:
         atomic_write(self.checkpoint_path(level), lambda f: torch.save(state, f))
+
+
+# -- the mask file (`{pt}_mask_{comp}.pkl`) ----------------------------------------------------
+# The original pickled a list with one float32 array of ones and zeros per parameter whose name
+# contains "weight", in `named_parameters()` order. Only Linear and Conv weights are pruned here,
+# so the entry of any other such parameter (a BatchNorm scale) is all ones.
+
+
+def mask_file_names(model: nn.Module) -> list[str]:
+    """The parameters the entries of a mask file stand for, in order."""
+    return [name for name, _ in model.named_parameters() if "weight" in name]
+
+
+def mask_to_list(model: nn.Module, mask: Mask) -> list[np.ndarray]:
+    """The original's positional list for `mask` (parameter name -> array) on `model`."""
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    return [
+        np.asarray(mask[name], dtype=np.float32)
+        if name in mask
+        else np.ones(shapes[name], dtype=np.float32)
+        for name in mask_file_names(model)
+    ]
+
+
+def mask_from_list(model: nn.Module, entries: object, source: str) -> Mask:
+    """The mask (parameter name -> float32 array) of `model` that a mask file's list holds.
+
+    UserError, naming `source`, unless `entries` is a list that lines up with `model` (one entry
+    per parameter whose name contains "weight", of its shape, only ones and zeros) and keeps
+    every parameter this program never prunes (all ones there).
+    """
+    names = mask_file_names(model)
+    if not isinstance(entries, list) or len(entries) != len(names):
+        found = f"{len(entries)}" if isinstance(entries, list) else f"a {type(entries).__name__}"
+        raise UserError(
+            f"{source}: a mask of this model is a list of {len(names)} arrays (one per parameter"
+            f" named 'weight'), found {found}"
+        )
+    parameters = dict(model.named_parameters())
+    weights = prunable(model)
+    mask = {}
+    for name, entry in zip(names, entries, strict=True):
+        shape = tuple(parameters[name].shape)
+        if not isinstance(entry, np.ndarray) or entry.shape != shape:
+            found = entry.shape if isinstance(entry, np.ndarray) else type(entry).__name__
+            raise UserError(
+                f"{source}: the entry for {name} should be an array {shape}, got {found}"
+            )
+        if not np.isin(entry, (0, 1)).all():
+            raise UserError(f"{source}: the entry for {name} holds values other than 0 and 1")
+        if name in weights:
+            mask[name] = entry.astype(np.float32)
+        elif not entry.all():
+            raise UserError(f"{source}: {name} is pruned there, but it is never pruned here")
+    return {name: mask[name] for name in weights}
+
+
+def read_mask(path: Path | str, model: nn.Module) -> Mask:
+    """The mask in the mask file `path` (`{pt}_mask_{comp}.pkl`, this program's or the
+    original's) for `model`; UserError when the file cannot be read or does not fit `model`."""
+    try:
+        with open(path, "rb") as file:
+            entries = pickle.load(file)
+    except Exception as error:  # any failure to open or unpickle it
+        raise UserError(f"{path}: cannot read a mask from it ({error})") from None
+    return mask_from_list(model, entries, str(path))

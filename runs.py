@@ -56,7 +56,9 @@ class Run:
         )
 
     def weights_left(self) -> np.ndarray:
-        return np.load(self.files.dump_path("compression"), allow_pickle=True)
+        """Percent of the prunable weights left at each level (`weights_left` of summary.csv;
+        `{pt}_compression.dat` holds the original's figure, which counts every parameter)."""
+        return np.array([row["weights_left"] for row in self.summary()])
 
     def best_accuracy(self) -> np.ndarray:
         return np.load(self.files.dump_path("bestaccuracy"), allow_pickle=True)

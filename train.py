@@ -11,7 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from data import Split
-from initialization import CONV_OR_LINEAR
+from layers import CONV_OR_LINEAR
 from pruning import state_copy
 from steps import training_step
 from utils import UserError

@@ -1,9 +1,6 @@
-"""Small helpers shared by the runner: the user-error type, folder creation, the nonzeros table."""
-
-import os
+"""Small helpers shared by the runner: the user-error type, one-line messages, the nonzeros table."""
 
 import numpy as np
-import torch
 from torch import nn
 
 
@@ -17,38 +14,27 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def checkdir(directory: str) -> None:
-    """Create `directory` (and its parents) if it does not exist yet."""
-    os.makedirs(directory, exist_ok=True)
+def print_nonzeros(model: nn.Module) -> float:
+    """Print a per-parameter table of nonzero counts; return the percentage of nonzero values
+    among all parameters (biases and BatchNorm parameters included), one decimal.
 
-
-def print_nonzeros(model: nn.Module, mask: list[np.ndarray] | None = None) -> float:
-    """Print a per-parameter table of nonzero counts; return the percentage of weights left.
-
-    The original returned the nonzero share of every parameter, biases included. Here the
-    percentage counts the prunable weights only (those the mask covers), rounded to one
-    decimal as the original printed it, so `{comp}` means "weights left" exactly.
+    The returned figure is the original's `{comp}`, computed as it did: numpy counts, the share
+    times 100, then numpy's rounding of a float64.
     """
-    total_nonzero = total = 0
+    nonzero = total = 0
     for name, param in model.named_parameters():
-        count = int(torch.count_nonzero(param.detach()))
-        size = param.numel()
-        total_nonzero += count
+        tensor = param.detach().cpu().numpy()
+        count = np.count_nonzero(tensor)
+        size = np.prod(tensor.shape, dtype=np.int64)
+        nonzero += count
         total += size
         print(
             f"{name:32} | nonzeros = {count:9} / {size:9} ({100 * count / size:6.2f}%)"
-            f" | total_pruned = {size - count:9} | shape = {tuple(param.shape)}"
+            f" | total_pruned = {size - count:9} | shape = {tuple(tensor.shape)}"
         )
     print(
-        f"alive: {total_nonzero}, pruned : {total - total_nonzero}, total: {total}, "
-        f"Compression rate : {total / max(total_nonzero, 1):10.2f}x "
-        f"({100 * (total - total_nonzero) / total:6.2f}% pruned)"
+        f"alive: {nonzero}, pruned : {total - nonzero}, total: {total}, "
+        f"Compression rate : {total / max(nonzero, 1):10.2f}x "
+        f"({100 * (total - nonzero) / total:6.2f}% pruned)"
     )
-    return weights_left(mask) if mask is not None else round(100 * total_nonzero / total, 1)
-
-
-def weights_left(mask: list[np.ndarray]) -> float:
-    """Percentage of prunable weights the mask keeps, one decimal (the `{comp}` of file names)."""
-    kept = sum(int(m.sum()) for m in mask)
-    total = sum(m.size for m in mask)
-    return round(100 * kept / total, 1)
+    return float(round(np.float64(nonzero / total) * 100, 1))

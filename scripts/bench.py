@@ -62,8 +62,15 @@ import archs  # noqa: E402
 import data  # noqa: E402
 import main  # noqa: E402
 import plots  # noqa: E402
-from initialization import CONV_OR_LINEAR, initialize  # noqa: E402
-from pruning import device_masks, make_mask, prunable_weights, prune_by_percentile  # noqa: E402
+from initialization import initialize  # noqa: E402
+from layers import CONV_OR_LINEAR  # noqa: E402
+from pruning import (  # noqa: E402
+    device_masks,
+    make_mask,
+    prunable_weights,
+    prune_by_percentile,
+    weights_left,
+)
 from results import RunDir  # noqa: E402
 from steps import FusedAdam, linear_relu_stack, training_step  # noqa: E402
 from train import (  # noqa: E402
@@ -229,11 +236,6 @@ def random_split(shape: tuple[int, ...], classes: int, device: torch.device) -> 
     images = torch.randn(shape, generator=generator)
     labels = torch.randint(0, classes, (shape[0],), generator=generator)
     return data.Split(images.to(device), labels.to(device))
-
-
-def weights_left(mask: list[np.ndarray]) -> float:
-    """Percent of the prunable weights a mask keeps."""
-    return round(100 * float(sum(m.sum() for m in mask)) / sum(m.size for m in mask), 1)
 
 
 def first_share(split: data.Split, share: int) -> data.Split:
@@ -454,7 +456,7 @@ def level_overhead(folder: Path, dpi: int, device: torch.device, repeats: int) -
                     "setup",
                     lambda: (
                         adam(model.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY),
-                        main.print_nonzeros(model, progress.mask),
+                        main.print_nonzeros(model),
                         device_masks(model, progress.mask),
                     ),
                 )

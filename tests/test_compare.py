@@ -2,6 +2,7 @@
 
 import csv
 import json
+import pickle
 import shutil
 import subprocess
 import sys
@@ -48,25 +49,31 @@ def copy_run(run: Path, to: Path) -> Path:
 def test_summary_rows_match_the_dumps(made):
     for root in made.values():
         run = runs.load_run(root)
+        files = run.files
         with open(root / "summary.csv", newline="") as file:
             rows = list(csv.DictReader(file))
         assert list(rows[0]) == [
             "level",
             "weights_left",
+            "params_left",
             "best_accuracy",
             "best_epoch",
             "final_accuracy",
             "final_loss",
         ]
-        comp, best = run.weights_left(), run.best_accuracy()
+        comp = np.load(files.dump_path("compression"), allow_pickle=True)
+        best = run.best_accuracy()
         assert [int(r["level"]) for r in rows] == list(range(run.args["prune_iterations"]))
-        assert [float(r["weights_left"]) for r in rows] == list(comp)
+        assert [float(r["params_left"]) for r in rows] == list(comp)
         assert [float(r["best_accuracy"]) for r in rows] == list(best)
-        files = run.files
         for row, tag in zip(rows, [f"{c:.1f}" for c in comp], strict=True):
             accuracy = np.load(files.dump_path("all_accuracy", tag), allow_pickle=True)
             loss = np.load(files.dump_path("all_loss", tag), allow_pickle=True)
             assert float(row["final_loss"]) == loss[-1]
+            with open(files.dump_path("mask", tag, ".pkl"), "rb") as file:
+                mask = pickle.load(file)  # fc1: every entry is a pruned layer's
+            kept = sum(int(m.sum()) for m in mask) / sum(m.size for m in mask)
+            assert float(row["weights_left"]) == round(100 * kept, 1)
             assert 0 <= int(row["best_epoch"]) <= run.args["end_iter"]
             # the best is the highest test of the level: the per-epoch tests and the final one
             assert float(row["best_accuracy"]) == max(*accuracy, float(row["final_accuracy"]))

@@ -13,7 +13,7 @@ from data import DATASETS, Split
 from pruning import (
     device_masks,
     make_mask,
-    prunable_names,
+    prunable,
     prunable_weights,
     prune_by_percentile,
 )
@@ -96,7 +96,7 @@ def test_buffers_are_saved_but_never_trained_nor_pruned():
     assert set(buffers) == {"pixel_mean", "pixel_std", "pca_mean", "whitening"}
     assert set(buffers) <= set(model.state_dict())
     assert not set(buffers) & {name for name, _ in model.named_parameters()}
-    assert all(name.endswith("weight") for name in prunable_names(model))
+    assert all(name.endswith("weight") for name in prunable(model))
     assert len(make_mask(model)) == 4  # 3 hidden Linear layers and the output layer
 
     add_input_dropout(model, 0.1)
@@ -109,7 +109,7 @@ def test_buffers_are_saved_but_never_trained_nor_pruned():
     assert math.isfinite(loss)
     for name, buffer in model.named_buffers():
         assert torch.equal(buffer, buffers[name]), name
-    for param, layer_mask in zip(prunable_weights(model), mask, strict=True):
+    for param, layer_mask in zip(prunable_weights(model), mask.values(), strict=True):
         assert torch.all(param.detach()[torch.from_numpy(layer_mask) == 0] == 0)
     for name, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name

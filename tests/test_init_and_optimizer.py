@@ -64,7 +64,7 @@ def test_sgd_with_momentum_trains_and_pruned_weights_stay_zero():
     train_epoch(
         model, random_split(300), 60, optimizer, nn.CrossEntropyLoss(), device_masks(model, mask)
     )
-    for param, old, layer_mask in zip(prunable_weights(model), before, mask, strict=True):
+    for param, old, layer_mask in zip(prunable_weights(model), before, mask.values(), strict=True):
         pruned = torch.from_numpy(layer_mask) == 0
         assert torch.all(param.detach()[pruned] == 0), "a pruned weight moved under SGD"
         assert not torch.equal(param.detach()[~pruned], old[~pruned]), "nothing trained"

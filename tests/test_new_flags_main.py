@@ -1,5 +1,6 @@
 """The flags beyond the original's, end to end through main.py on tiny data."""
 
+import csv
 import json
 import pickle
 from pathlib import Path
@@ -101,16 +102,46 @@ def test_fclin_random_global_sgd_dropout_run_end_to_end(tmp_path):
     hidden = [first.numel(), first.numel() - round(0.2 * first.numel())]
     hidden.append(hidden[1] - round(0.2 * hidden[1]))
     outputs = [40000, 36000, 32400]
-    comp = [
+    left = [
         round(100 * (h + o) / (hidden[0] + 40000), 1) for h, o in zip(hidden, outputs, strict=True)
     ]
+    rows = list(csv.DictReader(open(run / "summary.csv")))
+    assert [float(r["weights_left"]) for r in rows] == left
+    # {comp}: nonzero values of all parameters at the start of a level (the rewind state's)
+    rewound = load_model(saves / "rewind_state_dict_random.pth.tar")
+    biases = sum(int(p.count_nonzero()) for n, p in rewound.named_parameters() if "bias" in n)
+    total = sum(p.numel() for p in rewound.parameters())
+    comp = [round((h + o + biases) / total * 100, 1) for h, o in zip(hidden, outputs, strict=True)]
     assert list(load_dump(dumps / "random_compression.dat")) == comp
+    assert [float(r["params_left"]) for r in rows] == comp
     with open(dumps / f"random_mask_{comp[2]:.1f}.pkl", "rb") as file:
         mask = pickle.load(file)
     assert [m.shape for m in mask] == [tuple(first.shape), tuple(output.shape)]
     assert [int(m.sum()) for m in mask] == [hidden[2], outputs[2]]
     for param, layer_mask in zip((first, output), mask, strict=True):
         assert torch.all(param.detach()[torch.from_numpy(layer_mask) == 0] == 0)
+
+
+def test_conv_layers_are_pruned_at_their_own_rate_end_to_end(tmp_path):
+    source = write_mnist_files(tmp_path / "source", n_train=100, n_test=40)
+    flags = [*TINY, "--end_iter=1", "--arch_type=lenet5", "--prune_iterations=2"]
+    flags += ["--prune_percent=20", "--prune_percent_conv=30", "--prune_percent_output=10"]
+    flags += [f"--data_source={source}", f"--data_dir={tmp_path / 'data'}"]
+    assert run_main(tmp_path, *flags) == 0
+    run = only_run(tmp_path)
+    assert json.loads((run / "args.json").read_text())["args"]["prune_percent_conv"] == 30.0
+    dumps = run / "dumps" / "lt" / "lenet5" / "mnist"
+    tag = f"{load_dump(dumps / 'lt_compression.dat')[1]:.1f}"
+    with open(dumps / f"lt_mask_{tag}.pkl", "rb") as file:
+        mask = pickle.load(file)
+    model = load_model(run / "saves" / "lenet5" / "mnist" / "1_model_lt.pth.tar")
+    kinds = [type(m) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    rates = [30 if kind is nn.Conv2d else 20 for kind in kinds[:-1]] + [10]
+    assert kinds[:2] == [nn.Conv2d, nn.Conv2d] and len(mask) == len(rates) == 5
+    for layer_mask, rate in zip(mask, rates, strict=True):
+        # the percentile rule on distinct magnitudes: ceil(rate % of (n - 1)) of n go
+        n = layer_mask.size
+        assert n - int(layer_mask.sum()) == -(-rate * (n - 1) // 100), (n, rate)
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +164,9 @@ CIFAR_FCLIN = ["--dataset", "cifar10", "--arch_type", "fclin"]
         (["--prune_scope", "network"], ["--prune_scope", "layer", "global"]),
         (["--prune_percent_output", "0"], ["--prune_percent_output"]),
         (["--prune_percent_output", "100"], ["--prune_percent_output"]),
+        (["--prune_percent_conv", "0"], ["--prune_percent_conv"]),
+        (["--prune_percent_conv", "100"], ["--prune_percent_conv"]),
+        (["--prune_percent_conv", "nan"], ["--prune_percent_conv"]),
         (["--optimizer", "rmsprop"], ["--optimizer", "adam", "sgd"]),
         (["--optimizer", "sgd", "--momentum", "1"], ["--momentum"]),
         (["--optimizer", "sgd", "--momentum", "-0.5"], ["--momentum"]),
@@ -166,6 +200,7 @@ NEW_DEFAULTS = {
     "rewind_epoch": 0,
     "prune_scope": "layer",
     "prune_percent_output": None,
+    "prune_percent_conv": None,
     "optimizer": "adam",
     "momentum": 0.0,
     "dropout": 0.0,

@@ -85,10 +85,12 @@ def test_hand_written_fc1_step_matches_autograd_and_adam(dataset, percent):
     for (name, a), b in zip(fast.named_parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
         assert a.grad is None, "the fast step keeps its gradients in its own buffers"
-    for weight, layer_mask in zip(prunable_weights(fast), mask, strict=True):
+    for weight, layer_mask in zip(prunable_weights(fast), mask.values(), strict=True):
         assert torch.all(weight.detach()[torch.from_numpy(layer_mask) == 0] == 0)
     for a, b in zip(
-        prune_by_percentile(fast, mask, 30), prune_by_percentile(plain, mask, 30), strict=True
+        prune_by_percentile(fast, mask, 30).values(),
+        prune_by_percentile(plain, mask, 30).values(),
+        strict=True,
     ):
         np.testing.assert_array_equal(a, b)
     # the optimiser's own state was kept: the same moments, one step count per batch
@@ -116,7 +118,7 @@ def test_fused_adam_step_is_the_optimizer_step(percent):
     np.testing.assert_allclose(fast_losses, plain_losses, rtol=1e-6)
     for a, b in zip(fast.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-    for weight, layer_mask in zip(prunable_weights(fast), mask, strict=True):
+    for weight, layer_mask in zip(prunable_weights(fast), mask.values(), strict=True):
         assert torch.all(weight.detach()[torch.from_numpy(layer_mask) == 0] == 0)
     for p, q in zip(fast.parameters(), plain.parameters(), strict=True):
         for moment in ("exp_avg", "exp_avg_sq"):

@@ -38,7 +38,7 @@ def plain_epoch(model, data, batch_size, optimizer, mask) -> float:
         optimizer.zero_grad()
         loss = criterion(model(data.images[batch]), data.labels[batch])
         loss.backward()
-        for param, layer_mask in zip(prunable_weights(model), mask, strict=True):
+        for param, layer_mask in zip(prunable_weights(model), mask.values(), strict=True):
             param.grad[torch.from_numpy(layer_mask) == 0] = 0
         optimizer.step()
         losses.append(loss.item())
@@ -57,7 +57,9 @@ def test_fast_epoch_trains_exactly_like_the_plain_loop(dataset, arch, shape):
     mask = prune_by_percentile(fast, make_mask(fast), 40)
     assert all(
         np.array_equal(a, b)
-        for a, b in zip(mask, prune_by_percentile(plain, make_mask(plain), 40), strict=True)
+        for a, b in zip(
+            mask.values(), prune_by_percentile(plain, make_mask(plain), 40).values(), strict=True
+        )
     )
     data = small_split(130, shape)  # batches of 40: the last one has 10 samples
     fast_optimizer = adam(fast.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
@@ -74,12 +76,14 @@ def test_fast_epoch_trains_exactly_like_the_plain_loop(dataset, arch, shape):
         assert fast_loss == pytest.approx(plain_loss, rel=1e-5)
     for (name, a), b in zip(fast.named_parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
-    for param, layer_mask in zip(prunable_weights(fast), mask, strict=True):
+    for param, layer_mask in zip(prunable_weights(fast), mask.values(), strict=True):
         pruned = torch.from_numpy(layer_mask) == 0
         assert torch.all(param.detach()[pruned] == 0), "a pruned weight moved"
     next_fast = prune_by_percentile(fast, mask, 40)
     next_plain = prune_by_percentile(plain, mask, 40)
-    assert all(np.array_equal(a, b) for a, b in zip(next_fast, next_plain, strict=True))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(next_fast.values(), next_plain.values(), strict=True)
+    )
 
 
 def test_the_step_reads_nothing_back_to_the_host(monkeypatch):
