@@ -10,12 +10,13 @@ from typing import NoReturn
 import archs
 import data
 from initialization import INIT_SCHEMES
-from train import OPTIMIZERS
 from utils import UserError, one_line
 
 PRUNE_TYPES = ("lt", "reinit", "random")
 PRUNE_SCOPES = ("layer", "global")
 PRETRAINING = ("none", "zae")
+OPTIMIZERS = ("adam", "sgd")
+COMPILE_CHOICES = ("auto", "on", "off")  # steps.use_compile says what each means
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         type=int,
         help="epochs of --pretrain zae per hidden layer; None means 10",
+    )
+    add(
+        "--compile",
+        default="auto",
+        help=f"one of: {', '.join(COMPILE_CHOICES)}; torch.compile of the model and loss in"
+        " training (auto: on CUDA only)",
     )
     return parser
 
@@ -206,6 +213,7 @@ def _validate_beyond_original(args: argparse.Namespace) -> None:
     if args.momentum > 0 and args.optimizer != "sgd":
         raise UserError(f"--momentum applies to --optimizer sgd, not {args.optimizer}")
     _rate(args, "dropout")
+    _one_of(args, "compile", COMPILE_CHOICES)
     if args.fclin_depth is not None and not fclin:
         raise UserError(f"--fclin_depth applies to --arch_type fclin, not {args.arch_type}")
     if fclin:

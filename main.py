@@ -39,6 +39,7 @@ from pruning import (
 )
 from record import choose_seed, restore_rng_states, rng_states, run_record, seed_everything
 from results import RunDir, level_tag
+from steps import use_compile
 from train import LevelHistory, add_input_dropout, build_optimizer, flush_denormals, train_level
 from utils import UserError, one_line, print_nonzeros
 
@@ -143,6 +144,7 @@ def run_level(
             print_freq=args.print_freq,
             description=f"[level {level}] ",
             on_epoch=epoch_hook(writer, run_dir, args, level, model, progress),
+            compiled=use_compile(args.compile, train_set.labels.device),
         )
         write_level(run_dir, args, level, comp, history, model, progress, writer)
     if level == args.prune_iterations - 1:

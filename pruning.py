@@ -212,6 +212,8 @@ def freeze_pruned(weights: list[nn.Parameter], masks: list[torch.Tensor]) -> Non
     """Zero the gradients of pruned weights so they receive no update, whatever their sign.
 
     With zero gradients and zero weights, Adam's moments and its L2 weight decay stay zero
-    too, so a pruned weight stays exactly 0. One fused multiply over all layers.
+    too, so a pruned weight stays exactly 0. A weight without a gradient is left alone.
     """
-    torch._foreach_mul_([w.grad for w in weights], masks)
+    for weight, mask in zip(weights, masks, strict=True):
+        if weight.grad is not None:
+            weight.grad.mul_(mask)

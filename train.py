@@ -12,13 +12,12 @@ from tqdm import tqdm
 
 from data import Split
 from layers import CONV_OR_LINEAR
-from pruning import state_copy
-from steps import training_step
+from pruning import freeze_pruned, prunable_weights, state_copy
+from steps import batch_loss
 from utils import UserError
 
 EVAL_BATCH = 1000
 WEIGHT_DECAY = 1e-4  # the original's, for every optimiser
-OPTIMIZERS = ("adam", "sgd")
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
@@ -90,24 +89,32 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     criterion: nn.Module,
     masks: list[torch.Tensor],
+    *,
+    compiled: bool = False,
 ) -> float:
     """One pass over a fresh permutation of `data`; returns the mean training loss.
 
-    The step is `steps.training_step`'s: fc1 with Adam gets a hand-written equivalent of the
-    autograd step. Each batch is gathered from the permutation and normalised (`Split.batch`),
-    as fast as one shuffled copy of the whole set without doubling its memory. The loss is
-    summed on the device and read once per epoch, so the step never waits on the host. The
-    last, smaller batch is kept (the original's train loader did not drop it).
+    Each step: the batch's loss (`steps.batch_loss`: compiled with torch.compile when
+    `compiled`), its gradients through autograd, the pruned weights' gradients zeroed by
+    `masks`, the optimiser's own `step()`. Each batch is gathered from the permutation and
+    normalised (`Split.batch`). The loss is summed on the device and read once per epoch, so
+    the step never waits on the host. The last, smaller batch is kept (the original's train
+    loader did not drop it).
     """
     model.train()
-    step = training_step(model, optimizer, criterion, masks)
+    loss_of = batch_loss(model, criterion, compiled)
+    weights = prunable_weights(model)
     count = len(data)
     order = torch.randperm(count, device=data.labels.device)
     total = torch.zeros((), device=data.labels.device)
     for start in range(0, count, batch_size):
         x, y = data.batch(order[start : start + batch_size])
-        total += step(x, y) * y.shape[0]
-    step.finish()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_of(x, y)
+        loss.backward()
+        freeze_pruned(weights, masks)
+        optimizer.step()
+        total += loss.detach() * y.shape[0]
     return total.item() / count
 
 
@@ -147,12 +154,14 @@ def train_level(
     print_freq: int,
     description: str = "",
     on_epoch: Callable[[int, float, float], None] | None = None,
+    compiled: bool = False,
 ) -> LevelHistory:
     """Train `epochs` epochs, testing every `valid_freq` epochs before training and once after.
 
     As in the original, the test at epoch e measures the model after e epochs of training, and
     an epoch without a test repeats the latest accuracy. The best model's state is kept in
-    memory; the caller writes it out once, at the end of the level.
+    memory; the caller writes it out once, at the end of the level. `compiled`: the batch loss
+    goes through torch.compile (`--compile`, `steps.use_compile`).
     """
     criterion = nn.CrossEntropyLoss()
     all_loss = np.zeros(epochs, float)
@@ -171,7 +180,9 @@ def train_level(
         if epoch % valid_freq == 0:
             accuracy = evaluate(model, test_set)
             consider(accuracy, epoch)
-        loss = train_epoch(model, train_set, batch_size, optimizer, criterion, masks)
+        loss = train_epoch(
+            model, train_set, batch_size, optimizer, criterion, masks, compiled=compiled
+        )
         if not math.isfinite(loss):
             bar.close()  # so that the message starts on a line of its own
             lr = optimizer.param_groups[0]["lr"]

@@ -5,12 +5,13 @@ Usage: python scripts/bench.py [--quick] [--repeats N] [--threads N] [--device c
                                [--skip-memory]
 
 Training cases (batch 60, the default): fc1 on mnist-shaped data (60000 x 1x28x28), fc1 on
-cifar10-shaped data (50000 x 3x32x32), lenet5 on mnist-shaped data, and fc1 on mnist-shaped data
-pruned as at level 13 of the default experiment (5.5% of each layer left, where the optimiser
-updates only the survivors). Mnist-shaped cases use the
-real Fashion-MNIST when Debian's copy is installed, random data of the same shape otherwise; the
-cifar10-shaped case always uses random data. The `data` field says which. The timing does not
-depend on the values.
+cifar10-shaped data (50000 x 3x32x32) and lenet5 on mnist-shaped data, each with the plain step
+and with its model and loss compiled (`torch.compile`, what `--compile on` does; `compile_s` is
+the first epoch's time beyond a later one's, the compiling). Each compiled case starts from an
+empty compile cache, as a new process does. Mnist-shaped cases use the real Fashion-MNIST when
+Debian's copy is installed, random data of the same shape otherwise; the cifar10-shaped case
+always uses random data. The `data` field says which. The timing does not depend on the values,
+nor on how much is pruned (the step's work is dense either way).
 
 FLOPs are counted from the layer shapes (Linear and Conv layers, seen by forward hooks): per
 multiply-add 2 FLOPs for the forward product, 2 for the weight gradient, and 2 for the input
@@ -25,8 +26,9 @@ arithmetic limit, which `limit_s` and `ratio` use. `shapes`: the model's own lay
 each run alone forward and backward, which is what the library reaches on those small shapes;
 `ratio_shapes` compares the epoch with the time every layer would take at that rate.
 
-The default experiment's minutes are estimated from the dense and level-13 fc1 epochs, the test
-pass and the work between levels at 1200 dpi (`default_experiment`).
+The default experiment's minutes are estimated from the fc1 epoch of the step `--compile auto`
+picks on this device, the test pass and the work between levels at 1200 dpi
+(`default_experiment`).
 
 Timings are wall-clock medians after one warm-up; on a machine shared with other jobs they are
 noisy (`load_average` is recorded), and `epoch_cpu_s`, this process's CPU time, helps read them.
@@ -64,15 +66,9 @@ import main  # noqa: E402
 import plots  # noqa: E402
 from initialization import initialize  # noqa: E402
 from layers import CONV_OR_LINEAR  # noqa: E402
-from pruning import (  # noqa: E402
-    device_masks,
-    make_mask,
-    prunable_weights,
-    prune_by_percentile,
-    weights_left,
-)
+from pruning import device_masks, make_mask, prune_by_percentile  # noqa: E402
 from results import RunDir  # noqa: E402
-from steps import FusedAdam, linear_relu_stack, training_step  # noqa: E402
+from steps import use_compile  # noqa: E402
 from train import (  # noqa: E402
     WEIGHT_DECAY,
     LevelHistory,
@@ -83,12 +79,13 @@ from train import (  # noqa: E402
 )
 
 BATCH = 60
-CASES = (  # name, dataset (for the architecture), arch, train shape, test size, level
-    ("fc1-mnist", "mnist", "fc1", (60000, 1, 28, 28), 10000, 0),
-    ("fc1-cifar10", "cifar10", "fc1", (50000, 3, 32, 32), 10000, 0),
-    ("lenet5-mnist", "mnist", "lenet5", (60000, 1, 28, 28), 10000, 0),
-    # fc1 as at level 13 of the default experiment: 0.8^13 = 5.5% of each layer left
-    ("fc1-mnist-level13", "mnist", "fc1", (60000, 1, 28, 28), 10000, 13),
+CASES = (  # name, dataset (for the architecture), arch, train shape, test size, compiled
+    ("fc1-mnist", "mnist", "fc1", (60000, 1, 28, 28), 10000, False),
+    ("fc1-mnist", "mnist", "fc1", (60000, 1, 28, 28), 10000, True),
+    ("fc1-cifar10", "cifar10", "fc1", (50000, 3, 32, 32), 10000, False),
+    ("fc1-cifar10", "cifar10", "fc1", (50000, 3, 32, 32), 10000, True),
+    ("lenet5-mnist", "mnist", "lenet5", (60000, 1, 28, 28), 10000, False),
+    ("lenet5-mnist", "mnist", "lenet5", (60000, 1, 28, 28), 10000, True),
 )
 DEFAULT_LEVELS, DEFAULT_EPOCHS, DEFAULT_RATE = 35, 100, 0.2  # main.py's defaults
 
@@ -125,11 +122,11 @@ def main_(argv: list[str] | None = None) -> int:
     print(json.dumps({"case": "machine", **info}), flush=True)
     cases = [(*case, threads) for case in CASES]
     if device.type == "cpu" and threads > 1:  # is one thread faster for a small network?
-        cases.append((*CASES[0], 1))
+        cases += [(*CASES[0], 1), (*CASES[1], 1)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         real = real_fashion_mnist(Path(tmp) / "data", device)
-        for name, dataset, arch, shape, test_count, level, case_threads in cases:
+        for name, dataset, arch, shape, test_count, compiled, case_threads in cases:
             torch.set_num_threads(case_threads)
             row = training_case(
                 name,
@@ -137,7 +134,7 @@ def main_(argv: list[str] | None = None) -> int:
                 arch,
                 shape,
                 test_count,
-                level,
+                compiled,
                 share,
                 real,
                 device,
@@ -151,7 +148,7 @@ def main_(argv: list[str] | None = None) -> int:
             row = level_overhead(Path(tmp) / f"level{dpi}", dpi, device, args.repeats)
             rows.append(row)
             print(json.dumps(row), flush=True)
-        rows.append(default_experiment(rows, threads))
+        rows.append(default_experiment(rows, threads, use_compile("auto", device)))
         print(json.dumps(rows[-1]), flush=True)
         if not args.skip_memory:
             row = peak_memory(Path(tmp) / "memory", args.threads, args.quick)
@@ -291,16 +288,13 @@ def shapes_matmul_rate(layers: list[tuple], flops: int, device: torch.device) ->
     return flops * loops / statistics.median(times)
 
 
-def kernel_floor(
-    model: nn.Module, masks: list[torch.Tensor], batch: int, device: torch.device
-) -> float | None:
+def kernel_floor(model: nn.Module, batch: int, device: torch.device) -> float | None:
     """Seconds per step of the bare kernels a step of a Linear stack needs at this batch size,
     each timed alone and warm: forward, weight-gradient and input-gradient matmuls of every
-    layer, and the Adam update as FusedAdam makes it under `masks` (all parameters, or the
-    survivors of sparse layers). What a step would cost with no other work at all; None for
-    models that are not a Linear stack."""
-    layers = linear_relu_stack(model.train())
-    if layers is None:
+    layer, and the fused Adam update of all parameters (`optimizer.step()`). What a step would
+    cost with no other work at all; None for models with other prunable layers than Linear."""
+    layers = [m for m in model.modules() if isinstance(m, CONV_OR_LINEAR)]
+    if not all(type(m) is nn.Linear and m.bias is not None for m in layers):
         return None
     generator = torch.Generator().manual_seed(0)
     kernels: list[Callable[[], object]] = []
@@ -314,10 +308,9 @@ def kernel_floor(
             kernels.append(lambda g=g, w=w: torch.mm(g, w))
     copy = deepcopy(model)  # the update, as the step makes it, on a copy of the weights
     optimizer = adam(copy.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY)
-    by_weight = dict(zip(map(id, prunable_weights(copy)), masks, strict=True))
-    update = FusedAdam.for_optimizer(optimizer, copy, by_weight)
-    grads = [torch.randn_like(p) * 1e-3 for p in copy.parameters()]
-    kernels.append(lambda: update.step(grads))
+    for p in copy.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    kernels.append(optimizer.step)
     loops = 50
 
     def repeat(kernel: Callable[[], object]) -> None:
@@ -335,7 +328,7 @@ def training_case(
     arch: str,
     shape: tuple[int, ...],
     test_count: int,
-    level: int,
+    compiled: bool,
     share: int,
     real: tuple | None,
     device: torch.device,
@@ -359,22 +352,22 @@ def training_case(
     epoch_flops = step_flops * samples // BATCH
     shapes_rate = shapes_matmul_rate(layers, step_flops, device)
 
-    mask = make_mask(model)
-    if level:  # the weights a run at the default rate has left at this level, per layer
-        mask = prune_by_percentile(model, mask, 100 * (1 - (1 - DEFAULT_RATE) ** level))
-    masks = device_masks(model, mask)
-    floor = kernel_floor(model, masks, BATCH, device)
+    masks = device_masks(model, make_mask(model))
+    floor = kernel_floor(model, BATCH, device)
     optimizer = adam(model.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY)
     criterion = nn.CrossEntropyLoss()
     cpu_times: list[float] = []
 
     def epoch() -> None:
         start = time.process_time()
-        train_epoch(model, train_set, BATCH, optimizer, criterion, masks)
+        train_epoch(model, train_set, BATCH, optimizer, criterion, masks, compiled=compiled)
         cpu_times.append(time.process_time() - start)
 
-    model.train()
-    step = type(training_step(model, optimizer, criterion, masks)).__name__
+    torch.compiler.reset()  # compile from nothing, as a new process would
+    start = time.perf_counter()
+    epoch()  # the first epoch: compiling, when compiled
+    synchronize(device)
+    first_s = time.perf_counter() - start
     epoch_times = median_time(epoch, repeats, device)
     test_times = median_time(lambda: evaluate(model, test_set), repeats, device)
     epoch_s = statistics.median(epoch_times)
@@ -384,14 +377,14 @@ def training_case(
         "device": str(device),
         "threads": torch.get_num_threads(),
         "data": source,
-        "step": step,
-        "level": level,
-        "weights_left_percent": weights_left(mask),
+        "step": "compiled" if compiled else "plain",
         "samples": samples,
         "batch_size": BATCH,
         "epoch_s": round(epoch_s, 4),
         "epoch_s_all": [round(t, 4) for t in epoch_times],
-        "epoch_cpu_s": round(statistics.median(cpu_times[1:]), 4),
+        "epoch_cpu_s": round(statistics.median(cpu_times[2:]), 4),
+        "first_epoch_s": round(first_s, 4),
+        "compile_s": round(max(first_s - epoch_s, 0.0), 2) if compiled else 0.0,
         "test_s": round(statistics.median(test_times), 4),
         "test_samples": len(test_set),
         "samples_per_s": round(samples / epoch_s),
@@ -564,24 +557,23 @@ def write_random_idx(folder: Path) -> Path:
 # --- the table --------------------------------------------------------------------------------
 
 
-def default_experiment(rows: list[dict], threads: int) -> dict:
+def default_experiment(rows: list[dict], threads: int, compiled: bool) -> dict:
     """Minutes of main.py's default run (35 levels x 100 epochs of fc1 on an MNIST-sized set, a
-    test every epoch, 1200-dpi figures), estimated from the measured rows: a level whose layers
-    still have at least FusedAdam.COMPACT_BELOW of their weights costs what the dense epoch
-    costs, a sparser one what the level-13 epoch costs (the same update path), plus the work
-    between levels. An estimate: one full run takes about an hour here."""
-    by_case = {(r["case"], r.get("threads", threads)): r for r in rows}
-    dense, sparse = by_case[("fc1-mnist", threads)], by_case[("fc1-mnist-level13", threads)]
-    overhead = by_case[("level-overhead-dpi1200", threads)]["level_s"]
+    test every epoch, 1200-dpi figures), estimated from the measured rows: every level's epoch
+    costs what the dense epoch of the step `--compile auto` picks costs (pruning leaves the
+    step's work dense), plus its compiling once, plus the work between levels. An estimate."""
+    step = "compiled" if compiled else "plain"
+    by_case = {(r["case"], r.get("threads", threads), r.get("step")): r for r in rows}
+    dense = by_case[("fc1-mnist", threads, step)]
+    overhead = by_case[("level-overhead-dpi1200", threads, None)]["level_s"]
     scale = 60000 / dense["samples"]  # 1, or 10 with --quick
-    seconds = 0.0
-    for level in range(DEFAULT_LEVELS):
-        left = (1 - DEFAULT_RATE) ** level
-        epoch = dense if left >= FusedAdam.COMPACT_BELOW else sparse
-        seconds += DEFAULT_EPOCHS * (epoch["epoch_s"] + epoch["test_s"]) * scale + overhead
+    epochs = DEFAULT_LEVELS * DEFAULT_EPOCHS
+    seconds = epochs * (dense["epoch_s"] + dense["test_s"]) * scale
+    seconds += dense.get("compile_s", 0.0) + DEFAULT_LEVELS * overhead
     return {
         "case": "default-experiment-estimate",
         "threads": threads,
+        "step": step,
         "levels": DEFAULT_LEVELS,
         "epochs": DEFAULT_EPOCHS,
         "minutes": round(seconds / 60, 1),
@@ -590,15 +582,15 @@ def default_experiment(rows: list[dict], threads: int) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| case | threads | data | weights left | step | epoch s | test s | samples/s "
+        "| case | threads | data | step | compile s | epoch s | test s | samples/s "
         "| GFLOP/epoch | peak GFLOP/s | limit s | ratio | shapes GFLOP/s | kernels s |",
-        "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "epoch_s" in r:
             lines.append(
-                f"| {r['case']} | {r['threads']} | {r['data']} | {r['weights_left_percent']}% "
-                f"| {r['step']} "
+                f"| {r['case']} | {r['threads']} | {r['data']} | {r['step']} "
+                f"| {r['compile_s']:.1f} "
                 f"| {r['epoch_s']:.3f} | {r['test_s']:.3f} "
                 f"| {r['samples_per_s']} | {r['gflop_per_epoch']:.1f} | {r['peak_gflops']:.0f} "
                 f"| {r['limit_s']:.3f} | {r['ratio']:.2f} | {r['shapes_gflops']:.0f} "
@@ -619,7 +611,7 @@ def table(rows: list[dict]) -> str:
         if r["case"] == "default-experiment-estimate":
             lines.append(
                 f"\ndefault experiment ({r['levels']} levels x {r['epochs']} epochs of fc1,"
-                f" estimated from the rows above): {r['minutes']:.0f} minutes"
+                f" {r['step']} step, estimated from the rows above): {r['minutes']:.0f} minutes"
             )
     for r in rows:
         if "peak_rss_mb" in r:

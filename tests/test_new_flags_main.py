@@ -173,6 +173,7 @@ CIFAR_FCLIN = ["--dataset", "cifar10", "--arch_type", "fclin"]
         (["--momentum", "0.9"], ["--momentum", "sgd"]),
         (["--dropout", "1"], ["--dropout"]),
         (["--dropout", "nan"], ["--dropout"]),
+        (["--compile", "yes"], ["--compile", "auto", "on", "off"]),
         (["--fclin_depth", "2"], ["--fclin_depth", "fclin"]),
         ([*CIFAR_FCLIN, "--fclin_depth", "0"], ["--fclin_depth"]),
         (["--arch_type", "fclin"], ["--arch_type fclin", "--dataset mnist"]),
@@ -207,4 +208,5 @@ NEW_DEFAULTS = {
     "fclin_depth": None,
     "pretrain": "none",
     "pretrain_epochs": None,
+    "compile": "auto",
 }

@@ -1,5 +1,8 @@
-"""The fast training steps against autograd and torch.optim.Adam: same losses, same weights,
-same masks, pruned weights frozen; and each model gets the step it should."""
+"""The training step on public APIs against the plain formulation, on every architecture, plain
+and compiled: same losses within float rounding, same frozen zeros, same next masks. And no
+private torch name anywhere in the project."""
+
+import ast
 
 import numpy as np
 import pytest
@@ -9,155 +12,243 @@ from torch import nn
 import archs
 from initialization import initialize
 from pruning import device_masks, make_mask, prunable_weights, prune_by_percentile
-from steps import AutogradStep, FusedAdam, LinearReluStep, training_step
+from steps import COMPILE_CHOICES, batch_loss, use_compile
+from tests.conftest import ROOT
 from tests.test_train import small_split
-from train import adam, add_input_dropout
+from train import adam, evaluate, train_epoch
 
-LR, WEIGHT_DECAY = 1e-2, 1e-4
-
-
-def fast_path_fc1(model: nn.Module) -> nn.Module:
-    """fc1 with a Flatten first in its classifier, the layout the fast step recognises (the
-    network as built flattens in its forward, so it gets the autograd step)."""
-    model.classifier = nn.Sequential(nn.Flatten(), *model.classifier)
-    return model
-
-
-def twin_models(arch: str, dataset: str = "mnist", percent: float = 50):
-    """Two identical pruned models, their mask and its device copy."""
-    torch.manual_seed(0)
-    layout = fast_path_fc1 if arch == "fc1" else (lambda model: model)
-    first = initialize(layout(archs.build(dataset, arch)))
-    second = initialize(layout(archs.build(dataset, arch)))
-    second.load_state_dict(first.state_dict())
-    mask = prune_by_percentile(first, make_mask(first), percent)
-    prune_by_percentile(second, make_mask(second), percent)
-    return first, second, mask, device_masks(first, mask)
+LR, WEIGHT_DECAY = 1e-3, 1e-4
+SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
+OPTIONS = {"fclin": {"depth": 1}}  # the shorter net: the same layers, a test-sized count
+# Compiling on a CPU takes from 10 s (fc1) to minutes (densenet121) per network; these cover
+# the distinct code paths: a Linear stack, convolutions with pooling, Dropout modules, fclin's
+# whitening buffers. BatchNorm nets (resnet18) are not here: compiled, its epoch-2 loss differed
+# from the plain one by 1.2% (3e-4 absolute, on a loss of 0.026); not yet explained.
+COMPILED = {("mnist", "fc1"), ("mnist", "lenet5"), ("mnist", "alexnet")}
+COMPILED |= {("cifar10", "fclin")}
 
 
-def run_steps(step, data, batch_sizes):
-    """Apply `step` to consecutive batches of `data`; return the losses read back."""
-    losses, start = [], 0
-    for size in batch_sizes:
-        x, y = data.images[start : start + size], data.labels[start : start + size]
-        losses.append(step(x, y).item())
-        start += size
+def every_architecture() -> list[tuple[str, str]]:
+    """(dataset, arch) for every architecture of every dataset package (new ones included)."""
+    return [(dataset, arch) for dataset in SHAPES for arch in archs.available(dataset)]
+
+
+def build(dataset: str, arch: str, data) -> nn.Module:
+    model = archs.build(dataset, arch, **OPTIONS.get(arch, {}))
+    archs.fit_to_data(model, data)
+    return initialize(model)
+
+
+def plain_epoch(model, data, batch_size, optimizer, mask) -> list[float]:
+    """The textbook loop: index a permutation per batch, read every loss on the host, zero the
+    gradients of pruned weights by boolean indexing, step a per-tensor (non-fused) Adam."""
+    model.train()
+    criterion = nn.CrossEntropyLoss()
+    order = torch.randperm(len(data.labels))
+    losses = []
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        optimizer.zero_grad()
+        loss = criterion(model(data.images[batch]), data.labels[batch])
+        loss.backward()
+        for param, layer_mask in zip(prunable_weights(model), mask.values(), strict=True):
+            param.grad[torch.from_numpy(layer_mask) == 0] = 0
+        optimizer.step()
+        losses.append(loss.item() * len(batch))
     return losses
 
 
-def plain_step(model, optimizer, masks):
-    """Autograd and torch.optim.Adam's own step(), as a reference."""
-    weights = prunable_weights(model)
-
-    def step(x, y):
-        optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        torch._foreach_mul_([w.grad for w in weights], masks)
-        optimizer.step()
-        return loss.detach()
-
-    return step
+def without_dropout(model: nn.Module) -> nn.Module:
+    """Compiled code draws its own dropout masks (same distribution, other numbers): for the
+    comparison, Dropout modules drop nothing."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model
 
 
-# percent pruned -> how FusedAdam freezes fc1's three weights: nothing to freeze, gradients
-# zeroed by the mask, or the survivors updated on their own
-FREEZING = {0: (0, 0), 50: (3, 0), 90: (0, 3)}  # (masked, compact)
+@pytest.fixture
+def fresh_compiler():
+    """Each test compiles from a clean slate, so no test sees another's cached graphs."""
+    torch.compiler.reset()
+    yield
+    torch.compiler.reset()
 
 
-@pytest.mark.parametrize("dataset, percent", [("mnist", 0), ("mnist", 50), ("cifar10", 90)])
-def test_hand_written_fc1_step_matches_autograd_and_adam(dataset, percent):
-    fast, plain, mask, masks = twin_models("fc1", dataset, percent)
-    data = small_split(230, (1, 28, 28) if dataset == "mnist" else (3, 32, 32))
-    fast_optimizer = adam(fast.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    plain_optimizer = adam(plain.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    fast.train(), plain.train()
-    step = training_step(fast, fast_optimizer, nn.CrossEntropyLoss(), masks)
-    assert isinstance(step, LinearReluStep)
-    assert (len(step.adam.masked), len(step.adam.compact)) == FREEZING[percent]
-    sizes = [60, 60, 60, 50]  # a smaller last batch, as at the end of an epoch
-    fast_losses = run_steps(step, data, sizes * 2)
-    step.finish()
-    plain_losses = run_steps(plain_step(plain, plain_optimizer, masks), data, sizes * 2)
-
-    np.testing.assert_allclose(fast_losses, plain_losses, rtol=1e-5)
-    assert fast_losses[0] == plain_losses[0], "the first forward pass is the same computation"
-    for (name, a), b in zip(fast.named_parameters(), plain.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
-        assert a.grad is None, "the fast step keeps its gradients in its own buffers"
-    for weight, layer_mask in zip(prunable_weights(fast), mask.values(), strict=True):
-        assert torch.all(weight.detach()[torch.from_numpy(layer_mask) == 0] == 0)
-    for a, b in zip(
-        prune_by_percentile(fast, mask, 30).values(),
-        prune_by_percentile(plain, mask, 30).values(),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(a, b)
-    # the optimiser's own state was kept: the same moments, one step count per batch
-    for p, q in zip(fast.parameters(), plain.parameters(), strict=True):
-        assert fast_optimizer.state[p]["step"].item() == len(sizes) * 2
-        torch.testing.assert_close(
-            fast_optimizer.state[p]["exp_avg_sq"], plain_optimizer.state[q]["exp_avg_sq"]
-        )
-
-
-@pytest.mark.parametrize("percent", [50, 90])
-def test_fused_adam_step_is_the_optimizer_step(percent):
-    """The plain autograd step with FusedAdam (every model but fc1) against Adam's step(),
-    with the pruned weights' gradients zeroed (50%) or only the survivors updated (90%)."""
-    fast, plain, mask, masks = twin_models("lenet5", "cifar10", percent=percent)
-    data = small_split(120, (3, 32, 32))
-    fast_optimizer = adam(fast.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    plain_optimizer = adam(plain.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    step = training_step(fast, fast_optimizer, nn.CrossEntropyLoss(), masks)
-    assert isinstance(step, AutogradStep) and isinstance(step.optimizer, FusedAdam)
-    assert (step.optimizer.compact != []) == (percent == 90)
-    fast_losses = run_steps(step, data, [40, 40, 40])
-    step.finish()
-    plain_losses = run_steps(plain_step(plain, plain_optimizer, masks), data, [40, 40, 40])
-    np.testing.assert_allclose(fast_losses, plain_losses, rtol=1e-6)
-    for a, b in zip(fast.parameters(), plain.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-    for weight, layer_mask in zip(prunable_weights(fast), mask.values(), strict=True):
-        assert torch.all(weight.detach()[torch.from_numpy(layer_mask) == 0] == 0)
-    for p, q in zip(fast.parameters(), plain.parameters(), strict=True):
-        for moment in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(
-                fast_optimizer.state[p][moment], plain_optimizer.state[q][moment]
-            )
-
-
-def test_fused_adam_skips_parameters_without_a_gradient_like_the_optimizer():
+@pytest.mark.parametrize(
+    "dataset, arch, compiled",
+    [(d, a, False) for d, a in every_architecture()]
+    + [(d, a, True) for d, a in every_architecture() if (d, a) in COMPILED],
+)
+def test_step_trains_as_the_plain_formulation(dataset, arch, compiled, fresh_compiler):
+    data = small_split(12, SHAPES[dataset], classes=100 if dataset == "cifar100" else 10)
     torch.manual_seed(0)
-    used, unused = nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(3))
-    model = nn.Module()
-    model.used, model.unused = used, unused
+    fast = build(dataset, arch, data)
+    plain = build(dataset, arch, data)
+    plain.load_state_dict(fast.state_dict())
+    if compiled:
+        without_dropout(fast), without_dropout(plain)
+    mask = prune_by_percentile(fast, make_mask(fast), 60)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(
+            mask.values(), prune_by_percentile(plain, make_mask(plain), 60).values(), strict=True
+        )
+    )
+    fast_optimizer = adam(fast.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    assert fast_optimizer.defaults["fused"]
+    plain_optimizer = torch.optim.Adam(
+        plain.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, foreach=False
+    )
+    masks = device_masks(fast, mask)
+    for epoch in range(2):  # batches of 8 and 4: the last one has a shape of its own
+        torch.manual_seed(100 + epoch)
+        fast_loss = train_epoch(
+            fast, data, 8, fast_optimizer, nn.CrossEntropyLoss(), masks, compiled=compiled
+        )
+        torch.manual_seed(100 + epoch)
+        plain_loss = sum(plain_epoch(plain, data, 8, plain_optimizer, mask)) / len(data)
+        assert fast_loss == pytest.approx(plain_loss, rel=1e-3, abs=1e-6)  # BatchNorm sums reorder
+    # Adam divides by the root of the squared gradients: where a gradient is as small as its
+    # rounding (deep nets' early layers), the fused and the per-tensor kernel can step such a
+    # weight differently, by up to lr per step. Losses above agree much more tightly.
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters(), strict=True):
+        named = lambda m, name=name: f"{name}: {m}"  # noqa: E731
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=4 * LR, msg=named)  # 4 steps
+    for (name, a), b in zip(fast.named_buffers(), plain.buffers(), strict=True):  # follow them
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
+    for param, layer_mask in zip(prunable_weights(fast), mask.values(), strict=True):
+        pruned = torch.from_numpy(layer_mask) == 0
+        assert torch.all(param.detach()[pruned] == 0), "a pruned weight moved"
+        assert torch.all(fast_optimizer.state[param]["exp_avg"][pruned] == 0)
+    # The next level's masks: the same but for weights at the cut whose magnitudes differ by
+    # the rounding Adam amplified (above): at most 0.1% of the weights (densenet121: 0.05%).
+    next_fast = prune_by_percentile(fast, mask, 30)
+    next_plain = prune_by_percentile(plain, mask, 30)
+    differing = sum(
+        int((a != b).sum()) for a, b in zip(next_fast.values(), next_plain.values(), strict=True)
+    )
+    assert differing <= 1e-3 * sum(m.size for m in mask.values())
+
+
+def test_compiled_training_compiles_once_per_batch_shape(fresh_compiler):
+    """After the first epoch (a full and a last, smaller batch), testing in eval mode, pruning,
+    a new optimiser and criterion (a new level) and more epochs reuse the compiled graphs."""
+    data = small_split(50, (1, 28, 28))
+    torch.manual_seed(0)
+    model = initialize(archs.build("mnist", "fc1"))
+    mask = make_mask(model)
     optimizer = adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    before = unused.detach().clone()
-    used.grad = torch.ones(3)
-    FusedAdam.for_optimizer(optimizer, model).step()
-    assert torch.equal(unused.detach(), before)
-    assert not torch.equal(used.detach(), before)
+    train_epoch(
+        model, data, 20, optimizer, nn.CrossEntropyLoss(), device_masks(model, mask), compiled=True
+    )
+    with torch.compiler.set_stance("fail_on_recompile"):
+        evaluate(model, data, 25)
+        mask = prune_by_percentile(model, mask, 50)
+        optimizer = adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+        masks = device_masks(model, mask)
+        for _ in range(2):
+            train_epoch(model, data, 20, optimizer, nn.CrossEntropyLoss(), masks, compiled=True)
+    for param, layer_mask in zip(prunable_weights(model), mask.values(), strict=True):
+        assert torch.all(param.detach()[torch.from_numpy(layer_mask) == 0] == 0)
 
 
-def test_each_model_and_optimizer_gets_the_right_step():
-    def chosen(model, optimizer=None, criterion=None):
-        optimizer = optimizer or adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-        masks = device_masks(model, make_mask(model))
-        return training_step(model, optimizer, criterion or nn.CrossEntropyLoss(), masks)
+def test_a_new_batch_shape_is_a_recompile(fresh_compiler):
+    """The check above can fail: a batch size not seen before needs a graph of its own."""
+    model = initialize(archs.build("mnist", "fc1")).train()
+    loss = batch_loss(model, nn.CrossEntropyLoss(), compiled=True)
+    data = small_split(30, (1, 28, 28))
+    loss(data.images[:20], data.labels[:20])
+    with torch.compiler.set_stance("fail_on_recompile"), pytest.raises(RuntimeError):
+        loss(data.images[:30], data.labels[:30])
 
-    fc1 = fast_path_fc1(archs.build("mnist", "fc1")).train()
-    assert isinstance(chosen(fc1), LinearReluStep)
-    sgd = torch.optim.SGD(fc1.parameters(), lr=LR)
-    assert isinstance(chosen(fc1, sgd), AutogradStep), "only Adam has a hand-written update"
-    assert chosen(fc1, sgd).optimizer is sgd
-    plain_adam = torch.optim.Adam(fc1.parameters(), lr=LR, foreach=False)
-    assert chosen(fc1, plain_adam).optimizer is plain_adam, "not the fused configuration"
-    amsgrad = torch.optim.Adam(fc1.parameters(), lr=LR, amsgrad=True, fused=True)
-    assert chosen(fc1, amsgrad).optimizer is amsgrad
-    smoothed = nn.CrossEntropyLoss(label_smoothing=0.1)
-    assert isinstance(chosen(fc1, criterion=smoothed), AutogradStep)
-    dropout = add_input_dropout(fast_path_fc1(archs.build("mnist", "fc1")).train(), 0.1)
-    assert isinstance(chosen(dropout), AutogradStep), "--dropout's hooks need the plain step"
-    assert isinstance(chosen(archs.build("mnist", "lenet5").train()), AutogradStep)
-    assert isinstance(chosen(archs.build("cifar10", "fclin").train()), AutogradStep)
+
+def test_compile_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert [use_compile(choice, cpu) for choice in COMPILE_CHOICES] == [False, True, False]
+    assert [use_compile(choice, cuda) for choice in COMPILE_CHOICES] == [True, True, False]
+    with pytest.raises(ValueError):
+        use_compile("yes", cpu)
+
+
+# --- no private torch names -------------------------------------------------------------------
+
+# A private-API path, if one is ever kept for a measured reason, lives in this one module
+# (with a public fallback); none is kept now.
+PRIVATE_TORCH_ALLOWED: set[str] = set()
+
+
+def private_torch_uses(source: str) -> list[str]:
+    """Private torch names a module's source uses: `torch._x` (at any depth, also through an
+    alias of torch or of anything imported from it), `torch.ops` (aten's operators), and
+    imports of either; each named up to its first private part."""
+    tree = ast.parse(source)
+    aliases = set()
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for name in node.names:
+                parts = name.name.split(".")
+                if parts[0] == "torch":
+                    aliases.add(name.asname or parts[0])
+                    found.append(up_to_private(parts))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "torch":
+            for name in node.names:
+                found.append(up_to_private([*node.module.split("."), name.name]))
+                aliases.add(name.asname or name.name)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            chain = attribute_chain(node)
+            if chain and chain[0] in aliases:
+                found.append(up_to_private(chain))
+    return sorted({name for name in found if name})
+
+
+def up_to_private(parts: list[str]) -> str:
+    """The dotted name up to its first private part; "" when no part is private."""
+    for i, part in enumerate(parts):
+        if i > 0 and is_private(part):
+            return ".".join(parts[: i + 1])
+    return ""
+
+
+def is_private(name: str) -> bool:
+    return name == "ops" or (name.startswith("_") and not name.startswith("__"))
+
+
+def attribute_chain(node: ast.Attribute) -> list[str]:
+    """`a.b.c` as ["a", "b", "c"]; [] when it does not start at a name."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return [node.id, *reversed(parts)] if isinstance(node, ast.Name) else []
+
+
+def project_modules() -> list:
+    skip = {".venv", ".git", "results", "build"}
+    return sorted(p for p in ROOT.rglob("*.py") if not skip & set(p.relative_to(ROOT).parts))
+
+
+def test_no_private_torch_name_outside_the_one_allowed_module():
+    uses = {}
+    for path in project_modules():
+        name = str(path.relative_to(ROOT))
+        found = private_torch_uses(path.read_text())
+        if found and name not in PRIVATE_TORCH_ALLOWED:
+            uses[name] = found
+    assert uses == {}
+    assert any(p.name == "train.py" for p in project_modules()), "the scan sees the project"
+
+
+def test_the_scan_finds_private_torch_names():
+    assert private_torch_uses("import torch\ntorch._foreach_mul_(a, b)") == ["torch._foreach_mul_"]
+    assert private_torch_uses("import torch as t\nt.ops.aten.mm(a, b)") == ["t.ops"]
+    assert private_torch_uses("import torch._dynamo") == ["torch._dynamo"]
+    assert private_torch_uses("from torch._dynamo import config") == ["torch._dynamo"]
+    assert private_torch_uses("from torch import _fused_adam_") == ["torch._fused_adam_"]
+    assert private_torch_uses("from torch import nn\nnn._reduction.get_enum(1)") == [
+        "nn._reduction"
+    ]
+    assert private_torch_uses("import torch\ntorch.__version__\nmodel._private") == []
+    assert private_torch_uses("import torch\ntorch.compiler.reset()") == []
