@@ -104,6 +104,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="epochs of --pretrain zae per hidden layer; None means 10",
     )
     add(
+        "--val_size",
+        default=0,
+        type=int,
+        metavar="N",
+        help="hold out N training images (a fixed draw) for validation; early stopping at the"
+        " minimum validation loss (0: none, the best test accuracy as the original)",
+    )
+    add(
+        "--warmup_iters",
+        default=0,
+        type=int,
+        metavar="K",
+        help="linear learning-rate warm-up over the first K optimiser steps of every level",
+    )
+    add(
+        "--lr_drops",
+        default=None,
+        metavar="E1,E2,...",
+        help="epochs of every level at which the learning rate is multiplied by --lr_gamma",
+    )
+    add(
+        "--lr_gamma",
+        default=None,
+        type=float,
+        metavar="G",
+        help="factor of each --lr_drops drop; None means 0.1",
+    )
+    add(
         "--compile",
         default="auto",
         help=f"one of: {', '.join(COMPILE_CHOICES)}; torch.compile of the model and loss in"
@@ -219,6 +247,7 @@ def _validate_beyond_original(args: argparse.Namespace) -> None:
     if fclin:
         args.fclin_depth = 4 if args.fclin_depth is None else args.fclin_depth
         _at_least_one(args, "fclin_depth")
+    _validate_schedule_and_validation(args)
     _one_of(args, "pretrain", PRETRAINING)
     if args.pretrain == "zae" and not fclin:
         raise UserError(f"--pretrain zae applies to --arch_type fclin, not {args.arch_type}")
@@ -227,6 +256,43 @@ def _validate_beyond_original(args: argparse.Namespace) -> None:
     if args.pretrain == "zae":
         args.pretrain_epochs = 10 if args.pretrain_epochs is None else args.pretrain_epochs
         _at_least_one(args, "pretrain_epochs")
+
+
+def _validate_schedule_and_validation(args: argparse.Namespace) -> None:
+    """--val_size (the upper bound needs the data: data.hold_out), --warmup_iters, --lr_drops
+    and --lr_gamma; fills in --lr_gamma's default when there are drops."""
+    if args.val_size < 0:
+        raise UserError(
+            f"--val_size must be at least 0 (0: no validation set), got {args.val_size}"
+        )
+    if args.warmup_iters < 0:
+        raise UserError(f"--warmup_iters must be at least 0, got {args.warmup_iters}")
+    drops = lr_drop_epochs(args)
+    if args.lr_gamma is not None:
+        if not drops:
+            raise UserError("--lr_gamma applies to --lr_drops, which is not given")
+        if not (math.isfinite(args.lr_gamma) and args.lr_gamma > 0):
+            raise UserError(f"--lr_gamma must be a positive number, got {args.lr_gamma}")
+    elif drops:
+        args.lr_gamma = 0.1
+
+
+def lr_drop_epochs(args: argparse.Namespace) -> list[int]:
+    """The epochs of --lr_drops (E1,E2,...: increasing, each in 1..--end_iter - 1); [] if none."""
+    if args.lr_drops is None:
+        return []
+    wanted = (
+        f"a comma-separated list of increasing epochs in 1..{args.end_iter - 1}"
+        " (--end_iter - 1), such as 50,75"
+    )
+    parts = [part.strip() for part in str(args.lr_drops).split(",")]
+    if not all(re.fullmatch(r"[0-9]+", part, flags=re.ASCII) for part in parts):
+        raise UserError(f"--lr_drops must be {wanted}, got {args.lr_drops!r}")
+    drops = [int(part) for part in parts]
+    increasing = all(a < b for a, b in zip(drops, drops[1:], strict=False))
+    if not increasing or drops[0] < 1 or drops[-1] >= args.end_iter:
+        raise UserError(f"--lr_drops must be {wanted}, got {args.lr_drops!r}")
+    return drops
 
 
 def arch_options(args: argparse.Namespace) -> dict:

@@ -39,6 +39,7 @@ IDX_FILES = (
 )
 _IDX_MAGIC = {"images": (2051, "an MNIST image file"), "labels": (2049, "an MNIST label file")}
 DOWNLOAD_TIMEOUT_S = 60
+HOLD_OUT_SEED = 20190306  # the fixed draw of --val_size's validation images
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,17 @@ class Split:
         """The normalised images and the labels at `index` (a 1-D index tensor on the device)."""
         images = self._normalised(self.stored.index_select(0, index))
         return images, self.labels.index_select(0, index)
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        """A new split of the images at `index` (a 1-D index tensor), on the same device and
+        normalised the same way."""
+        index = index.to(self.labels.device)
+        return Split(
+            self.stored.index_select(0, index),
+            self.labels.index_select(0, index),
+            self.mean,
+            self.std,
+        )
 
     def between(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised images and the labels from `start` up to `stop`."""
@@ -179,6 +191,28 @@ def load(
             " can write and --data_source one it can read"
         ) from None
     return _split(spec, root, True, device), _split(spec, root, False, device)
+
+
+def hold_out(train_set: Split, n: int, min_train: int = 1) -> tuple[Split, Split]:
+    """`--val_size n`: (the training images left, the `n` held out for validation).
+
+    The held-out images are drawn by a generator of their own with a fixed seed, so they are the
+    same for every run of a data set and `n`, whatever `--seed`, and drawing them consumes nothing
+    from the global random streams. Both splits keep the images' original order. UserError unless
+    0 < n and at least `min_train` images (--batch_size) are left to train on.
+    """
+    count = len(train_set)
+    if not 0 < n <= count - min_train:
+        raise UserError(
+            f"--val_size {n}: the training set has {count} images and at least {min_train}"
+            f" (--batch_size) must be left to train on; choose 1..{count - min_train}"
+            if count > min_train
+            else f"--val_size {n}: the training set has only {count} images, too few to hold"
+            f" out any and keep {min_train} (--batch_size) to train on"
+        )
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(HOLD_OUT_SEED))
+    held, kept = order[:n].sort().values, order[n:].sort().values
+    return train_set.subset(kept), train_set.subset(held)
 
 
 # --- loading ----------------------------------------------------------------------------------

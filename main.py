@@ -40,7 +40,15 @@ from pruning import (
 from record import choose_seed, restore_rng_states, rng_states, run_record, seed_everything
 from results import RunDir, level_tag
 from steps import use_compile
-from train import LevelHistory, add_input_dropout, build_optimizer, flush_denormals, train_level
+from train import (
+    LevelHistory,
+    add_input_dropout,
+    build_optimizer,
+    flush_denormals,
+    lr_schedule,
+    steps_per_epoch,
+    train_level,
+)
 from utils import UserError, one_line, print_nonzeros
 
 
@@ -87,6 +95,9 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
     device = select_device(args.gpu)
 
     train_set, test_set = data.load(args.dataset, args.data_dir, args.data_source, device)
+    val_set = None
+    if args.val_size > 0:  # before the run folder exists: a bad --val_size creates nothing
+        train_set, val_set = data.hold_out(train_set, args.val_size, args.batch_size)
     seed_everything(args.seed)
     init = initializer(args.init, train_set)
     model = build_model(args, train_set, init).to(device)
@@ -107,7 +118,7 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
             progress = restore(run_dir, model, resumed, args.prune_iterations)
             start = resumed.start
         for level in range(start, args.prune_iterations):
-            run_level(run_dir, args, level, model, progress, train_set, test_set, init)
+            run_level(run_dir, args, level, model, progress, train_set, test_set, init, val_set)
             run_dir.save_checkpoint(level, checkpoint(level, model, progress))
     print(f"\nresults: {run_dir.root}\nplots: {run_dir.plots}")
 
@@ -121,12 +132,23 @@ def run_level(
     train_set: data.Split,
     test_set: data.Split,
     init: Initializer,
+    val_set: data.Split | None = None,
 ) -> None:
-    """Prune and reset (after level 0), train, and write the level's files."""
+    """Prune and reset (after level 0), train, and write the level's files.
+
+    Every level gets a fresh optimiser and a fresh learning-rate schedule, as in the paper.
+    """
     if level > 0:
         progress.mask = prune(model, progress.mask, args)
         reset_survivors(model, progress, args.prune_type, init)
     optimizer = build_optimizer(args, model)
+    schedule = lr_schedule(
+        optimizer,
+        warmup_iters=args.warmup_iters,
+        drops=cli.lr_drop_epochs(args),
+        gamma=args.lr_gamma if args.lr_gamma is not None else 0.1,
+        epoch_steps=steps_per_epoch(len(train_set), args.batch_size),
+    )
 
     print(f"\n--- Pruning Level [0:{level}/{args.prune_iterations}]: ---")
     comp = print_nonzeros(model)
@@ -145,6 +167,8 @@ def run_level(
             description=f"[level {level}] ",
             on_epoch=epoch_hook(writer, run_dir, args, level, model, progress),
             compiled=use_compile(args.compile, train_set.labels.device),
+            val_set=val_set,
+            schedule=schedule,
         )
         write_level(run_dir, args, level, comp, history, model, progress, writer)
     if level == args.prune_iterations - 1:
@@ -238,12 +262,22 @@ def epoch_hook(
     level: int,
     model: nn.Module,
     progress: Progress,
-) -> Callable[[int, float, float], None]:
+) -> Callable[..., None]:
     """What happens after each epoch: log it; after epoch --rewind_epoch of level 0, keep the
     weights that later levels rewind to."""
 
-    def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+    def on_epoch(
+        epoch: int,
+        loss: float,
+        accuracy: float,
+        val_loss: float | None = None,
+        val_accuracy: float | None = None,
+    ) -> None:
         log_epoch(writer, args, level, epoch, loss, accuracy)
+        if val_loss is not None and val_accuracy is not None:
+            step = level * args.end_iter + epoch
+            writer.add_scalar("Loss/validation", val_loss, step)
+            writer.add_scalar("Accuracy/validation", val_accuracy, step)
         if level == 0 and epoch + 1 == args.rewind_epoch:
             progress.rewind_state = state_copy(model)
             run_dir.save_model(model, run_dir.rewind_state_path())
@@ -285,6 +319,9 @@ def write_level(
     run_dir.save_model(best_model, run_dir.model_path(level))
     run_dir.dump_array(history.all_loss, run_dir.dump_path("all_loss", tag))
     run_dir.dump_array(history.all_accuracy, run_dir.dump_path("all_accuracy", tag))
+    if history.all_val_loss is not None and history.all_val_accuracy is not None:
+        run_dir.dump_array(history.all_val_loss, run_dir.dump_path("all_val_loss", tag))
+        run_dir.dump_array(history.all_val_accuracy, run_dir.dump_path("all_val_accuracy", tag))
     run_dir.dump_mask(model, progress.mask, run_dir.dump_path("mask", tag, ".pkl"))
     figure = plots.loss_vs_accuracy(
         history.all_loss, history.all_accuracy, args.dataset, args.arch_type
@@ -292,21 +329,31 @@ def write_level(
     run_dir.save_figure(figure, run_dir.loss_plot_path(tag), args.plot_dpi)
     plots.close(figure)
 
-    progress.summary.append(
-        {
-            "level": level,
-            "weights_left": left,
-            "params_left": comp,
-            "best_accuracy": history.best_accuracy,
-            "best_epoch": history.best_epoch,
-            "final_accuracy": history.final_accuracy,
-            "final_loss": float(history.all_loss[-1]),
-        }
-    )
+    progress.summary.append(summary_row(level, left, comp, history))
     run_dir.write_summary(progress.summary)
     writer.add_scalar("Accuracy/best_by_level", history.best_accuracy, level)
     writer.add_scalar("Accuracy/best_vs_weights_left_x10", history.best_accuracy, round(left * 10))
     writer.flush()
+
+
+def summary_row(level: int, left: float, comp: float, history: LevelHistory) -> dict:
+    """The level's row of summary.csv; with a validation set, the early stop's columns too
+    (best_accuracy and best_epoch are then the test accuracy and epoch of the early stop)."""
+    row = {
+        "level": level,
+        "weights_left": left,
+        "params_left": comp,
+        "best_accuracy": history.best_accuracy,
+        "best_epoch": history.best_epoch,
+        "final_accuracy": history.final_accuracy,
+        "final_loss": float(history.all_loss[-1]),
+    }
+    if history.early_stop_epoch is not None:
+        row["early_stop_epoch"] = history.early_stop_epoch
+        row["val_loss"] = history.val_loss
+        row["val_accuracy"] = history.val_accuracy
+        row["test_accuracy"] = history.best_accuracy
+    return row
 
 
 def write_final(run_dir: RunDir, args: argparse.Namespace, progress: Progress) -> None:

@@ -5,7 +5,8 @@ Layout, relative to `results/<Mon DD_HH-MM-SS>_<host>/` (as the original wrote i
       rewind_state_dict_{pt}.pth.tar (with --rewind_epoch > 0)
   plots/lt/{arch}/{dataset}/{pt}_LossVsAccuracy_{comp}.png, {pt}_AccuracyVsWeights.png
   dumps/lt/{arch}/{dataset}/{pt}_all_loss_{comp}.dat, {pt}_all_accuracy_{comp}.dat,
-      {pt}_mask_{comp}.pkl, {pt}_compression.dat, {pt}_bestaccuracy.dat
+      {pt}_mask_{comp}.pkl, {pt}_compression.dat, {pt}_bestaccuracy.dat,
+      {pt}_all_val_loss_{comp}.dat, {pt}_all_val_accuracy_{comp}.dat (with --val_size > 0)
   args.json, summary.csv, checkpoints/level_{level}.pth, tensorboard/
 Every file is written to a temporary name in its folder and renamed into place, so a file
 either holds its whole content or does not exist. A process holds a lock on the run folder while
@@ -45,6 +46,7 @@ SUMMARY_FIELDS = [
     "final_accuracy",
     "final_loss",
 ]
+VALIDATION_FIELDS = ["early_stop_epoch", "val_loss", "val_accuracy", "test_accuracy"]  # --val_size
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -220,9 +222,13 @@ class RunDir:
         atomic_write(self.root / name, lambda f: f.write(text.encode()))
 
     def write_summary(self, rows: list[dict]) -> None:
-        """`summary.csv`: one row per finished level (see SUMMARY_FIELDS)."""
+        """`summary.csv`: one row per finished level (see SUMMARY_FIELDS), and the columns of
+        VALIDATION_FIELDS when the rows have them (runs with --val_size)."""
+        fields = SUMMARY_FIELDS
+        if rows and VALIDATION_FIELDS[0] in rows[0]:
+            fields = SUMMARY_FIELDS + VALIDATION_FIELDS
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write(self.root / "summary.csv", lambda f: f.write(text.getvalue().encode()))

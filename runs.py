@@ -28,7 +28,7 @@ BOOKKEEPING = (
     "print_freq",
 )
 
-INTEGER_FIELDS = ("level", "best_epoch")
+INTEGER_FIELDS = ("level", "best_epoch", "early_stop_epoch")
 
 
 @dataclass

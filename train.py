@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from data import Split
@@ -82,6 +83,52 @@ def add_input_dropout(model: nn.Module, p: float) -> nn.Module:
     return model
 
 
+def steps_per_epoch(count: int, batch_size: int) -> int:
+    """Optimiser steps in one epoch of `count` images: the last, smaller batch is one too."""
+    return len(range(0, count, batch_size))
+
+
+def lr_factor(
+    step: int, *, warmup_iters: int, drops: list[int], gamma: float, epoch_steps: int
+) -> float:
+    """The multiple of --lr used by optimiser step `step` of a level (counted from 0).
+
+    Warm-up: min(1, step / warmup_iters), the OpenLTH convention, so the first step of a level
+    with warm-up has rate 0 and step `warmup_iters` the full rate. Drops: times `gamma` for each
+    epoch E of `drops` that has begun, the epoch being step // epoch_steps.
+    """
+    factor = min(1.0, step / warmup_iters) if warmup_iters > 0 else 1.0
+    epoch = step // epoch_steps
+    return factor * gamma ** sum(1 for drop in drops if epoch >= drop)
+
+
+def lr_schedule(
+    optimizer: torch.optim.Optimizer,
+    *,
+    warmup_iters: int,
+    drops: list[int],
+    gamma: float,
+    epoch_steps: int,
+) -> LambdaLR | None:
+    """A fresh schedule for one level's optimiser (`--warmup_iters`, `--lr_drops`,
+    `--lr_gamma`), stepped once after each optimiser step; None (a constant rate, the
+    original's) when there is neither warm-up nor a drop.
+
+    Built with the optimiser at the start of every level, so every level restarts it, as the
+    paper does. The constructor sets the rate of step 0; nothing warns, since the scheduler is
+    stepped only after the optimiser.
+    """
+    if warmup_iters == 0 and not drops:
+        return None
+
+    def factor(step: int) -> float:
+        return lr_factor(
+            step, warmup_iters=warmup_iters, drops=drops, gamma=gamma, epoch_steps=epoch_steps
+        )
+
+    return LambdaLR(optimizer, factor)
+
+
 def train_epoch(
     model: nn.Module,
     data: Split,
@@ -91,6 +138,7 @@ def train_epoch(
     masks: list[torch.Tensor],
     *,
     compiled: bool = False,
+    schedule: LambdaLR | None = None,
 ) -> float:
     """One pass over a fresh permutation of `data`; returns the mean training loss.
 
@@ -99,7 +147,8 @@ def train_epoch(
     `masks`, the optimiser's own `step()`. Each batch is gathered from the permutation and
     normalised (`Split.batch`). The loss is summed on the device and read once per epoch, so
     the step never waits on the host. The last, smaller batch is kept (the original's train
-    loader did not drop it).
+    loader did not drop it). `schedule` (`lr_schedule`), if any, is stepped after every
+    optimiser step.
     """
     model.train()
     loss_of = batch_loss(model, criterion, compiled)
@@ -114,6 +163,8 @@ def train_epoch(
         loss.backward()
         freeze_pruned(weights, masks)
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         total += loss.detach() * y.shape[0]
     return total.item() / count
 
@@ -129,16 +180,44 @@ def evaluate(model: nn.Module, data: Split, batch_size: int = EVAL_BATCH) -> flo
     return 100.0 * correct.item() / len(data)
 
 
+@torch.no_grad()
+def loss_and_accuracy(
+    model: nn.Module, data: Split, batch_size: int = EVAL_BATCH
+) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy in percent over the whole split (validation)."""
+    model.eval()
+    loss = torch.zeros((), device=data.labels.device)
+    correct = torch.zeros((), dtype=torch.int64, device=data.labels.device)
+    for start in range(0, len(data), batch_size):
+        images, labels = data.between(start, start + batch_size)
+        outputs = model(images)
+        loss += nn.functional.cross_entropy(outputs, labels, reduction="sum")
+        correct += (outputs.argmax(dim=1) == labels).sum()
+    return loss.item() / len(data), 100.0 * correct.item() / len(data)
+
+
 @dataclass
 class LevelHistory:
-    """What one pruning level's training produced."""
+    """What one pruning level's training produced.
+
+    The best model is, without a validation set, the one of the best test accuracy (the
+    original's rule); with one, the one of the minimum validation loss (the paper's early
+    stopping), and `best_accuracy` is then its test accuracy.
+    """
 
     all_loss: np.ndarray  # mean training loss of each epoch
     all_accuracy: np.ndarray  # latest test accuracy at each epoch, as the original kept it
     best_accuracy: float
-    best_epoch: int  # epochs of training done when the best accuracy was measured
+    best_epoch: int  # epochs of training done when the best model was measured
     best_state: dict[str, torch.Tensor]
     final_accuracy: float  # after the last epoch
+    # with a validation set only (else None): latest validation loss and accuracy at each epoch,
+    # kept as all_accuracy is, and the early stop's epoch (= best_epoch) and validation figures
+    all_val_loss: np.ndarray | None = None
+    all_val_accuracy: np.ndarray | None = None
+    early_stop_epoch: int | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
 
 
 def train_level(
@@ -153,21 +232,32 @@ def train_level(
     valid_freq: int,
     print_freq: int,
     description: str = "",
-    on_epoch: Callable[[int, float, float], None] | None = None,
+    on_epoch: Callable[..., None] | None = None,
     compiled: bool = False,
+    val_set: Split | None = None,
+    schedule: LambdaLR | None = None,
 ) -> LevelHistory:
     """Train `epochs` epochs, testing every `valid_freq` epochs before training and once after.
 
     As in the original, the test at epoch e measures the model after e epochs of training, and
     an epoch without a test repeats the latest accuracy. The best model's state is kept in
     memory; the caller writes it out once, at the end of the level. `compiled`: the batch loss
-    goes through torch.compile (`--compile`, `steps.use_compile`).
+    goes through torch.compile (`--compile`, `steps.use_compile`). `schedule`: the level's
+    learning-rate schedule (`lr_schedule`).
+
+    With `val_set` (`--val_size`), every test also measures the validation loss and accuracy,
+    and the best model is the one of the minimum validation loss (the earliest on a tie);
+    `on_epoch` then gets them as the keywords `val_loss` and `val_accuracy`.
     """
     criterion = nn.CrossEntropyLoss()
     all_loss = np.zeros(epochs, float)
     all_accuracy = np.zeros(epochs, float)
+    validating = val_set is not None
+    all_val_loss = np.zeros(epochs, float) if validating else None
+    all_val_accuracy = np.zeros(epochs, float) if validating else None
     best_accuracy, best_epoch, best_state = -1.0, 0, None
-    accuracy = 0.0
+    best_val: tuple[float, float] = (math.inf, 0.0)
+    accuracy, val = 0.0, (0.0, 0.0)
 
     def consider(accuracy: float, epoch: int) -> None:
         nonlocal best_accuracy, best_epoch, best_state
@@ -175,31 +265,63 @@ def train_level(
             best_accuracy, best_epoch = accuracy, epoch
             best_state = state_copy(model)
 
+    def consider_validation(accuracy: float, val: tuple[float, float], epoch: int) -> None:
+        nonlocal best_accuracy, best_epoch, best_state, best_val
+        if best_state is None or val[0] < best_val[0]:
+            best_accuracy, best_epoch, best_val = accuracy, epoch, val
+            best_state = state_copy(model)
+
+    def measure(epoch: int) -> tuple[float, tuple[float, float]]:
+        accuracy = evaluate(model, test_set)
+        if val_set is None:
+            consider(accuracy, epoch)
+            return accuracy, val
+        measured = loss_and_accuracy(model, val_set)
+        consider_validation(accuracy, measured, epoch)
+        return accuracy, measured
+
     bar = tqdm(range(epochs), desc=description, dynamic_ncols=True)
     for epoch in bar:
         if epoch % valid_freq == 0:
-            accuracy = evaluate(model, test_set)
-            consider(accuracy, epoch)
+            accuracy, val = measure(epoch)
         loss = train_epoch(
-            model, train_set, batch_size, optimizer, criterion, masks, compiled=compiled
+            model,
+            train_set,
+            batch_size,
+            optimizer,
+            criterion,
+            masks,
+            compiled=compiled,
+            schedule=schedule,
         )
         if not math.isfinite(loss):
             bar.close()  # so that the message starts on a line of its own
-            lr = optimizer.param_groups[0]["lr"]
+            lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
             raise UserError(
                 f"training diverged at epoch {epoch} ({description.strip()}): the loss is {loss};"
                 f" try a lower --lr than {lr:g}"
             )
         all_loss[epoch], all_accuracy[epoch] = loss, accuracy
+        if all_val_loss is not None and all_val_accuracy is not None:
+            all_val_loss[epoch], all_val_accuracy[epoch] = val
         if on_epoch is not None:
-            on_epoch(epoch, loss, accuracy)
+            if validating:
+                on_epoch(epoch, loss, accuracy, val_loss=val[0], val_accuracy=val[1])
+            else:
+                on_epoch(epoch, loss, accuracy)
         if epoch % print_freq == 0:
+            shown = f"Val Loss: {val[0]:.4f} " if validating else ""
             bar.set_description(
-                f"{description}Train Epoch: {epoch}/{epochs} Loss: {loss:.6f} "
+                f"{description}Train Epoch: {epoch}/{epochs} Loss: {loss:.6f} {shown}"
                 f"Accuracy: {accuracy:.2f}% Best Accuracy: {best_accuracy:.2f}%"
             )
-    final_accuracy = evaluate(model, test_set)
-    consider(final_accuracy, epochs)
-    return LevelHistory(
+    final_accuracy, _ = measure(epochs)
+    assert best_state is not None  # the test before the first epoch, at least, was considered
+    history = LevelHistory(
         all_loss, all_accuracy, best_accuracy, best_epoch, best_state, final_accuracy
     )
+    if validating:
+        history.all_val_loss, history.all_val_accuracy = all_val_loss, all_val_accuracy
+        history.early_stop_epoch = best_epoch
+        history.val_loss, history.val_accuracy = best_val
+    return history

@@ -1,0 +1,211 @@
+"""--val_size: the held-out validation images, early stopping at the minimum validation loss,
+and the files of a run without the new flags, byte for byte as before them."""
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+
+import data
+import train
+from data import Split
+from tests.datafiles import write_mnist_files
+from tests.test_bad_input import check_refused
+from tests.test_main import TINY, load_dump, only_run, run_main
+
+
+def numbered_split(count: int) -> Split:
+    """A uint8 split whose image i is filled with i % 256 and whose label i is i."""
+    pixels = (torch.arange(count) % 256).to(torch.uint8).view(count, 1, 1, 1).expand(-1, 1, 2, 2)
+    mean, std = torch.tensor(0.5).view(1, 1, 1, 1), torch.tensor(0.25).view(1, 1, 1, 1)
+    return Split(pixels.contiguous(), torch.arange(count), mean, std)
+
+
+def test_held_out_images_are_disjoint_from_training_and_the_same_whatever_the_seed():
+    split = numbered_split(300)
+    draws = []
+    for seed in (0, 1, 12345):
+        torch.manual_seed(seed)
+        before = torch.get_rng_state()
+        kept, held = data.hold_out(split, 70, min_train=32)
+        assert torch.equal(torch.get_rng_state(), before), "the global stream is untouched"
+        draws.append((kept.labels.tolist(), held.labels.tolist()))
+    assert draws[0] == draws[1] == draws[2]
+    kept_ids, held_ids = draws[0]
+    assert len(held_ids) == 70 and len(kept_ids) == 230
+    assert set(kept_ids).isdisjoint(held_ids)
+    assert sorted(kept_ids + held_ids) == list(range(300))
+    assert kept_ids == sorted(kept_ids) and held_ids == sorted(held_ids)
+    assert held_ids != list(range(70)), "a random draw, not the first images"
+    # the images travel with their labels and are normalised as the whole split's
+    kept, held = data.hold_out(split, 70, min_train=32)
+    for part in (kept, held):
+        assert part.stored.device == split.stored.device and part.mean is split.mean
+        assert torch.equal(part.images, split.images[part.labels])
+
+
+def test_subset_keeps_the_device_and_normalisation():
+    split = numbered_split(20)
+    index = torch.tensor([3, 7, 19])
+    part = split.subset(index)
+    assert len(part) == 3 and part.stored.dtype == torch.uint8
+    assert torch.equal(part.between(0, 3)[0], split.batch(index)[0])
+
+
+def test_validation_loss_is_the_mean_cross_entropy_and_accuracy_the_tests():
+    generator = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(250, 1, 28, 28, generator=generator), torch.arange(250) % 10)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    loss, accuracy = train.loss_and_accuracy(model, split, batch_size=100)
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(model(split.images), split.labels).item()
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert accuracy == train.evaluate(model, split)
+
+
+# --- early stopping end to end, on a validation curve the test sets --------------------------
+
+# validation losses of the evaluations after 0, 1, 2, 3 and 4 epochs, per level
+CURVES = [
+    [2.0, 1.0, 0.5, 0.7, 0.9],  # minimum after 2 epochs
+    [2.0, 1.5, 1.2, 1.2, 0.4],  # minimum at the end of training
+    [1.0, 0.3, 0.8, 0.3, 0.5],  # a tie: the earliest
+]
+EARLY_STOPS = [2, 4, 1]
+
+
+def test_early_stop_is_the_minimum_validation_loss_and_its_files_say_so(tmp_path, monkeypatch):
+    source = write_mnist_files(tmp_path / "source", n_train=200, n_test=60)
+    measured: list[dict] = []  # one per evaluation: the model state, its losses and accuracies
+    trained_on: list[int] = []
+    real_evaluate, real_epoch = train.evaluate, train.train_epoch
+
+    def evaluate(model, split, *args, **kwargs):
+        accuracy = real_evaluate(model, split, *args, **kwargs)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        measured.append({"state": state, "test": accuracy})
+        return accuracy
+
+    def loss_and_accuracy(model, split, *args, **kwargs):
+        level, index = divmod(len(measured) - 1, 5)
+        assert len(split) == 50  # measured on the model the test just measured:
+        assert all(torch.equal(measured[-1]["state"][k], v) for k, v in model.state_dict().items())
+        measured[-1]["val"] = (CURVES[level][index], 10.0 * index + level)
+        return measured[-1]["val"]
+
+    def train_epoch(model, split, *args, **kwargs):
+        trained_on.append(len(split))
+        return real_epoch(model, split, *args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(train, "loss_and_accuracy", loss_and_accuracy)
+    monkeypatch.setattr(train, "train_epoch", train_epoch)
+    flags = [*TINY, "--end_iter=4", "--prune_iterations=3", "--val_size=50"]
+    assert (
+        run_main(tmp_path, *flags, f"--data_source={source}", f"--data_dir={tmp_path / 'd'}") == 0
+    )
+    assert trained_on == [150] * 12 and len(measured) == 15
+
+    run = only_run(tmp_path)
+    saves, dumps = run / "saves" / "fc1" / "mnist", run / "dumps" / "lt" / "fc1" / "mnist"
+    rows = list(csv.DictReader(open(run / "summary.csv")))
+    best = load_dump(dumps / "lt_bestaccuracy.dat")
+    writer_steps = scalars(run / "tensorboard")
+    for level, (curve, stop, row) in enumerate(zip(CURVES, EARLY_STOPS, rows, strict=True)):
+        at_stop = measured[5 * level + stop]
+        saved = torch.load(saves / f"{level}_model_lt.pth.tar", weights_only=False).state_dict()
+        assert all(torch.equal(saved[k], v) for k, v in at_stop["state"].items()), level
+        assert best[level] == at_stop["test"]
+        tag = f"{float(row['params_left']):.1f}"
+        tests = [m["test"] for m in measured[5 * level : 5 * level + 4]]
+        assert list(load_dump(dumps / f"lt_all_accuracy_{tag}.dat")) == tests
+        assert list(load_dump(dumps / f"lt_all_val_loss_{tag}.dat")) == curve[:4]
+        val_accuracies = [10.0 * i + level for i in range(4)]
+        assert list(load_dump(dumps / f"lt_all_val_accuracy_{tag}.dat")) == val_accuracies
+        assert int(row["early_stop_epoch"]) == int(row["best_epoch"]) == stop
+        assert float(row["val_loss"]) == curve[stop]
+        assert float(row["val_accuracy"]) == 10.0 * stop + level
+        assert float(row["test_accuracy"]) == float(row["best_accuracy"]) == at_stop["test"]
+        steps = range(4 * level, 4 * level + 4)
+        assert [writer_steps["Loss/validation"][s] for s in steps] == curve[:4]
+        assert [writer_steps["Accuracy/validation"][s] for s in steps] == val_accuracies
+    assert list(rows[0])[-4:] == ["early_stop_epoch", "val_loss", "val_accuracy", "test_accuracy"]
+    assert (run / "plots" / "lt" / "fc1" / "mnist" / "lt_AccuracyVsWeights.png").stat().st_size
+
+    import runs  # summaries read back as numbers, the epoch as an integer
+
+    summary = runs.read_run(run).summary()
+    assert [r["early_stop_epoch"] for r in summary] == EARLY_STOPS
+    assert all(isinstance(r["early_stop_epoch"], int) for r in summary)
+
+
+def scalars(folder: Path) -> dict[str, dict[int, float]]:
+    """Every scalar of the TensorBoard events under `folder`: tag -> step -> value."""
+    found: dict[str, dict[int, float]] = {}
+    for events in sorted(folder.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            for event in accumulator.Scalars(tag):
+                found.setdefault(tag, {})[event.step] = pytest.approx(event.value, rel=1e-6)
+    return found
+
+
+@pytest.fixture(scope="module")
+def small_source(tmp_path_factory) -> Path:
+    return write_mnist_files(tmp_path_factory.mktemp("mnist"), n_train=60, n_test=30)
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--val_size=-1"], ["--val_size", "-1", "at least 0"]),
+        (["--val_size=29", "--batch_size=32"], ["--val_size 29", "60 images", "1..28"]),
+        (["--val_size=60", "--batch_size=1"], ["--val_size 60", "1..59"]),
+        (["--val_size=1000", "--batch_size=32"], ["--val_size 1000", "1..28"]),
+        (["--val_size=1"], ["--val_size 1", "only 60 images"]),  # --batch_size 60: none to spare
+        (["--val_size=x"], ["--val_size", "x"]),
+    ],
+)
+def test_bad_val_size_is_one_line_and_creates_nothing(tmp_path, capsys, small_source, flags, words):
+    base = [f"--data_source={small_source}", f"--data_dir={tmp_path / 'data'}"]
+    check_refused(tmp_path, capsys, base + flags, *words)
+    assert not (tmp_path / "results").exists()
+
+
+# --- without the new flags: the files of a seeded run as before them --------------------------
+
+# sha256 of the files of the run below, made by the code before --val_size and the schedules
+# existed (two runs of that code gave the same bytes)
+BEFORE = {
+    "lt_all_accuracy_100.0.dat": "3560d207235a940752624f8081b0b57e37b013651e4228ce3d4bdeccb99cc9bd",
+    "lt_all_accuracy_81.0.dat": "30d1c243f83385105514b1985c9a728b56b233cb6ba36bc251b7b324dc474557",
+    "lt_all_accuracy_90.0.dat": "a08dcc2bb7914a8a214902ed2b07f86d97970dd87dfb97ab5aa1327267ecc788",
+    "lt_all_loss_100.0.dat": "917f4aaa3ab844e9db87a063c452cf897cb903b10ffac399441478134da20e21",
+    "lt_all_loss_81.0.dat": "fdd312be623d6dca34911b6bbfb1c719bf24cf745e904ccbeed90377a7897652",
+    "lt_all_loss_90.0.dat": "367305091e2dfc6d4f9dd7458377ff96e530e4946ccff5f37e4d065fbe84f75d",
+    "lt_bestaccuracy.dat": "98e4fa087a2619917445064986174952a93e87e237346b166754ebb1d5c36d5c",
+    "lt_compression.dat": "94fc7761861ab48bbb50afeb9f86ececfae9bf1c2af8f4f8410c0e0de0a6c351",
+    "lt_mask_100.0.pkl": "d9fc3b2ab3b3cd10bd81d2b1c7f085be3b154556b9dbab10440b9104db2d9763",
+    "lt_mask_81.0.pkl": "7d23a99b8e4e28ce4c7b6930fa460bab8ea919c9f7c0c636f5e54e30db761225",
+    "lt_mask_90.0.pkl": "3c00f9b3cbf8313ba26d11349af3e9ce15e89a3c449b9ec5cc773c4054b15ac9",
+    "summary.csv": "e66019e1f9734653a9d8111ee0aaac9997891a1ae4a6b190a48b5b972087f8b0",
+}
+
+
+def test_without_the_new_flags_a_seeded_run_writes_the_same_bytes_as_before(tmp_path):
+    source = write_mnist_files(tmp_path / "source")  # 200 training and 100 test images
+    flags = [*TINY, "--prune_iterations=3", f"--data_source={source}"]
+    assert run_main(tmp_path, *flags, f"--data_dir={tmp_path / 'data'}") == 0
+    run = only_run(tmp_path)
+    dumps = run / "dumps" / "lt" / "fc1" / "mnist"
+    files = [*dumps.glob("*.dat"), *dumps.glob("*.pkl"), run / "summary.csv"]
+    digests = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
+    assert digests == BEFORE
+    assert not np.isnan(load_dump(dumps / "lt_bestaccuracy.dat")).any()
