@@ -17,6 +17,10 @@ PRUNE_SCOPES = ("layer", "global")
 PRETRAINING = ("none", "zae")
 OPTIMIZERS = ("adam", "sgd")
 COMPILE_CHOICES = ("auto", "on", "off")  # steps.use_compile says what each means
+# Flags that do not change what a run computes: where it reads and writes, how it reports, the
+# device it runs on, and --compile (which changes the rounding of float sums only). A resume may
+# change them; they never tell runs apart.
+NEUTRAL = ("gpu", "data_dir", "data_source", "plot_dpi", "results_root", "print_freq", "compile")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -37,7 +37,15 @@ from pruning import (
     state_copy,
     weights_left,
 )
-from record import choose_seed, restore_rng_states, rng_states, run_record, seed_everything
+from record import (
+    choose_seed,
+    deterministic_algorithms,
+    restore_rng_states,
+    rng_states,
+    run_record,
+    seed_everything,
+    with_resume,
+)
 from results import RunDir, level_tag
 from steps import use_compile
 from train import (
@@ -54,7 +62,7 @@ from utils import UserError, one_line, print_nonzeros
 
 @dataclass
 class Progress:
-    """Everything a level hands to the next; saved whole in each level's checkpoint."""
+    """Everything a level hands to the next; the checkpoint keeps it (resume.checkpoint_progress)."""
 
     mask: Mask  # parameter name -> array of ones and zeros, for each prunable weight
     initial_state: dict[str, torch.Tensor]
@@ -93,6 +101,7 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
     args.seed = choose_seed(args.seed)
     print(f"seed: {args.seed}")
     device = select_device(args.gpu)
+    deterministic_algorithms(device)  # before any cuBLAS work
 
     train_set, test_set = data.load(args.dataset, args.data_dir, args.data_source, device)
     val_set = None
@@ -115,11 +124,14 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
             record_run(run_dir, args, device, model)
             progress, start = fresh_progress(model, args.prune_iterations), 0
         else:
+            run_dir.write_json(
+                "args.json", with_resume(resumed.record, resumed.start, resumed.changed, device)
+            )
             progress = restore(run_dir, model, resumed, args.prune_iterations)
             start = resumed.start
         for level in range(start, args.prune_iterations):
             run_level(run_dir, args, level, model, progress, train_set, test_set, init, val_set)
-            run_dir.save_checkpoint(level, checkpoint(level, model, progress))
+            run_dir.save_checkpoint(checkpoint(level, model, progress))
     print(f"\nresults: {run_dir.root}\nplots: {run_dir.plots}")
 
 
@@ -215,14 +227,13 @@ def restore(run_dir: RunDir, model: nn.Module, resumed: resume.Resumed, levels: 
     """Put the model, the progress and every random generator where the run's last checkpoint
     left them.
 
-    Without a checkpoint (stopped in level 0) the run starts again from its seed: the model
-    built from it is the same initial model, so its file is only written if it is missing.
+    Without a checkpoint (stopped in level 0, or --start_iter 0) the run starts again from its
+    seed: the model built from it is the same initial model, and its file is written again.
     """
     run_dir.remove_leftovers(resumed.start, levels)
     print(f"resuming {run_dir.root} at level {resumed.start}")
     if resumed.checkpoint is None:
-        if not run_dir.initial_state_path().exists():
-            run_dir.save_model(model, run_dir.initial_state_path())
+        run_dir.save_model(model, run_dir.initial_state_path())
         return fresh_progress(model, levels)
     model.load_state_dict(resumed.checkpoint["model_state"])
     restore_rng_states(resumed.checkpoint["rng"])
@@ -368,10 +379,11 @@ def write_final(run_dir: RunDir, args: argparse.Namespace, progress: Progress) -
 
 
 def checkpoint(level: int, model: nn.Module, progress: Progress) -> dict:
+    """The state at the end of `level` that the next level needs, each part stored once."""
     return {
         "level": level,
         "model_state": model.state_dict(),
-        "progress": vars(progress),
+        "progress": resume.checkpoint_progress(vars(progress)),
         "rng": rng_states(),
     }
 

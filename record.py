@@ -1,7 +1,9 @@
 """What makes a run reproducible: its seed, arguments, package versions and code version."""
 
 import argparse
+import datetime
 import importlib.metadata
+import os
 import platform
 import random
 import secrets
@@ -25,6 +27,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def deterministic_algorithms(device: torch.device) -> None:
+    """On CUDA, make a seeded run repeat bit for bit on the same GPU model and software.
+
+    cuBLAS needs a fixed workspace for that, set before its first use (the variable a user set
+    is kept). Operations without a deterministic CUDA kernel warn instead of stopping the run.
+    On the CPU nothing changes: its kernels repeat already.
+    """
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def rng_states() -> dict:
@@ -89,3 +104,16 @@ def run_record(args: argparse.Namespace, device: torch.device) -> dict:
         "host": socket.gethostname(),
         "device": str(device),
     }
+
+
+def with_resume(record: dict, at_level: int, changed: dict, device: torch.device) -> dict:
+    """`record` (args.json) with one more entry in its `resumes` list: the level the resume
+    starts at, the flags it changed ({flag: [old, new]}), when, where and on what device."""
+    entry = {
+        "at_level": at_level,
+        "changed": changed,
+        "started": datetime.datetime.now().isoformat(),
+        "host": socket.gethostname(),
+        "device": str(device),
+    }
+    return {**record, "resumes": [*record.get("resumes", []), entry]}

@@ -7,7 +7,7 @@ Layout, relative to `results/<Mon DD_HH-MM-SS>_<host>/` (as the original wrote i
   dumps/lt/{arch}/{dataset}/{pt}_all_loss_{comp}.dat, {pt}_all_accuracy_{comp}.dat,
       {pt}_mask_{comp}.pkl, {pt}_compression.dat, {pt}_bestaccuracy.dat,
       {pt}_all_val_loss_{comp}.dat, {pt}_all_val_accuracy_{comp}.dat (with --val_size > 0)
-  args.json, summary.csv, checkpoints/level_{level}.pth, tensorboard/
+  args.json, summary.csv, checkpoints/latest.pth (the newest level's state only), tensorboard/
 Every file is written to a temporary name in its folder and renamed into place, so a file
 either holds its whole content or does not exist. A process holds a lock on the run folder while
 it writes there, so a run and a resume of it (or two resumes) never write into one folder at once.
@@ -35,6 +35,7 @@ from pruning import Mask, prunable
 from utils import UserError
 
 CHECKPOINTS = "checkpoints"
+CHECKPOINT = "latest.pth"  # the one checkpoint: each level's replaces the previous one
 TENSORBOARD = "tensorboard"
 TEMPORARY = ".tmp"  # suffix of the temporary names atomic_write uses
 SUMMARY_FIELDS = [
@@ -155,13 +156,15 @@ class RunDir:
             os.close(descriptor)  # releases the lock
 
     def remove_leftovers(self, first_level: int, levels: int) -> None:
-        """Before a resume: remove temporary files of a killed writer, and the checkpoints and
-        TensorBoard events of the levels about to run again (`--start_iter`), so that a later
-        resume never counts an old level as done and TensorBoard shows each epoch once."""
+        """Before a resume: remove temporary files of a killed writer, the TensorBoard events of
+        the levels about to run again, and (when the run starts again at level 0) the checkpoint,
+        so that a later resume never counts an old level as done and TensorBoard shows each epoch
+        once."""
         for temporary in self.root.rglob(f".*{TEMPORARY}"):
             temporary.unlink(missing_ok=True)
+        if first_level == 0:
+            self.checkpoint_path().unlink(missing_ok=True)
         for level in range(first_level, levels):
-            self.checkpoint_path(level).unlink(missing_ok=True)
             for events in self.tensorboard.glob(
                 f"events.out.tfevents.*{self.events_suffix(level)}"
             ):
@@ -197,8 +200,9 @@ class RunDir:
         name = f"{self.prune_type}_{what}" + (f"_{tag}" if tag is not None else "")
         return self.dumps / (name + suffix)
 
-    def checkpoint_path(self, level: int) -> Path:
-        return self.root / CHECKPOINTS / f"level_{level}.pth"
+    def checkpoint_path(self) -> Path:
+        """The state at the end of the newest finished level (the level is inside)."""
+        return self.root / CHECKPOINTS / CHECKPOINT
 
     # -- writers -----------------------------------------------------------------------------
     def save_model(self, model: nn.Module, path: Path) -> None:
@@ -233,8 +237,23 @@ class RunDir:
         writer.writerows(rows)
         atomic_write(self.root / "summary.csv", lambda f: f.write(text.getvalue().encode()))
 
-    def save_checkpoint(self, level: int, state: dict) -> None:
-        atomic_write(self.checkpoint_path(level), lambda f: torch.save(state, f))
+    def save_checkpoint(self, state: dict) -> None:
+        """Replace the checkpoint by `state` (a dict with its "level") in one rename: at every
+        moment the folder holds one whole checkpoint, the previous level's or this one's."""
+        atomic_write(self.checkpoint_path(), lambda f: torch.save(state, f))
+
+    def checkpoint_level(self) -> int | None:
+        """The level the checkpoint was saved at; None without a readable one.
+
+        Memory-mapped, so reading the level of a large checkpoint costs a few milliseconds.
+        """
+        try:
+            state = torch.load(
+                self.checkpoint_path(), map_location="cpu", mmap=True, weights_only=False
+            )
+            return int(state["level"])
+        except Exception:  # missing, or any unzipping or unpickling fault of a damaged file
+            return None
 
 
 # -- the mask file (`{pt}_mask_{comp}.pkl`) ----------------------------------------------------
@@ -290,6 +309,16 @@ def mask_from_list(model: nn.Module, entries: object, source: str) -> Mask:
         elif not entry.all():
             raise UserError(f"{source}: {name} is pruned there, but it is never pruned here")
     return {name: mask[name] for name in weights}
+
+
+def mask_to_bool(mask: Mask) -> dict[str, np.ndarray]:
+    """`mask` as booleans, a quarter of its float32 size: the form a checkpoint stores."""
+    return {name: np.asarray(entry, dtype=bool) for name, entry in mask.items()}
+
+
+def mask_from_bool(stored: dict[str, np.ndarray]) -> Mask:
+    """The mask (name -> float32 array of ones and zeros) that `mask_to_bool` stored."""
+    return {name: entry.astype(np.float32) for name, entry in stored.items()}
 
 
 def read_mask(path: Path | str, model: nn.Module) -> Mask:

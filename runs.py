@@ -1,8 +1,8 @@
 """Reading run folders back: their recorded arguments, whether they finished, their results.
 
 Used by combine_plots.py and sweep.py. A run folder is one `main.py` made: it has `args.json`.
-It is complete when its last level's checkpoint and the whole-run dumps (`{pt}_compression.dat`,
-`{pt}_bestaccuracy.dat`, written at the last level only) exist.
+It is complete when the whole-run dumps (`{pt}_compression.dat`, `{pt}_bestaccuracy.dat`,
+written at the last level only) exist and its checkpoint is the last level's.
 """
 
 import csv
@@ -12,21 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cli import NEUTRAL
 from results import RunDir
 from utils import UserError
 
-# Arguments that do not change what a run computes (where it reads and writes, how it reports):
-# they never tell runs apart.
-BOOKKEEPING = (
-    "resume",
-    "start_iter",
-    "results_root",
-    "data_dir",
-    "data_source",
-    "gpu",
-    "plot_dpi",
-    "print_freq",
-)
+# Arguments that do not tell runs apart: the resume flags and the result-neutral ones.
+BOOKKEEPING = ("resume", "start_iter", *NEUTRAL)
 
 INTEGER_FIELDS = ("level", "best_epoch", "early_stop_epoch")
 
@@ -44,16 +35,10 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        levels = self.args["prune_iterations"]
         files = self.files
-        return all(
-            path.exists()
-            for path in (
-                files.checkpoint_path(levels - 1),
-                files.dump_path("compression"),
-                files.dump_path("bestaccuracy"),
-            )
-        )
+        dumps = (files.dump_path("compression"), files.dump_path("bestaccuracy"))
+        last = self.args["prune_iterations"] - 1
+        return all(path.exists() for path in dumps) and files.checkpoint_level() == last
 
     def weights_left(self) -> np.ndarray:
         """Percent of the prunable weights left at each level (`weights_left` of summary.csv;

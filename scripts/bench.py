@@ -458,7 +458,7 @@ def level_overhead(folder: Path, dpi: int, device: torch.device, repeats: int) -
                     "files",
                     lambda lv=level, c=comp: (
                         main.write_level(run_dir, args, lv, c, history, model, progress, writer),
-                        run_dir.save_checkpoint(lv, main.checkpoint(lv, model, progress)),
+                        run_dir.save_checkpoint(main.checkpoint(lv, model, progress)),
                     ),
                 )
                 timed("plot", draw)

@@ -3,11 +3,14 @@
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from results import RunDir
 
 
 def files_under(folder: Path, skip: tuple[str, ...] = ()) -> set[str]:
@@ -25,6 +28,24 @@ def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
         )
         for name in sorted(files_under(folder))
     }
+
+
+def keep_checkpoints(monkeypatch, folder: Path) -> None:
+    """Copy every checkpoint main.py saves to `folder/level_{k}.pth`, so that a test can put an
+    older one back: the run folder as if the run had stopped after that level."""
+    real = RunDir.save_checkpoint
+
+    def save_checkpoint(self: RunDir, state: dict) -> None:
+        real(self, state)
+        shutil.copyfile(self.checkpoint_path(), folder / f"level_{state['level']}.pth")
+
+    folder.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_checkpoint)
+
+
+def stopped_after(run: Path, kept: Path, level: int) -> None:
+    """`run` as if it had stopped in the level after `level` (see keep_checkpoints)."""
+    shutil.copyfile(kept / f"level_{level}.pth", run / "checkpoints" / "latest.pth")
 
 
 def assert_same_state(a: dict, b: dict, what: str) -> None:
@@ -62,8 +83,9 @@ def scalars(tensorboard: Path) -> dict[str, list[tuple[int, float]]]:
     }
 
 
-def assert_same_results(run: Path, reference: Path) -> None:
-    """`run` holds exactly the files of `reference`, with the same content.
+def assert_same_results(run: Path, reference: Path, plots_alike: bool = True) -> None:
+    """`run` holds exactly the files of `reference`, with the same content (the figures: the
+    same names only, unless `plots_alike`).
 
     Dumps, masks, plots and summary.csv: byte for byte. Saved models: every tensor of the state
     bit for bit, and the files byte for byte. args.json: the same arguments. Checkpoints: the
@@ -80,13 +102,15 @@ def assert_same_results(run: Path, reference: Path) -> None:
             a = torch.load(mine, weights_only=False)
             b = torch.load(theirs, weights_only=False)
             assert_same_value(a, b, name)
+        elif name.endswith(".png") and not plots_alike:
+            continue
         elif name.endswith(".pth.tar"):
             a, b = torch.load(mine, weights_only=False), torch.load(theirs, weights_only=False)
             assert_same_state(a.state_dict(), b.state_dict(), name)
             assert mine.read_bytes() == theirs.read_bytes(), name
         else:
             assert mine.read_bytes() == theirs.read_bytes(), name
-    levels = len(list((run / "checkpoints").glob("level_*.pth")))
+    levels = torch.load(run / "checkpoints" / "latest.pth", weights_only=False)["level"] + 1
     for folder in (run, reference):
         suffixes = sorted(p.name.rsplit(".", 1)[1] for p in (folder / "tensorboard").iterdir())
         assert suffixes == sorted(f"level{k}" for k in range(levels)), folder

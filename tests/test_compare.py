@@ -86,7 +86,7 @@ def test_without_arguments_compares_the_newest_complete_lt_and_reinit(made, caps
     record = json.loads((interrupted / "args.json").read_text())
     record["started"] = "9999-01-01T00:00:00"
     (interrupted / "args.json").write_text(json.dumps(record))
-    (interrupted / "checkpoints" / "level_2.pth").unlink()
+    (interrupted / "checkpoints" / "latest.pth").unlink()  # stopped in level 0
     shutil.move(interrupted, results / "Dec31_23-59-59_later")
     try:
         groups = runs.newest_complete(results)
@@ -171,7 +171,7 @@ def test_not_a_run_and_incomplete_run_are_one_line_errors(made, tmp_path, capsys
     )
 
     partial = copy_run(made["lt20"], tmp_path)
-    (partial / "checkpoints" / "level_1.pth").unlink()
+    (partial / "checkpoints" / "latest.pth").unlink()
     (partial.joinpath(*"dumps/lt/fc1/mnist/lt_compression.dat".split("/"))).unlink()
     assert combine_plots.main([str(partial)]) == 2
     error = capsys.readouterr().err

@@ -25,7 +25,7 @@ LEVEL_0 = [
     "dumps/lt/fc1/mnist/lt_all_accuracy_100.0.dat",
     "dumps/lt/fc1/mnist/lt_mask_100.0.pkl",
     "plots/lt/fc1/mnist/lt_LossVsAccuracy_100.0.png",
-    "checkpoints/level_0.pth",
+    "checkpoints/latest.pth",
 ]
 
 

@@ -16,6 +16,7 @@ from initialization import initialize
 from pruning import prunable_weights
 from record import seed_everything
 from tests.datafiles import write_cifar_files, write_mnist_files
+from tests.resultfiles import keep_checkpoints, stopped_after
 from tests.test_bad_input import check_refused
 from tests.test_main import TINY, load_dump, only_run, run_main
 from train import build_optimizer, evaluate, train_epoch
@@ -25,7 +26,10 @@ def load_model(path: Path) -> nn.Module:
     return torch.load(path, weights_only=False)
 
 
-def test_rewind_state_is_the_model_after_k_epochs_and_later_levels_start_from_it(tmp_path):
+def test_rewind_state_is_the_model_after_k_epochs_and_later_levels_start_from_it(
+    tmp_path, monkeypatch
+):
+    keep_checkpoints(monkeypatch, tmp_path / "kept")
     source = write_mnist_files(tmp_path / "source", n_train=150, n_test=60)
     flags = [*TINY, "--end_iter=3", "--rewind_epoch=2", "--prune_iterations=3"]
     flags += [f"--data_source={source}", f"--data_dir={tmp_path / 'data'}"]
@@ -58,10 +62,11 @@ def test_rewind_state_is_the_model_after_k_epochs_and_later_levels_start_from_it
     first_accuracy = load_dump(dumps / "lt_all_accuracy_90.0.dat")[0]
     assert first_accuracy == evaluate(model, test_set)
 
-    # the state is in the checkpoint: resuming level 2 gives the same files as the full run
+    # the state is in level 1's checkpoint and the rewind file: resuming level 2 gives the same
+    # files as the full run
     files = sorted(dumps.glob("lt_*_81.0.*"))
     before = {path.name: path.read_bytes() for path in files}
-    (run / "checkpoints" / "level_2.pth").unlink()
+    stopped_after(run, tmp_path / "kept", 1)
     assert run_main(tmp_path, "--resume", str(run)) == 0
     assert {path.name: path.read_bytes() for path in files} == before
 

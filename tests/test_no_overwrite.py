@@ -63,9 +63,7 @@ def test_concurrent_runs_get_their_own_folders_and_share_one_imported_data_set(t
 
     assert sorted(folders.values()) == [name, f"{name}_2"]
     expected = files_under(tmp_path / "results" / name, skip=("tensorboard",))
-    assert (
-        "saves/fc1/mnist/0_model_lt.pth.tar" in expected and "checkpoints/level_0.pth" in expected
-    )
+    assert "saves/fc1/mnist/0_model_lt.pth.tar" in expected and "checkpoints/latest.pth" in expected
     for pid, folder in folders.items():
         run = tmp_path / "results" / folder
         assert files_under(run, skip=("tensorboard",)) == expected
@@ -107,11 +105,16 @@ def test_levels_with_the_same_comp_text_keep_their_own_files(tmp_path):
     assert len(list(dumps.glob("lt_mask_*.pkl"))) == 3
 
 
-def test_a_resume_from_an_earlier_level_drops_the_checkpoints_it_will_redo(tmp_path):
-    """`--resume RUN --start_iter 1`: the checkpoints of levels 1 and later go before the rerun,
-    so a rerun killed half-way is never counted as finished by the old checkpoints."""
+def test_each_checkpoint_replaces_the_last_and_a_restart_drops_it(tmp_path):
+    """One checkpoint at a time, recording its level; `--resume RUN --start_iter 0` removes it
+    before the rerun, so a rerun killed half-way is never counted as finished by it."""
     run_dir = RunDir.create(str(tmp_path), "fc1", "mnist", "lt")
+    assert run_dir.checkpoint_level() is None
     for level in range(3):
-        run_dir.save_checkpoint(level, {"level": level})
-    run_dir.remove_leftovers(1, 3)
-    assert files_under(run_dir.root) == {"checkpoints/level_0.pth"}
+        run_dir.save_checkpoint({"level": level})
+        assert files_under(run_dir.root) == {"checkpoints/latest.pth"}
+        assert run_dir.checkpoint_level() == level
+    run_dir.remove_leftovers(3, 5)  # a resume at level 3 continues from it
+    assert run_dir.checkpoint_level() == 2
+    run_dir.remove_leftovers(0, 5)
+    assert files_under(run_dir.root) == set()

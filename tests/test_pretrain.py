@@ -5,8 +5,10 @@ import pickle
 import torch
 from torch import nn
 
+import resume
 from initialization import initialize
 from pretrain import ZAE_THRESHOLD, hidden_stages, pretrain_zae
+from results import RunDir
 from tests.datafiles import write_cifar_files
 from tests.test_fclin import normalised_cifar_like, small_fclin
 from tests.test_main import TINY, only_run, run_main
@@ -51,8 +53,11 @@ def test_lt_rewinds_to_the_pretrained_weights(tmp_path):
     assert not torch.equal(plain["body.0.weight"], pretrained["body.0.weight"])
     assert torch.equal(plain["classifier.weight"], pretrained["classifier.weight"])
     assert torch.equal(plain["whitening"], pretrained["whitening"])
-    checkpoint = torch.load(run / "checkpoints" / "level_0.pth", weights_only=False)
-    for key, value in checkpoint["progress"]["initial_state"].items():
+    checkpoint = torch.load(run / "checkpoints" / "latest.pth", weights_only=False)
+    assert "initial_state" not in checkpoint["progress"]  # a resume reads the file instead
+    files = RunDir(run, "fclin", "cifar10", "lt")
+    whole = resume.whole_checkpoint(checkpoint, files, rewind_epoch=0)
+    for key, value in whole["progress"]["initial_state"].items():
         assert torch.equal(value, pretrained[key]), key  # what level 1 rewinds to
     with open(run / "dumps" / "lt" / "fclin" / "cifar10" / "lt_mask_100.0.pkl", "rb") as file:
         assert len(pickle.load(file)) == 2

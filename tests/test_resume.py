@@ -1,6 +1,9 @@
 """Resume: a run killed at any moment and resumed ends with exactly the files of a run never
-interrupted; damaged checkpoints, finished runs and busy run folders are refused cleanly."""
+interrupted, from its one checkpoint; result-neutral flags may change on the way, others are
+refused; damaged checkpoints, finished runs and busy run folders are refused cleanly."""
 
+import argparse
+import json
 import os
 import shutil
 import signal
@@ -8,14 +11,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import main
+import record
+import resume
 from results import RunDir
 from tests.conftest import ROOT
 from tests.datafiles import write_mnist_files
-from tests.resultfiles import assert_same_results, snapshot
+from tests.resultfiles import assert_same_results, keep_checkpoints, snapshot, stopped_after
+from utils import UserError
 
 FLAGS = ["--seed", "3", "--plot_dpi", "20", "--prune_iterations", "3", "--end_iter", "2"]
 FLAGS += ["--batch_size", "32"]
@@ -57,13 +64,30 @@ def temporaries(run: Path) -> list[str]:
     return sorted(p.name.split(".")[1] for p in run.rglob(".*.tmp"))
 
 
+def checkpoints_after_each_level(monkeypatch) -> list[tuple[int, list[str]]]:
+    """(level, the files in checkpoints/) right after each level's checkpoint is saved."""
+    real, seen = RunDir.save_checkpoint, []
+
+    def save_checkpoint(self: RunDir, state: dict) -> None:
+        real(self, state)
+        seen.append(
+            (state["level"], sorted(p.name for p in self.checkpoint_path().parent.iterdir()))
+        )
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_checkpoint)
+    return seen
+
+
 def test_killed_anywhere_and_resumed_gives_the_files_of_an_uninterrupted_run(
-    tmp_path, capsys, data
+    tmp_path, capsys, monkeypatch, data
 ):
     reference, chain = tmp_path / "reference", tmp_path / "chain"
     reference.mkdir()
     chain.mkdir()
+    seen = checkpoints_after_each_level(monkeypatch)
     assert run_main(reference, *FLAGS, *data) == 0
+    monkeypatch.undo()
+    assert seen == [(level, ["latest.pth"]) for level in range(3)]  # one checkpoint at a time
 
     # Killed while writing the initial state (the second file): no checkpoint yet.
     killed = faulty_main(chain, "write:2", *FLAGS, *data)
@@ -77,15 +101,17 @@ def test_killed_anywhere_and_resumed_gives_the_files_of_an_uninterrupted_run(
     killed = faulty_main(chain, "epoch:3", "--resume", str(run))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert "at level 0" in killed.stdout
-    assert (run / "checkpoints/level_0.pth").exists()
-    assert not (run / "checkpoints/level_1.pth").exists()
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["latest.pth"]
+    assert RunDir(run, "fc1", "mnist", "lt").checkpoint_level() == 0
     assert not (run / "saves/fc1/mnist/1_model_lt.pth.tar").exists() and not temporaries(run)
 
-    # Resumed at level 1, killed while writing level 1's checkpoint, its other files written.
-    killed = faulty_main(chain, "write:7", "--resume", str(run))
+    # Resumed at level 1 (file 1: args.json), killed while writing level 1's checkpoint (file
+    # 8), its other files written: level 0's checkpoint is still whole, the only one there.
+    killed = faulty_main(chain, "write:8", "--resume", str(run))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert "at level 1" in killed.stdout
-    assert temporaries(run) == ["level_1"]
+    assert temporaries(run) == ["latest"]
+    assert RunDir(run, "fc1", "mnist", "lt").checkpoint_level() == 0
     assert (run / "saves/fc1/mnist/1_model_lt.pth.tar").exists()
     assert (run / "dumps/lt/fc1/mnist/lt_mask_90.0.pkl").exists()
 
@@ -96,14 +122,41 @@ def test_killed_anywhere_and_resumed_gives_the_files_of_an_uninterrupted_run(
     assert f"resuming {Path('results') / run.name} at level 1" in capsys.readouterr().out
 
     assert_same_results(run, the_run(reference))
+    resumes = json.loads((run / "args.json").read_text())["resumes"]
+    assert [(r["at_level"], r["changed"]) for r in resumes] == [(0, {}), (1, {}), (1, {})]
+
+
+def test_the_checkpoint_holds_each_thing_once_and_the_mask_as_booleans(finished):
+    state = torch.load(finished / "checkpoints/latest.pth", weights_only=False)
+    assert state["level"] == 1
+    # the initial state is saves/.../initial_state_dict_lt.pth.tar; no rewind state without
+    # --rewind_epoch (its file otherwise)
+    assert sorted(state["progress"]) == ["bestacc", "comp", "mask", "summary", "tags"]
+    masks = state["progress"]["mask"]
+    assert list(masks) == ["classifier.0.weight", "classifier.2.weight", "classifier.4.weight"]
+    assert all(m.dtype == np.bool_ for m in masks.values())
+    whole = resume.whole_checkpoint(state, RunDir(finished, "fc1", "mnist", "lt"), 0)
+    assert all(m.dtype == np.float32 for m in whole["progress"]["mask"].values())
+    assert whole["progress"]["rewind_state"] is None
+    initial = torch.load(
+        finished / "saves/fc1/mnist/initial_state_dict_lt.pth.tar", weights_only=False
+    )
+    assert list(whole["progress"]["initial_state"]) == list(initial.state_dict())
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, data) -> Path:
-    """A finished run of 2 levels; tests work on copies of it (see `finished_run`)."""
+    """A finished run of 2 levels; tests work on copies of it (see `finished_run`); each
+    checkpoint it saved is kept in ../../kept/ (see `kept`)."""
     folder = tmp_path_factory.mktemp("finished")
-    assert run_main(folder, *FLAGS, "--prune_iterations=2", *data) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        keep_checkpoints(patch, folder / "kept")
+        assert run_main(folder, *FLAGS, "--prune_iterations=2", *data) == 0
     return the_run(folder)
+
+
+def kept(finished: Path) -> Path:
+    return finished.parent.parent / "kept"
 
 
 def finished_run(tmp_path: Path, finished: Path) -> Path:
@@ -140,16 +193,114 @@ def damage(kind: str, path: Path) -> None:
 @pytest.mark.parametrize("kind", ["truncated", "empty", "garbage", "flipped"])
 def test_damaged_checkpoint_is_refused_and_nothing_changes(tmp_path, capsys, finished, kind):
     run = finished_run(tmp_path, finished)
-    (run / "checkpoints/level_1.pth").unlink()  # as if killed before level 1's checkpoint
-    damage(kind, run / "checkpoints/level_0.pth")
+    stopped_after(run, kept(finished), 0)
+    damage(kind, run / "checkpoints/latest.pth")
     if kind == "flipped":  # the damage is real: the file still loads, with other weights
-        damaged = torch.load(run / "checkpoints/level_0.pth", weights_only=False)
+        damaged = torch.load(run / "checkpoints/latest.pth", weights_only=False)
         assert damaged["level"] == 0
     before = snapshot(run)
     capsys.readouterr()
     line = refused(capsys, tmp_path, "--resume", str(run))
-    assert "checkpoints/level_0.pth" in line and "--start_iter 0" in line
+    assert "checkpoints/latest.pth is corrupt" in line and "--start_iter 0" in line
     assert snapshot(run) == before
+
+
+def test_a_damaged_initial_state_is_refused_and_start_iter_0_runs_it_all_again(
+    tmp_path, capsys, finished
+):
+    """A resume reads the initial state from its result file; --start_iter 0 needs nothing old."""
+    run = finished_run(tmp_path, finished)
+    stopped_after(run, kept(finished), 0)
+    damage("flipped", run / "saves/fc1/mnist/initial_state_dict_lt.pth.tar")
+    before = snapshot(run)
+    capsys.readouterr()
+    line = refused(capsys, tmp_path, "--resume", str(run))
+    assert "initial state" in line and "initial_state_dict_lt.pth.tar is corrupt" in line
+    assert "--start_iter 0" in line
+    assert snapshot(run) == before
+
+    assert run_main(tmp_path, "--resume", str(run), "--start_iter", "0") == 0
+    assert "at level 0" in capsys.readouterr().out
+    assert_same_results(run, finished)
+
+
+def test_start_iter_is_the_level_after_the_checkpoint_or_0(tmp_path):
+    args = argparse.Namespace(start_iter=1)
+    assert resume.first_level(args, set(), 2, tmp_path) == 2
+    assert resume.first_level(args, {"start_iter"}, 1, tmp_path) == 1
+    args.start_iter = 0
+    assert resume.first_level(args, {"start_iter"}, 2, tmp_path) == 0
+    args.start_iter = 1
+    with pytest.raises(UserError, match="newest level \\(1\\) only; continue at level 2"):
+        resume.first_level(args, {"start_iter"}, 2, tmp_path)
+    with pytest.raises(UserError, match="has no finished level"):
+        resume.first_level(args, {"start_iter"}, 0, tmp_path)
+
+
+def png_width(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")
+
+
+def test_resume_on_another_machine_may_change_the_neutral_flags(tmp_path, capsys, data, finished):
+    """Another --plot_dpi, a copy of the data elsewhere, another --gpu (none here: the CPU
+    notice): the run ends with the results of the uninterrupted one, the changes recorded."""
+    run = finished_run(tmp_path, finished)
+    stopped_after(run, kept(finished), 0)
+    old_dir = data[1].removeprefix("--data_dir=")
+    new_dir = shutil.copytree(old_dir, tmp_path / "elsewhere" / "data")
+    capsys.readouterr()
+    flags = ["--plot_dpi", "30", f"--data_dir={new_dir}", "--gpu", "1"]
+    assert run_main(tmp_path, "--resume", str(run), *flags) == 0
+    out = capsys.readouterr().out
+    assert "notice: CUDA is not available, running on the CPU" in out and "at level 1" in out
+
+    plots = "plots/lt/fc1/mnist/"
+    assert_same_results(run, finished, plots_alike=False)
+    for name in ("lt_LossVsAccuracy_100.0.png", "lt_LossVsAccuracy_90.0.png"):
+        assert png_width(run / plots / name) == png_width(finished / plots / name) * (
+            1 if "100.0" in name else 1.5
+        )
+    recorded = json.loads((run / "args.json").read_text())
+    assert recorded["args"] == json.loads((finished / "args.json").read_text())["args"]
+    (entry,) = recorded["resumes"]
+    assert entry["at_level"] == 1 and entry["device"] == "cpu"
+    assert entry["changed"] == {
+        "data_dir": [old_dir, str(new_dir)],
+        "gpu": ["0", "1"],
+        "plot_dpi": [20, 30],
+    }
+    assert resume.current_args(recorded)["data_dir"] == str(new_dir)  # what the next resume uses
+
+
+def test_a_flag_that_changes_results_is_refused_in_one_line(tmp_path, capsys, finished):
+    run = finished_run(tmp_path, finished)
+    stopped_after(run, kept(finished), 0)
+    before = snapshot(run)
+    capsys.readouterr()
+    line = refused(capsys, tmp_path, "--resume", str(run), "--lr", "0.1")
+    assert line.startswith("error: --resume: --lr 0.1 differs from the run's 0.0012 (only --gpu,")
+    line = refused(
+        capsys, tmp_path, "--resume", str(run), "--lr=0.1", "--plot_dpi=30", "--batch_size=10"
+    )
+    assert "--batch_size 10 differs from the run's 32; --lr 0.1 differs" in line
+    assert "--plot_dpi 30" not in line
+    assert snapshot(run) == before
+
+
+def test_on_cuda_a_run_uses_deterministic_algorithms_and_on_the_cpu_nothing_changes(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    record.deterministic_algorithms(torch.device("cpu"))
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert not torch.are_deterministic_algorithms_enabled()
+    try:
+        record.deterministic_algorithms(torch.device("cuda", 0))  # sets flags only: no GPU needed
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled()
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # a user's own setting stays
+        record.deterministic_algorithms(torch.device("cuda", 0))
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys, finished):
@@ -165,7 +316,7 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys, 
 
 def test_a_run_folder_in_use_is_refused(tmp_path, capsys, finished):
     run = finished_run(tmp_path, finished)
-    (run / "checkpoints/level_1.pth").unlink()
+    stopped_after(run, kept(finished), 0)
     before = snapshot(run)
     capsys.readouterr()
     with RunDir(run, "fc1", "mnist", "lt").locked():  # as another process running it
@@ -199,3 +350,13 @@ def test_resume_alone_picks_the_newest_run_with_the_same_data_arch_and_prune_typ
     args.arch_type = "lenet5"
     with pytest.raises(UserError, match="--arch_type lenet5"):
         resume.newest_matching_run(args)
+
+
+def test_checkpoints_of_every_level_from_an_earlier_version_are_named(tmp_path, capsys, finished):
+    run = finished_run(tmp_path, finished)
+    (run / "checkpoints/latest.pth").rename(run / "checkpoints/level_1.pth")
+    before = snapshot(run)
+    capsys.readouterr()
+    line = refused(capsys, tmp_path, "--resume", str(run))
+    assert "one checkpoint per level (level_1.pth, ...)" in line and "rename the newest" in line
+    assert snapshot(run) == before

@@ -101,7 +101,7 @@ def test_sweep_plan_skips_finished_runs_and_resumes_interrupted_ones(tmp_path):
     assert main.main([*flags, "--prune_type", "lt"]) == 0
     assert main.main([*flags, "--prune_type", "reinit"]) == 0
     lt_run, reinit_run = (r.root for r in runs.all_runs(results))
-    (reinit_run / "checkpoints" / "level_1.pth").unlink()  # as if stopped during level 1
+    (reinit_run / "checkpoints" / "latest.pth").unlink()  # as if stopped during level 0
 
     options = sweep.build_parser().parse_args(
         ["--prune_type", "lt", "reinit", "--prune_percent", "10", "20", "--seed", "0"]
@@ -139,11 +139,10 @@ def test_sweep_without_ray_installed_says_how_to_install_it(tmp_path):
 def test_ray_sweep_reports_a_failed_task_resumes_it_next_time_and_skips_finished(tmp_path):
     results = tmp_path / "results"
     flags = tiny_flags(tmp_path)
-    # an earlier lt run, interrupted after level 0 with a damaged checkpoint: resuming it fails
+    # an earlier lt run whose checkpoint is damaged: resuming it fails
     assert main.main([*flags, "--results_root", str(results), "--seed", "0"]) == 0
     [broken] = runs.all_runs(results)
-    (broken.root / "checkpoints" / "level_1.pth").unlink()
-    (broken.root / "checkpoints" / "level_0.pth").write_bytes(b"damaged")
+    (broken.root / "checkpoints" / "latest.pth").write_bytes(b"damaged")
     command = [sys.executable, str(ROOT / "sweep.py"), "--prune_type", "lt", "reinit"]
     command += ["--prune_percent", "10", "--seed", "0", "--results_root", str(results)]
     command += ["--num_cpus", "2", "--", *flags]
@@ -170,7 +169,7 @@ def test_ray_sweep_reports_a_failed_task_resumes_it_next_time_and_skips_finished
     assert (results / "combined_plots" / "combined_fc1_mnist.png").exists()
 
     # repaired by hand: level 0 runs again in the same folder, the finished reinit run is skipped
-    (broken.root / "checkpoints" / "level_0.pth").unlink()
+    (broken.root / "checkpoints" / "latest.pth").unlink()
     second = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"sweep: lt_10_seed0 was interrupted in {broken.root}: resuming it" in second.stdout
