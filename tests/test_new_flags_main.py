@@ -209,4 +209,5 @@ NEW_DEFAULTS = {
     "pretrain": "none",
     "pretrain_epochs": None,
     "compile": "auto",
+    "masks_from": None,
 }
