@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="factor of each --lr_drops drop; None means 0.1",
     )
     add(
+        "--masks_from",
+        default=None,
+        metavar="RUN_DIR",
+        help="reinit only: level k uses the mask that lt run saved for level k, with freshly drawn"
+        " weights (the paper's random-reinitialisation control)",
+    )
+    add(
         "--compile",
         default="auto",
         help=f"one of: {', '.join(COMPILE_CHOICES)}; torch.compile of the model and loss in"
@@ -234,6 +241,11 @@ def _validate_beyond_original(args: argparse.Namespace) -> None:
     if args.rewind_epoch > 0 and args.prune_type == "reinit":
         raise UserError(
             "--rewind_epoch applies to --prune_type lt or random; reinit draws new weights"
+        )
+    if args.masks_from is not None and args.prune_type != "reinit":
+        raise UserError(
+            f"--masks_from applies to --prune_type reinit (the random-reinitialisation control),"
+            f" not {args.prune_type}"
         )
     _one_of(args, "prune_scope", PRUNE_SCOPES)
     for name in ("prune_percent_output", "prune_percent_conv"):

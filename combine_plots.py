@@ -1,13 +1,20 @@
-"""Compare runs in one figure: best test accuracy against weights left, one line per run.
+"""Compare runs in one figure: best test accuracy against weights left, one line per experiment.
 
-    python combine_plots.py                  # newest complete run of each prune type (lt, reinit, random) per arch/dataset
+    python combine_plots.py                  # newest complete run of each prune type (lt, reinit, random, the --masks_from control) per arch/dataset, with its trials
     python combine_plots.py RUN_DIR ...      # exactly these runs (same arch and dataset)
 
+Runs that differ only in --seed (and, for the control, in --masks_from) are trials of one
+experiment: one line, their mean, in a band from their minimum to their maximum, labelled
+`(N trials)`. Runs that stopped early on a validation set (summary.csv has `test_accuracy` and
+`early_stop_epoch`) are drawn by their early-stop figures.
 Writes `combined_{arch}_{dataset}.png` (and, with --best_epoch, `combined_{arch}_{dataset}_best_epoch.png`)
-into `combined_plots/` beside the runs, or into --out.
+and the table of the lines, `combined_{arch}_{dataset}.csv`, into `combined_plots/` beside the
+runs, or into --out.
 """
 
 import argparse
+import csv
+import io
 import sys
 from pathlib import Path
 
@@ -16,8 +23,12 @@ import numpy as np
 import plots
 import runs
 from cli import OneLineParser
-from results import save_png
+from results import atomic_write, save_png
 from utils import UserError, one_line
+
+TABLE_FIELDS = ["line", "level", "weights_left", "trials", "measure"] + [
+    f"{what}_{stat}" for what in ("accuracy", "epoch") for stat in ("mean", "min", "max")
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"--results_root {args.results_root}: no complete run there")
             out = Path(args.out) if args.out else Path(args.results_root) / "combined_plots"
         for group in groups:
-            for path in combine(group, out, args.dpi, args.best_epoch):
-                print(f"combined plot: {path}")
+            announce(combine(group, out, args.dpi, args.best_epoch))
     except UserError as error:
         print(f"error: {one_line(str(error))}", file=sys.stderr)
         return 2
@@ -92,36 +102,67 @@ def check_same_experiment(group: list[runs.Run]) -> list[runs.Run]:
 
 
 def combine(group: list[runs.Run], out: Path, dpi: int, best_epoch: bool = False) -> list[Path]:
-    """Draw the group's figures into `out`; return their paths."""
+    """Draw the group's figures into `out`, each experiment's trials as one line with its band,
+    and write their table; return the paths written."""
     arch, dataset = group[0].args["arch_type"], group[0].args["dataset"]
-    labels = runs.labels(group)
-    accuracy = [
-        (lb, r.weights_left(), r.best_accuracy()) for lb, r in zip(labels, group, strict=True)
-    ]
+    trials = runs.trials(group)
+    accuracy_label, epoch_label = axis_labels({t.early_stop for t in trials})
+    accuracy = [line(t, t.accuracy) for t in trials]
     figures = [
-        (f"combined_{arch}_{dataset}.png", plots.accuracy_vs_weights(accuracy, dataset, arch))
+        (
+            f"combined_{arch}_{dataset}.png",
+            plots.accuracy_vs_weights(accuracy, dataset, arch, accuracy_label),
+        )
     ]
     if best_epoch:
-        epochs = [(lb, *summary_columns(r)) for lb, r in zip(labels, group, strict=True)]
-        figures.append(
-            (
-                f"combined_{arch}_{dataset}_best_epoch.png",
-                plots.best_epoch_vs_weights(epochs, dataset, arch),
-            )
-        )
+        epochs = [line(t, t.epoch) for t in trials]
+        figure = plots.best_epoch_vs_weights(epochs, dataset, arch, epoch_label)
+        figures.append((f"combined_{arch}_{dataset}_best_epoch.png", figure))
     written = []
     for name, figure in figures:
         path = out / name
         save_png(figure, path, dpi)
         plots.close(figure)
         written.append(path)
-    return written
+    table = out / f"combined_{arch}_{dataset}.csv"
+    write_table(table, [row for t in trials for row in t.rows()])
+    return [*written, table]
 
 
-def summary_columns(run: runs.Run) -> tuple[np.ndarray, np.ndarray]:
-    """Weights left and early-stopping epoch of each level, from summary.csv."""
-    rows = run.summary()
-    return np.array([r["weights_left"] for r in rows]), np.array([r["best_epoch"] for r in rows])
+def axis_labels(early_stop: set[bool]) -> tuple[str, str]:
+    """The y-axis labels of the accuracy and epoch figures, for lines that stopped early (on a
+    validation set), did not, or both."""
+    if early_stop == {True}:
+        return (
+            "test accuracy at the early stop (least validation loss)",
+            "early-stopping epoch (least validation loss)",
+        )
+    if early_stop == {False}:
+        return "test accuracy", "epoch of best test accuracy"
+    return "test accuracy: best, or at the early stop", "epoch of best accuracy, or early stop"
+
+
+def line(trials: runs.Trials, values: np.ndarray) -> plots.Line:
+    """The trials' `values` (one row per trial) as a line: the mean, in a band from the minimum
+    to the maximum where there are several trials."""
+    if len(values) == 1:
+        return plots.Line(trials.label, trials.weights_left, values[0])
+    low, high = values.min(axis=0), values.max(axis=0)
+    return plots.Line(trials.label, trials.weights_left, values.mean(axis=0), low, high)
+
+
+def write_table(path: Path, rows: list[dict]) -> None:
+    """`combined_{arch}_{dataset}.csv`: one row per line and level (TABLE_FIELDS)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=TABLE_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+
+
+def announce(paths: list[Path]) -> None:
+    for path in paths:
+        print(f"combined {'table' if path.suffix == '.csv' else 'plot'}: {path}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Reads top to bottom like the original runner: check the flags, load the data and
 architecture, save the initial state, then for every pruning level prune, rewind (or
 re-initialise) and train, writing the original's result files as each level ends.
 The flags beyond the original's (README) choose the initialisation, the rewind point, the
-pruning scope and the optimiser; their defaults give the original's run.
+pruning scope and the optimiser; their defaults give the original's run. With `--masks_from`,
+a `reinit` run prunes nothing itself: each level takes the mask an `lt` run saved for it.
 """
 
 import argparse
@@ -24,10 +25,12 @@ import cli
 import data
 import plots
 import resume
+import runs
 from initialization import Initializer, initializer
 from pretrain import pretrain_zae
 from pruning import (
     Mask,
+    apply_mask,
     device_masks,
     make_mask,
     prune_at_random,
@@ -46,7 +49,7 @@ from record import (
     seed_everything,
     with_resume,
 )
-from results import RunDir, level_tag
+from results import RunDir, level_tag, read_mask
 from steps import use_compile
 from train import (
     LevelHistory,
@@ -98,6 +101,8 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
     if resumed is not None:
         args = resumed.args
     cli.validate(args)
+    if args.masks_from is not None:
+        args.masks_from = str(runs.mask_source(args.masks_from, args))
     args.seed = choose_seed(args.seed)
     print(f"seed: {args.seed}")
     device = select_device(args.gpu)
@@ -110,6 +115,8 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
     seed_everything(args.seed)
     init = initializer(args.init, train_set)
     model = build_model(args, train_set, init).to(device)
+    if args.masks_from is not None:
+        check_saved_masks(model, args)
     if args.pretrain == "zae" and (resumed is None or resumed.checkpoint is None):
         pretrain_zae(
             model, train_set.images, epochs=args.pretrain_epochs, batch_size=args.batch_size
@@ -151,8 +158,10 @@ def run_level(
     Every level gets a fresh optimiser and a fresh learning-rate schedule, as in the paper.
     """
     if level > 0:
-        progress.mask = prune(model, progress.mask, args)
+        progress.mask = prune(model, progress.mask, args, level)
         reset_survivors(model, progress, args.prune_type, init)
+    elif args.masks_from is not None:  # that run's level-0 mask: dense, for runs of this program
+        progress.mask = prune(model, progress.mask, args, level)
     optimizer = build_optimizer(args, model)
     schedule = lr_schedule(
         optimizer,
@@ -240,8 +249,13 @@ def restore(run_dir: RunDir, model: nn.Module, resumed: resume.Resumed, levels: 
     return Progress(**resumed.checkpoint["progress"])
 
 
-def prune(model: nn.Module, mask: Mask, args: argparse.Namespace) -> Mask:
-    """One level's pruning: by magnitude, or (`random`) at random with the same per-layer counts."""
+def prune(model: nn.Module, mask: Mask, args: argparse.Namespace, level: int) -> Mask:
+    """One level's pruning: by magnitude; at random with the same per-layer counts (`random`);
+    or, with --masks_from, by nothing of this run's: the mask that run saved for `level`."""
+    if args.masks_from is not None:
+        saved = saved_mask(model, args, level)
+        apply_mask(model, saved)
+        return saved
     how = prune_at_random if args.prune_type == "random" else prune_by_percentile
     return how(
         model,
@@ -251,6 +265,19 @@ def prune(model: nn.Module, mask: Mask, args: argparse.Namespace) -> Mask:
         output_percent=args.prune_percent_output,
         conv_percent=args.prune_percent_conv,
     )
+
+
+def saved_mask(model: nn.Module, args: argparse.Namespace, level: int) -> Mask:
+    """The mask of `level` in the run --masks_from names (its `{pt}_mask_{comp}.pkl`, found by
+    the `{comp}` its summary.csv gives that level)."""
+    return read_mask(runs.read_run(args.masks_from).mask_path(level), model)
+
+
+def check_saved_masks(model: nn.Module, args: argparse.Namespace) -> None:
+    """Read every level's mask of the --masks_from run before anything is written: UserError
+    when one is missing or does not fit `model`."""
+    for level in range(args.prune_iterations):
+        saved_mask(model, args, level)
 
 
 def reset_survivors(

@@ -2,6 +2,7 @@
 
 import gc
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import matplotlib
 
@@ -11,6 +12,20 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+class Line(NamedTuple):
+    """One line against the weights left; with `low` and `high`, a shaded band between them
+    (the minimum and maximum of several trials, whose mean is `y`)."""
+
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+
+
+Lines = Sequence[Line | tuple[str, np.ndarray, np.ndarray]]
 
 
 def loss_vs_accuracy(
@@ -35,9 +50,10 @@ def loss_vs_accuracy(
 
 
 def accuracy_vs_weights(
-    lines: Sequence[tuple[str, np.ndarray, np.ndarray]], dataset: str, arch_type: str
+    lines: Lines, dataset: str, arch_type: str, ylabel: str = "test accuracy"
 ) -> Figure:
-    """Best test accuracy against the percentage of weights left, one line per (label, comp, acc).
+    """Best test accuracy against the percentage of weights left, one line per (label, comp, acc)
+    or `Line` (with a band).
 
     With one line this is the original's AccuracyVsWeights figure: levels evenly spaced, each
     tick labelled with its weights left. Lines whose levels differ are drawn against their own
@@ -45,45 +61,57 @@ def accuracy_vs_weights(
     """
     fig, ax = against_weights(lines)
     ax.set_title(f"Test Accuracy vs Unpruned Weights Percentage ({dataset},{arch_type})")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 100)
     fig.tight_layout()
     return fig
 
 
 def best_epoch_vs_weights(
-    lines: Sequence[tuple[str, np.ndarray, np.ndarray]], dataset: str, arch_type: str
+    lines: Lines, dataset: str, arch_type: str, ylabel: str = "epoch of best test accuracy"
 ) -> Figure:
     """The early-stopping epoch (epochs trained when the best test accuracy was measured)
-    against the percentage of weights left, one line per (label, comp, epochs)."""
+    against the percentage of weights left, one line per (label, comp, epochs) or `Line`."""
     fig, ax = against_weights(lines)
     ax.set_title(f"Early-Stopping Epoch vs Unpruned Weights % ({dataset},{arch_type})")
-    ax.set_ylabel("epoch of best test accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
 
 
-def against_weights(lines: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> tuple[Figure, Axes]:
-    """Axes with one line per (label, weights left, values); see accuracy_vs_weights."""
+def against_weights(lines: Lines) -> tuple[Figure, Axes]:
+    """Axes with one line per (label, weights left, values) or `Line`, its band shaded; see
+    accuracy_vs_weights."""
+    lines = [Line(*line) for line in lines]
     fig, ax = plt.subplots()
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    if len(lines) == 1 or all(np.array_equal(lines[0][1], c) for _, c, _ in lines):
-        comp = lines[0][1]
+    if len(lines) == 1 or all(np.array_equal(lines[0].x, line.x) for line in lines):
+        comp = lines[0].x
         positions = np.arange(len(comp))
-        for i, (label, _, values) in enumerate(lines):
-            ax.plot(positions, values, c="blue" if len(lines) == 1 else colors[i % 10], label=label)
+        for i, line in enumerate(lines):
+            color = "blue" if len(lines) == 1 else colors[i % 10]
+            ax.plot(positions, line.y, c=color, label=line.label)
+            shade(ax, positions, line, color)
         ax.set_xticks(positions, [f"{c:g}" for c in comp], rotation="vertical")
     else:
-        for i, (label, comp, values) in enumerate(lines):
-            ax.plot(comp, values, marker=".", c=colors[i % 10], label=label)
+        for i, line in enumerate(lines):
+            ax.plot(line.x, line.y, marker=".", c=colors[i % 10], label=line.label)
+            shade(ax, line.x, line, colors[i % 10])
         ax.set_xscale("log")
         ax.invert_xaxis()
     ax.set_xlabel("Unpruned Weights Percentage")
     ax.legend()
     ax.grid(color="gray")
     return fig, ax
+
+
+def shade(ax: Axes, x: np.ndarray, line: Line, color: str) -> None:
+    """The line's band from `low` to `high`, in its colour, if it has one (the paper's error
+    bars: the minimum and maximum over the trials)."""
+    if line.low is not None and line.high is not None:
+        ax.fill_between(x, line.low, line.high, color=color, alpha=0.2, linewidth=0)
 
 
 def close(fig: Figure) -> None:

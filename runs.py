@@ -1,10 +1,14 @@
 """Reading run folders back: their recorded arguments, whether they finished, their results.
 
-Used by combine_plots.py and sweep.py. A run folder is one `main.py` made: it has `args.json`.
-It is complete when the whole-run dumps (`{pt}_compression.dat`, `{pt}_bestaccuracy.dat`,
-written at the last level only) exist and its checkpoint is the last level's.
+Used by combine_plots.py, sweep.py and main.py (`--masks_from`). A run folder is one `main.py`
+made: it has `args.json`. It is complete when the whole-run dumps
+(`{pt}_compression.dat`, `{pt}_bestaccuracy.dat`, written at the last level only) exist and
+its checkpoint is the last level's.
+Runs of one experiment that differ only in their trial's own arguments (TRIAL_ARGS) are trials,
+summarised level by level as a mean with its minimum and maximum (`Trials`).
 """
 
+import argparse
 import csv
 import json
 from dataclasses import dataclass
@@ -13,13 +17,20 @@ from pathlib import Path
 import numpy as np
 
 from cli import NEUTRAL
-from results import RunDir
+from results import RunDir, level_tag
 from utils import UserError
 
 # Arguments that do not tell runs apart: the resume flags and the result-neutral ones.
 BOOKKEEPING = ("resume", "start_iter", *NEUTRAL)
 
+# Arguments that differ from trial to trial of one experiment: the seed, and the run whose masks
+# a --masks_from control takes (only whether it is set tells experiments apart).
+TRIAL_ARGS = ("seed", "masks_from")
+
 INTEGER_FIELDS = ("level", "best_epoch", "early_stop_epoch")
+# summary.csv columns of a run that stopped early on a validation set (--val_size): then these are
+# its figures of each level, instead of the best test accuracy and its epoch.
+EARLY_STOP = ("test_accuracy", "early_stop_epoch")
 
 
 @dataclass
@@ -47,6 +58,25 @@ class Run:
 
     def best_accuracy(self) -> np.ndarray:
         return np.load(self.files.dump_path("bestaccuracy"), allow_pickle=True)
+
+    def finished_levels(self) -> int:
+        """How many levels finished: each has its summary row, and the checkpoint (written last,
+        after the level's files) is of the last of them or later."""
+        rows = len(self.summary()) if (self.root / "summary.csv").exists() else 0
+        checkpointed = self.files.checkpoint_level()
+        return 0 if checkpointed is None else min(rows, checkpointed + 1)
+
+    def level_tags(self) -> list[str]:
+        """The `{comp}` of each finished level's file names, as main.py made it: from
+        `params_left` of summary.csv by results.level_tag (a repeated text gets `_level{N}`)."""
+        tags: list[str] = []
+        for row in self.summary():
+            tags.append(level_tag(row["params_left"], row["level"], tags))
+        return tags
+
+    def mask_path(self, level: int) -> Path:
+        """The mask file (`{pt}_mask_{comp}.pkl`) the run saved for `level`."""
+        return self.files.dump_path("mask", self.level_tags()[level], ".pkl")
 
     def summary(self) -> list[dict]:
         """The rows of summary.csv, numbers as numbers."""
@@ -83,6 +113,35 @@ def load_run(folder: Path | str) -> Run:
     return run
 
 
+def mask_source(folder: str, args: argparse.Namespace) -> Path:
+    """The folder `--masks_from` names, resolved, once it is known to be a finished-enough `lt`
+    run of the same data set and architecture; UserError naming what differs otherwise.
+
+    (Whether its masks fit the model is checked when they are read: results.read_mask.)
+    """
+    run = read_run(folder)
+    if run is None:
+        raise UserError(f"--masks_from {folder} is not a run folder (no readable args.json)")
+    for name in ("dataset", "arch_type"):
+        if run.args.get(name) != getattr(args, name):
+            raise UserError(
+                f"--masks_from {folder} is a run of --{name} {run.args.get(name)},"
+                f" not {getattr(args, name)}"
+            )
+    if run.args.get("prune_type") != "lt":
+        raise UserError(
+            f"--masks_from {folder} is a run of --prune_type {run.args.get('prune_type')};"
+            " the control takes the masks of an lt run (its winning tickets)"
+        )
+    done = run.finished_levels()
+    if done < args.prune_iterations:
+        raise UserError(
+            f"--masks_from {folder} has {done} finished level(s), fewer than"
+            f" --prune_iterations {args.prune_iterations}"
+        )
+    return run.root.resolve()
+
+
 def all_runs(results_root: Path | str) -> list[Run]:
     """Every run folder directly under `results_root`, oldest first."""
     root = Path(results_root)
@@ -91,33 +150,60 @@ def all_runs(results_root: Path | str) -> list[Run]:
 
 
 def newest_complete(results_root: Path | str) -> dict[tuple[str, str], list[Run]]:
-    """For each (arch_type, dataset): the newest complete run of each prune type, lt first."""
-    newest: dict[tuple[str, str, str], Run] = {}
-    for run in all_runs(results_root):
-        if run.complete:
-            a = run.args
-            newest[(a["arch_type"], a["dataset"], a["prune_type"])] = run
+    """For each (arch_type, dataset): the newest complete run of each prune type (the
+    `--masks_from` control apart from `reinit`), lt first, each with its complete trials (the
+    runs of the same experiment with another seed), oldest first."""
+    complete = [run for run in all_runs(results_root) if run.complete]
+    newest: dict[tuple[str, str, str, bool], Run] = {}
+    for run in complete:
+        a = run.args
+        newest[(a["arch_type"], a["dataset"], a["prune_type"], is_control(a))] = run
     groups: dict[tuple[str, str], list[Run]] = {}
-    for (arch, dataset, _), run in sorted(newest.items()):
-        groups.setdefault((arch, dataset), []).append(run)
+    for (arch, dataset, _, _), run in sorted(newest.items()):
+        trials = [r for r in complete if experiment(r.args) == experiment(run.args)]
+        groups.setdefault((arch, dataset), []).extend(trials)
     return groups
 
 
+def is_control(args: dict) -> bool:
+    """Whether the run is the random-reinitialisation control (`--masks_from`)."""
+    return args.get("masks_from") is not None
+
+
+def experiment(args: dict) -> str:
+    """What the trials of one experiment share, as text: every recorded argument but those of
+    BOOKKEEPING and TRIAL_ARGS, and whether the run is a `--masks_from` control."""
+    shared = {k: v for k, v in args.items() if k not in BOOKKEEPING + TRIAL_ARGS}
+    shared["masks_from"] = is_control(args)
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
 def differing_args(runs: list[Run]) -> list[str]:
-    """Names of the recorded arguments whose values are not the same in every run."""
+    """Names of the recorded arguments whose values are not the same in every run.
+
+    `masks_from` counts only as set or not, and shows in the label of `prune_type`.
+    """
     names = sorted({name for run in runs for name in run.args} - set(BOOKKEEPING))
+
+    def value(run: Run, name: str) -> str:
+        return repr(is_control(run.args) if name == "masks_from" else run.args.get(name))
+
     first = ["prune_type", "prune_percent", "seed"]
-    differ = [n for n in names if len({repr(run.args.get(n)) for run in runs}) > 1]
+    differ = [n for n in names if len({value(run, n) for run in runs}) > 1]
+    if "masks_from" in differ:  # told by the label of the prune type
+        differ.remove("masks_from")
+        differ += [] if "prune_type" in differ else ["prune_type"]
     return [n for n in first if n in differ] + [n for n in differ if n not in first]
 
 
 def describe(args: dict, names: list[str]) -> str:
-    """A short label from the arguments `names`: `lt, 20% pruned, seed 0, lr=0.001`."""
+    """A short label from the arguments `names`: `lt, 20% pruned, seed 0, lr=0.001`; the
+    `--masks_from` control's prune type reads `reinit with lt masks`."""
     parts = []
     for name in names:
         value = args.get(name)
         if name == "prune_type":
-            parts.append(str(value))
+            parts.append(f"{value} with lt masks" if is_control(args) else str(value))
         elif name == "prune_percent":
             parts.append(f"{value:g}% pruned")
         elif name == "seed":
@@ -134,6 +220,79 @@ def labels(runs: list[Run]) -> list[str]:
     if len(set(found)) < len(found):
         found = [f"{label} ({run.root.name})" for label, run in zip(found, runs, strict=True)]
     return found
+
+
+def trial_groups(runs: list[Run]) -> list[list[Run]]:
+    """The runs, grouped into trials of one experiment whose levels line up (the same weights
+    left at every level), in order of first appearance."""
+    groups: dict[tuple[str, tuple[float, ...]], list[Run]] = {}
+    for run in runs:
+        key = (experiment(run.args), tuple(run.weights_left()))
+        groups.setdefault(key, []).append(run)
+    return list(groups.values())
+
+
+def group_labels(groups: list[list[Run]]) -> list[str]:
+    """One label per group of trials: what differs between the groups (the seed only where a
+    group is one run), then `(N trials)` where there are several."""
+    names = differing_args([group[0] for group in groups])
+    found = []
+    for group in groups:
+        shown = [n for n in names if n != "seed" or len(group) == 1]
+        if not shown:
+            shown = ["prune_type", "prune_percent"] if len(group) > 1 else []
+        label = describe(group[0].args, shown) if shown else group[0].root.name
+        found.append(label + (f" ({len(group)} trials)" if len(group) > 1 else ""))
+    if len(set(found)) < len(found):
+        found = [f"{lb} ({g[0].root.name})" for lb, g in zip(found, groups, strict=True)]
+    return found
+
+
+@dataclass
+class Trials:
+    """The trials of one experiment, level by level: one row per run, one column per level."""
+
+    label: str
+    runs: list[Run]
+    weights_left: np.ndarray  # percent of the prunable weights left at each level
+    early_stop: bool  # accuracy and epoch are the early-stop ones (validation) or the best test
+    accuracy: np.ndarray  # test accuracy: at the early stop, or the best of the level
+    epoch: np.ndarray  # the early-stop epoch, or the epoch of the best test accuracy
+
+    @classmethod
+    def of(cls, label: str, group: list[Run]) -> "Trials":
+        summaries = [run.summary() for run in group]
+        early_stop = all(all(c in s[0] for c in EARLY_STOP) for s in summaries if s)
+        accuracy, epoch = EARLY_STOP if early_stop else ("best_accuracy", "best_epoch")
+        return cls(
+            label,
+            group,
+            group[0].weights_left(),
+            early_stop,
+            np.array([[row[accuracy] for row in s] for s in summaries], dtype=float),
+            np.array([[row[epoch] for row in s] for s in summaries], dtype=float),
+        )
+
+    def rows(self) -> list[dict]:
+        """One row per level: weights left, the number of trials, and the mean, minimum and
+        maximum of the accuracy and of the epoch over the trials."""
+        measure = "early_stop" if self.early_stop else "best"
+        rows = []
+        for level, left in enumerate(self.weights_left):
+            row = {"line": self.label, "level": level, "weights_left": left}
+            row |= {"trials": len(self.runs), "measure": measure}
+            for name, values in (("accuracy", self.accuracy), ("epoch", self.epoch)):
+                column = values[:, level]
+                row |= {f"{name}_mean": column.mean(), f"{name}_min": column.min()}
+                row[f"{name}_max"] = column.max()
+            rows.append(row)
+        return rows
+
+
+def trials(runs: list[Run]) -> list[Trials]:
+    """The runs as groups of trials (trial_groups), each with its label."""
+    groups = trial_groups(runs)
+    return [Trials.of(lb, g) for lb, g in zip(group_labels(groups), groups, strict=True)]
 
 
 def table(rows: list[dict], columns: list[str]) -> str:

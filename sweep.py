@@ -6,6 +6,8 @@ Each task is an ordinary `main.py` run in a subprocess, with its own folder unde
 A task's earlier run is the newest run there whose args.json records the same experiment (every
 argument but those in runs.BOOKKEEPING): a complete one is skipped, an interrupted one resumed
 with `main.py --resume`. So calling the sweep again with the same arguments finishes what is left.
+`--prune_type reinit_ticket` is the paper's control: `main.py --prune_type reinit --masks_from`
+the folder of the `lt` task of the same percent and seed, started once that task has finished.
 Ray is optional (requirements-ray.txt); it is imported only when there is a task to run.
 """
 
@@ -26,9 +28,11 @@ from utils import UserError, one_line
 MAIN = Path(__file__).resolve().parent / "main.py"
 SWEPT = ("prune_type", "prune_percent", "seed", "results_root")
 NOT_ALLOWED = SWEPT + ("resume", "start_iter")
+CONTROL = "reinit_ticket"  # main.py --prune_type reinit --masks_from <the lt task's run>
+PRUNE_TYPES = (*cli.PRUNE_TYPES, CONTROL)
 
 
-@dataclass
+@dataclass(eq=False)
 class Task:
     name: str  # e.g. lt_20_seed0; also the name of its log file
     args: argparse.Namespace  # the main.py arguments of the run
@@ -37,6 +41,13 @@ class Task:
     status: str = "new"  # new, resume, finished, done, failed
     run_dir: str = ""
     error: str = ""
+    ticket: "Task | None" = None  # a reinit_ticket task's lt task, whose run gives the masks
+
+    def take_masks_from(self, run_dir: str) -> None:
+        """A control task: its masks come from the lt run in `run_dir`."""
+        self.args.masks_from = str(Path(run_dir).resolve())
+        if self.status == "new":
+            self.argv = [*self.argv, "--masks_from", self.args.masks_from]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--prune_percent", nargs="+", type=float, default=[10.0], metavar="P")
-    add("--prune_type", nargs="+", default=["lt", "reinit"], metavar="TYPE")
+    add(
+        "--prune_type",
+        nargs="+",
+        default=["lt", "reinit"],
+        metavar="TYPE",
+        help=f"any of: {', '.join(PRUNE_TYPES)}; {CONTROL} is the paper's control: reinit with"
+        " the masks of the lt run of the same percent and seed (needs lt in the same sweep)",
+    )
     add("--seed", nargs="+", type=int, default=[None], metavar="SEED", help="default: random")
     add("--results_root", default="results", help="where every run folder goes (shared storage)")
     add("--address", default=None, help="join this Ray cluster (default: a local Ray instance)")
@@ -68,24 +86,49 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def make_tasks(options: argparse.Namespace, main_flags: list[str]) -> list[Task]:
     """One task per (prune type, prune percent, seed), each checked as main.py would check it."""
-    given = cli.explicit_flags(main_flags) & set(NOT_ALLOWED)
+    given = cli.explicit_flags(main_flags) & {*NOT_ALLOWED, "masks_from"}
+    if "masks_from" in given:
+        raise UserError(
+            f"--masks_from after `--`: the sweep gives it to each {CONTROL} task itself"
+            " (the lt run of the same percent and seed)"
+        )
     if given:
         name = sorted(given)[0]
         raise UserError(f"--{name} after `--`: give it to sweep.py itself (see --help)")
     if options.cpus_per_run < 0 or options.gpus_per_run < 0:
         raise UserError("--cpus_per_run and --gpus_per_run must not be negative")
+    for prune_type in options.prune_type:
+        if prune_type not in PRUNE_TYPES:
+            raise UserError(
+                f"--prune_type {prune_type} is not supported; choose any of: {', '.join(PRUNE_TYPES)}"
+            )
+    if CONTROL in options.prune_type and "lt" not in options.prune_type:
+        raise UserError(
+            f"--prune_type {CONTROL} needs lt in the same sweep: each control takes the masks of"
+            " the lt run of its percent and seed"
+        )
     tasks = []
     lists = (options.prune_type, options.prune_percent, options.seed)
     grid = itertools.product(*(list(dict.fromkeys(values)) for values in lists))  # no repeats
     for prune_type, percent, seed in grid:
-        argv = [*main_flags, "--prune_type", prune_type, "--prune_percent", f"{percent:g}"]
+        main_type = "reinit" if prune_type == CONTROL else prune_type
+        argv = [*main_flags, "--prune_type", main_type, "--prune_percent", f"{percent:g}"]
         argv += ["--results_root", str(Path(options.results_root).resolve())]
         argv += ["--seed", str(seed)] if seed is not None else []
         args = cli.parse_args(argv)
         cli.validate(args)
         name = f"{prune_type}_{percent:g}" + (f"_seed{seed}" if seed is not None else "")
         tasks.append(Task(name, args, argv))
+    link_controls(tasks)
     return tasks
+
+
+def link_controls(tasks: list[Task]) -> None:
+    """Give each reinit_ticket task its lt task: the one of the same percent and seed."""
+    lt = {t.name.removeprefix("lt_"): t for t in tasks if t.name.startswith("lt_")}
+    for task in tasks:
+        if task.name.startswith(f"{CONTROL}_"):
+            task.ticket = lt[task.name.removeprefix(f"{CONTROL}_")]
 
 
 def same_experiment(task: Task, recorded: dict) -> bool:
@@ -96,9 +139,17 @@ def same_experiment(task: Task, recorded: dict) -> bool:
 
 
 def plan(tasks: list[Task], results_root: str) -> None:
-    """Match each task with its newest earlier run: finished (skip it), resume, or new."""
+    """Match each task with its newest earlier run: finished (skip it), resume, or new.
+
+    A control is matched once its lt task is: with the lt task's earlier run as --masks_from.
+    When the lt task is new, so is the control (it waits for the lt run's folder).
+    """
     earlier = runs.all_runs(Path(results_root).resolve())
-    for task in tasks:
+    for task in sorted(tasks, key=lambda t: t.ticket is not None):  # lt tasks first
+        if task.ticket is not None:
+            if task.ticket.status == "new":
+                continue
+            task.take_masks_from(task.ticket.run_dir)
         matching = [run for run in earlier if same_experiment(task, run.args)]
         if matching:
             task.earlier = matching[-1]
@@ -168,11 +219,18 @@ def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> No
             num_cpus=options.cpus_per_run, num_gpus=options.gpus_per_run
         )
         threads = max(1, int(options.cpus_per_run))
-        pending = {
-            remote.remote(task.argv, os.getcwd(), str(logs / f"{task.name}.log"), threads): task
-            for task in tasks
-        }
-        print(f"sweep: {len(pending)} task(s) on Ray; logs in {logs}/", flush=True)
+        pending = {}
+
+        def start(task: Task) -> None:
+            log = str(logs / f"{task.name}.log")
+            pending[remote.remote(task.argv, os.getcwd(), log, threads)] = task
+
+        # a control whose lt task runs now waits for it; the others start at once
+        waiting = [t for t in tasks if any(t.ticket is other for other in tasks)]
+        for task in tasks:
+            if task not in waiting:
+                start(task)
+        print(f"sweep: {len(tasks)} task(s) on Ray; logs in {logs}/", flush=True)
         while pending:
             [ready], _ = ray.wait(list(pending), num_returns=1)
             task = pending.pop(ready)
@@ -183,8 +241,26 @@ def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> No
             task.run_dir = run_dir or task.run_dir
             task.status, task.error = ("done", "") if status == 0 else ("failed", error)
             print(f"sweep: {task.name} {task.status} {task.error}".rstrip(), flush=True)
+            for control in [t for t in waiting if t.ticket is task]:
+                waiting.remove(control)
+                if release(control):
+                    start(control)
     finally:
         ray.shutdown()
+
+
+def release(control: Task) -> bool:
+    """After its lt task ended: whether the control can start (with that run's masks); if not,
+    it is marked failed."""
+    ticket = control.ticket
+    assert ticket is not None
+    if ticket.status != "done" or not ticket.run_dir:
+        control.status = "failed"
+        control.error = f"not started: its lt task {ticket.name} failed"
+        print(f"sweep: {control.name} {control.status} {control.error}", flush=True)
+        return False
+    control.take_masks_from(ticket.run_dir)
+    return True
 
 
 def report(tasks: list[Task]) -> str:
@@ -210,15 +286,15 @@ def report(tasks: list[Task]) -> str:
 
 
 def draw(tasks: list[Task], out: Path, dpi: int) -> None:
-    """The combined plots of every complete run of the sweep, one figure per arch/dataset."""
+    """The combined plots of every complete run of the sweep, one figure per arch/dataset, the
+    trials of each experiment as one line with its band."""
     complete = [run for t in tasks if t.run_dir and (run := runs.read_run(t.run_dir))]
     complete = [run for run in complete if run.complete]
     groups: dict[tuple[str, str], list[runs.Run]] = {}
     for run in complete:
         groups.setdefault((run.args["arch_type"], run.args["dataset"]), []).append(run)
     for group in groups.values():
-        for path in combine_plots.combine(group, out, dpi, best_epoch=True):
-            print(f"combined plot: {path}")
+        combine_plots.announce(combine_plots.combine(group, out, dpi, best_epoch=True))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -115,3 +115,12 @@ def assert_same_results(run: Path, reference: Path, plots_alike: bool = True) ->
         suffixes = sorted(p.name.rsplit(".", 1)[1] for p in (folder / "tensorboard").iterdir())
         assert suffixes == sorted(f"level{k}" for k in range(levels)), folder
     assert scalars(run / "tensorboard") == scalars(reference / "tensorboard")
+
+
+def back_to_level(run: Path, level: int) -> None:
+    """Mark `run`'s checkpoint as saved at `level`: the run folder as if it had stopped in the
+    level after `level` (its later files are left over and rewritten by a resume)."""
+    path = run / "checkpoints" / "latest.pth"
+    state = torch.load(path, weights_only=False)
+    state["level"] = level
+    torch.save(state, path)

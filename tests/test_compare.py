@@ -128,6 +128,7 @@ def test_given_runs_are_labelled_by_what_differs(made, tmp_path, capsys):
     argv = [str(made[n]) for n in ("lt20", "reinit20", "lt50")]
     assert combine_plots.main([*argv, "--dpi", "20", "--best_epoch", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        "combined_fc1_mnist.csv",
         "combined_fc1_mnist.png",
         "combined_fc1_mnist_best_epoch.png",
     ]
@@ -138,9 +139,11 @@ def test_given_runs_are_labelled_by_what_differs(made, tmp_path, capsys):
 
 def test_best_epoch_lines_come_from_summary(made):
     run = runs.load_run(made["lt50"])
-    comp, epochs = combine_plots.summary_columns(run)
-    assert list(comp) == list(run.weights_left())
-    assert list(epochs) == [row["best_epoch"] for row in run.summary()]
+    [trials] = runs.trials([run])
+    assert list(trials.weights_left) == list(run.weights_left())
+    assert list(trials.epoch[0]) == [row["best_epoch"] for row in run.summary()]
+    assert list(trials.accuracy[0]) == list(run.best_accuracy())
+    assert not trials.early_stop
 
 
 def run_combine(*argv: str) -> subprocess.CompletedProcess:

@@ -214,4 +214,5 @@ NEW_DEFAULTS = {
     "pretrain": "none",
     "pretrain_epochs": None,
     "compile": "auto",
+    "masks_from": None,
 }

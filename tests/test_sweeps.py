@@ -1,18 +1,22 @@
 """The shell sweep over prune percents and the Ray sweep, on tiny data."""
 
+import argparse
 import importlib.util
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
+import cli
 import main
 import runs
 import sweep
 from tests.conftest import ROOT
 from tests.datafiles import write_mnist_files
+from tests.resultfiles import back_to_level
 from utils import UserError
 
 TINY = ["--prune_iterations", "2", "--end_iter", "1", "--plot_dpi", "20", "--batch_size", "50"]
@@ -192,3 +196,158 @@ def test_sweep_log_parsing_finds_the_run_folder_and_the_error(tmp_path):
     assert status == 2 and folder == ""
     assert error.startswith("error: --dataset nope is not supported")
     assert "\n" not in error
+
+
+class FakeRay(types.ModuleType):
+    """The part of Ray sweep.py uses, running one task at a time in the order they were started:
+    enough to see which task is started when, and with which command line."""
+
+    def __init__(self):
+        super().__init__("ray")
+        self.started: list[list[str]] = []  # each task's main.py argv, in the order started
+        self.queue: list = []
+        self.results: dict = {}
+
+    def init(self, **kwargs) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def remote(self, function):
+        fake = self
+
+        class Remote:
+            def options(self, **kwargs):
+                return self
+
+            def remote(self, *args):
+                ref = object()
+                fake.started.append(list(args[0]))
+                fake.queue.append((ref, function, args))
+                return ref
+
+        return Remote()
+
+    def wait(self, refs: list, num_returns: int) -> tuple[list, list]:
+        ref, function, args = self.queue.pop(0)
+        self.results[ref] = function(*args)
+        return [ref], [r for r in refs if r is not ref]
+
+    def get(self, ref):
+        return self.results.pop(ref)
+
+
+def control_options(*extra: str) -> argparse.Namespace:
+    return sweep.build_parser().parse_args(["--prune_type", "reinit_ticket", "lt", *extra])
+
+
+def test_control_tasks_run_reinit_and_pair_with_the_lt_task_of_their_percent_and_seed():
+    options = control_options("--prune_percent", "10", "20", "--seed", "0", "1")
+    tasks = sweep.make_tasks(options, ["--dataset", "mnist"])
+    controls = [t for t in tasks if t.name.startswith("reinit_ticket_")]
+    assert [t.name for t in controls] == [
+        f"reinit_ticket_{p}_seed{s}" for p in (10, 20) for s in (0, 1)
+    ]
+    for control in controls:
+        assert control.args.prune_type == "reinit" and control.args.masks_from is None
+        assert "--masks_from" not in control.argv
+        ticket = control.ticket
+        assert ticket.name == control.name.replace("reinit_ticket_", "lt_")
+        assert ticket.args.prune_type == "lt" and ticket.ticket is None
+        assert (ticket.args.prune_percent, ticket.args.seed) == (
+            control.args.prune_percent,
+            control.args.seed,
+        )
+
+
+@pytest.mark.parametrize(
+    ("sweep_flags", "main_flags", "message"),
+    [
+        (
+            ["--prune_type", "reinit_ticket", "random"],
+            [],
+            "--prune_type reinit_ticket needs lt in the same sweep",
+        ),
+        (
+            ["--prune_type", "lottery"],
+            [],
+            "--prune_type lottery is not supported; choose any of: lt, reinit, random, reinit_ticket",
+        ),
+        (
+            ["--prune_type", "lt", "reinit_ticket"],
+            ["--masks_from", "x"],
+            "--masks_from after `--`: the sweep gives it to each reinit_ticket task itself",
+        ),
+    ],
+)
+def test_control_sweeps_refuse_what_they_cannot_run(
+    tmp_path, capsys, sweep_flags, main_flags, message
+):
+    argv = [*sweep_flags, "--results_root", str(tmp_path / "r"), "--", *main_flags]
+    assert sweep.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_control_starts_only_after_its_lt_task_and_not_when_it_failed(tmp_path, monkeypatch):
+    fake = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    ran = []
+
+    def fake_run_main(argv, cwd, log, threads):
+        args = cli.parse_args(argv)
+        ran.append(Path(log).stem)
+        if args.prune_type == "lt" and args.prune_percent == 50:
+            return 2, "", "error: something"
+        return 0, str(tmp_path / Path(log).stem), ""
+
+    monkeypatch.setattr(sweep, "run_main", fake_run_main)
+    options = control_options("--prune_percent", "20", "50", "--seed", "0")
+    options.results_root = str(tmp_path / "results")
+    tasks = sweep.make_tasks(options, [])
+    sweep.run_on_ray(tasks, options, tmp_path / "logs")
+    # both lt tasks start first; the control of the finished one after it, with its masks
+    assert ran == ["lt_20_seed0", "lt_50_seed0", "reinit_ticket_20_seed0"]
+    assert fake.started[2][-2:] == ["--masks_from", str((tmp_path / "lt_20_seed0").resolve())]
+    status = {t.name: (t.status, t.error) for t in tasks}
+    assert status["reinit_ticket_20_seed0"] == ("done", "")
+    assert status["reinit_ticket_50_seed0"] == (
+        "failed",
+        "not started: its lt task lt_50_seed0 failed",
+    )
+
+
+def test_control_sweep_on_ray_uses_the_lt_runs_masks_and_resumes_like_every_task(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setitem(sys.modules, "ray", FakeRay())
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "results"
+    argv = ["--prune_type", "lt", "reinit_ticket", "--prune_percent", "50", "--seed", "0"]
+    argv += ["--results_root", str(results), "--", *tiny_flags(tmp_path)]
+    assert sweep.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.index("sweep: lt_50_seed0 done") < out.index("sweep: reinit_ticket_50_seed0 done")
+    lt, control = runs.all_runs(results)
+    assert lt.args["prune_type"] == "lt" and lt.complete and control.complete
+    assert control.args["prune_type"] == "reinit"
+    assert control.args["masks_from"] == str(lt.root.resolve())
+    assert control.args["seed"] == lt.args["seed"] == 0
+    for level in range(2):
+        assert control.mask_path(level).read_bytes() == lt.mask_path(level).read_bytes()
+    assert (results / "combined_plots" / "combined_fc1_mnist.csv").exists()
+
+    # interrupted in its last level: the next call skips the lt run and resumes the control
+    back_to_level(control.root, 0)
+    assert sweep.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"sweep: lt_50_seed0 finished earlier in {lt.root}: skipped" in out
+    assert f"sweep: reinit_ticket_50_seed0 was interrupted in {control.root}: resuming it" in out
+    assert "sweep: 1 task(s) on Ray" in out
+    assert len(runs.all_runs(results)) == 2 and runs.load_run(control.root).complete
+
+    assert sweep.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "on Ray" not in out and out.count("skipped") == 2
