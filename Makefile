@@ -1,10 +1,13 @@
 # Two commands on a fresh machine: `make demo` (set up, run a short lt-vs-reinit experiment on
-# Fashion-MNIST) and `make test` (set up, run the tests). Both create .venv on first use.
+# Fashion-MNIST, draw both runs in one figure) and `make test` (set up, run the tests). Both create
+# .venv on first use.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+DEMO_ROOT := results/demo
 DEMO_FLAGS := --dataset fashionmnist --arch_type fc1 --prune_iterations 5 --end_iter 3 \
-	--prune_percent 20 --plot_dpi 150 --seed 0
+	--prune_percent 20 --plot_dpi 150 --seed 0 --results_root $(DEMO_ROOT)
+DEMO_FIGURE := $(DEMO_ROOT)/combined/combined_fc1_fashionmnist.png
 
 .PHONY: setup data demo test bench lint
 
@@ -23,7 +26,9 @@ data:
 demo: setup data
 	$(PY) main.py --prune_type lt $(DEMO_FLAGS)
 	$(PY) main.py --prune_type reinit $(DEMO_FLAGS)
-	@echo "plots: results/*/plots/lt/fc1/fashionmnist/"
+	$(PY) combine_plots.py --results_root $(DEMO_ROOT) --out $(DEMO_ROOT)/combined --dpi 150
+	@test -f $(DEMO_FIGURE) || { echo "make demo: no figure at $(DEMO_FIGURE)" >&2; exit 1; }
+	@echo "lt vs reinit: $(abspath $(DEMO_FIGURE))"
 
 test: setup
 	$(PY) -m pytest -q

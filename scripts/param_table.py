@@ -16,7 +16,7 @@ from pruning import prunable_weights  # noqa: E402
 
 ORIGINAL = "original"
 PAPER = "Frankle & Carbin (2019)"
-SOURCES = {  # arch_type -> where the network comes from (docs/readme/archs.md says more)
+SOURCES = {  # arch_type -> where the network comes from (the README's Architectures section says more)
     "fc1": ORIGINAL,
     "lenet5": ORIGINAL,
     "alexnet": ORIGINAL,
