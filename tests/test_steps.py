@@ -115,20 +115,26 @@ def test_step_trains_as_the_plain_formulation(dataset, arch, compiled, fresh_com
     for (name, a), b in zip(fast.named_parameters(), plain.parameters(), strict=True):
         named = lambda m, name=name: f"{name}: {m}"  # noqa: E731
         torch.testing.assert_close(a, b, rtol=1e-3, atol=4 * LR, msg=named)  # 4 steps
-    for (name, a), b in zip(fast.named_buffers(), plain.buffers(), strict=True):  # follow them
-        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
+    # BatchNorm statistics follow the weights; deep in densenet121 one near-zero running mean of
+    # 128 was seen 1.2e-3 off, so the absolute tolerance scales with the buffer's own size.
+    for (name, a), b in zip(fast.named_buffers(), plain.buffers(), strict=True):
+        atol = max(1e-3, 1e-2 * float(b.abs().max())) if b.is_floating_point() else 0
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
     for param, layer_mask in zip(prunable_weights(fast), mask.values(), strict=True):
         pruned = torch.from_numpy(layer_mask) == 0
         assert torch.all(param.detach()[pruned] == 0), "a pruned weight moved"
         assert torch.all(fast_optimizer.state[param]["exp_avg"][pruned] == 0)
     # The next level's masks: the same but for weights at the cut whose magnitudes differ by
-    # the rounding Adam amplified (above): at most 0.1% of the weights (densenet121: 0.05%).
+    # the rounding Adam amplified (above). fc1 to vgg19: at most 0.1% of the weights; densenet121,
+    # 120 layers deep, between 0.05% and 0.15% from one run to the next (multithreaded CPU
+    # convolutions sum in varying order), so the bound is 0.5% for it.
     next_fast = prune_by_percentile(fast, mask, 30)
     next_plain = prune_by_percentile(plain, mask, 30)
     differing = sum(
         int((a != b).sum()) for a, b in zip(next_fast.values(), next_plain.values(), strict=True)
     )
-    assert differing <= 1e-3 * sum(m.size for m in mask.values())
+    share = 5e-3 if arch == "densenet121" else 1e-3
+    assert differing <= share * sum(m.size for m in mask.values())
 
 
 def test_compiled_training_compiles_once_per_batch_shape(fresh_compiler):
