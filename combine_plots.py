@@ -111,7 +111,7 @@ def combine(group: list[runs.Run], out: Path, dpi: int, best_epoch: bool = False
     figures = [
         (
             f"combined_{arch}_{dataset}.png",
-            plots.accuracy_vs_weights(accuracy, dataset, arch, accuracy_label),
+            plots.accuracy_vs_weights(accuracy, dataset, arch, accuracy_label, full_scale=False),
         )
     ]
     if best_epoch:

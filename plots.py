@@ -50,7 +50,11 @@ def loss_vs_accuracy(
 
 
 def accuracy_vs_weights(
-    lines: Lines, dataset: str, arch_type: str, ylabel: str = "test accuracy"
+    lines: Lines,
+    dataset: str,
+    arch_type: str,
+    ylabel: str = "test accuracy",
+    full_scale: bool = True,
 ) -> Figure:
     """Best test accuracy against the percentage of weights left, one line per (label, comp, acc)
     or `Line` (with a band).
@@ -58,11 +62,14 @@ def accuracy_vs_weights(
     With one line this is the original's AccuracyVsWeights figure: levels evenly spaced, each
     tick labelled with its weights left. Lines whose levels differ are drawn against their own
     weights-left values on a log axis, so they still line up where they agree.
+    `full_scale`: the original's 0-100 axis; otherwise the axis fits the lines and bands, where
+    differences of a point or less between lines can be seen.
     """
     fig, ax = against_weights(lines)
     ax.set_title(f"Test Accuracy vs Unpruned Weights Percentage ({dataset},{arch_type})")
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 100)
+    if full_scale:
+        ax.set_ylim(0, 100)
     fig.tight_layout()
     return fig
 

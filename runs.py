@@ -283,8 +283,9 @@ class Trials:
             row |= {"trials": len(self.runs), "measure": measure}
             for name, values in (("accuracy", self.accuracy), ("epoch", self.epoch)):
                 column = values[:, level]
-                row |= {f"{name}_mean": column.mean(), f"{name}_min": column.min()}
-                row[f"{name}_max"] = column.max()
+                # the mean to 6 decimals: no float noise such as 87.52599999999998 in the table
+                row |= {f"{name}_mean": round(float(column.mean()), 6)}
+                row |= {f"{name}_min": float(column.min()), f"{name}_max": float(column.max())}
             rows.append(row)
         return rows
 

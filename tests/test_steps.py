@@ -3,6 +3,7 @@ and compiled: same losses within float rounding, same frozen zeros, same next ma
 private torch name anywhere in the project."""
 
 import ast
+import copy
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from torch import nn
 
 import archs
 from initialization import initialize
+from layers import BATCH_NORM
 from pruning import device_masks, make_mask, prunable_weights, prune_by_percentile
 from steps import COMPILE_CHOICES, batch_loss, use_compile
 from tests.conftest import ROOT
@@ -135,6 +137,59 @@ def test_step_trains_as_the_plain_formulation(dataset, arch, compiled, fresh_com
     )
     share = 5e-3 if arch == "densenet121" else 1e-3
     assert differing <= share * sum(m.size for m in mask.values())
+
+
+def one_network_per_class() -> list[tuple[str, str]]:
+    """Every architecture of CIFAR-10, and the MNIST ones that are other networks (CIFAR-100's
+    are CIFAR-10's classes with more outputs, or MNIST's ResNet-18 with three input channels)."""
+    return [("cifar10", arch) for arch in archs.available("cifar10")] + [
+        ("mnist", arch) for arch in archs.available("mnist") if arch != "fc1"
+    ]
+
+
+@pytest.mark.parametrize("dataset, arch", one_network_per_class())
+def test_compiled_step_computes_the_plain_step(dataset, arch, fresh_compiler):
+    """One training step through `torch.compile` (`--compile on`) against the plain step, on
+    every network: the same loss, the same updated weights and BatchNorm statistics, and pruned
+    weights exactly zero.
+
+    One step, with SGD: over several steps on a dozen random images Adam turns a gradient's
+    rounding into a whole step of its sign, and the training of a deep net on them is chaotic,
+    so any rounding grows to percents; the test above covers several epochs where it does not.
+    Without BatchNorm the step agrees within float rounding. With BatchNorm (resnet18, resnet20,
+    vgg19, densenet121) the compiled CPU gradients of the early layers are measurably less exact:
+    against a float64 step, up to 4e-2 off where the plain float32 step is 1e-6 off (a single
+    BatchNorm layer compiled is exact; the cause in deep networks is not found). The bound for
+    them is that measured gap, loose enough to pass and tight enough to catch a wrong step.
+    docs/performance.md has the figures; `--compile auto` does not compile on the CPU.
+    """
+    data = small_split(8, SHAPES[dataset])
+    torch.manual_seed(0)
+    compiled = without_dropout(build(dataset, arch, data))
+    mask = prune_by_percentile(compiled, make_mask(compiled), 60)
+    plain = copy.deepcopy(compiled)
+    batch_norm = any(isinstance(m, BATCH_NORM) for m in plain.modules())
+    losses = []
+    for model, compile_it in ((compiled, True), (plain, False)):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        torch.manual_seed(1)
+        masks = device_masks(model, mask)
+        loss = train_epoch(
+            model, data, 8, optimizer, nn.CrossEntropyLoss(), masks, compiled=compile_it
+        )
+        losses.append(loss)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)  # the forward pass: rounding only
+    scale = 1e-2 if batch_norm else 1e-4
+    for (name, a), b in zip(
+        compiled.state_dict().items(), plain.state_dict().values(), strict=True
+    ):
+        if a.is_floating_point():
+            atol = scale * max(1.0, float(b.abs().max()))
+            torch.testing.assert_close(
+                a, b, rtol=1e-4, atol=atol, msg=lambda m, n=name: f"{n}: {m}"
+            )
+    for param, layer_mask in zip(prunable_weights(compiled), mask.values(), strict=True):
+        assert torch.all(param.detach()[torch.from_numpy(layer_mask) == 0] == 0)
 
 
 def test_compiled_training_compiles_once_per_batch_shape(fresh_compiler):
