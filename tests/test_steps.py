@@ -179,7 +179,7 @@ def test_compiled_step_computes_the_plain_step(dataset, arch, fresh_compiler):
         )
         losses.append(loss)
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)  # the forward pass: rounding only
-    scale = 1e-2 if batch_norm else 1e-4
+    scale = 1e-2 if batch_norm else 3e-4
     for (name, a), b in zip(
         compiled.state_dict().items(), plain.state_dict().values(), strict=True
     ):
