@@ -167,7 +167,7 @@ def run_level(
         optimizer,
         warmup_iters=args.warmup_iters,
         drops=cli.lr_drop_epochs(args),
-        gamma=args.lr_gamma if args.lr_gamma is not None else 0.1,
+        gamma=1.0 if args.lr_gamma is None else args.lr_gamma,  # None: no drops (cli.py)
         epoch_steps=steps_per_epoch(len(train_set), args.batch_size),
     )
 

@@ -213,15 +213,6 @@ def describe(args: dict, names: list[str]) -> str:
     return ", ".join(parts)
 
 
-def labels(runs: list[Run]) -> list[str]:
-    """One label per run naming what differs between them; the folder name where nothing does."""
-    names = differing_args(runs)
-    found = [describe(run.args, names) if names else run.root.name for run in runs]
-    if len(set(found)) < len(found):
-        found = [f"{label} ({run.root.name})" for label, run in zip(found, runs, strict=True)]
-    return found
-
-
 def trial_groups(runs: list[Run]) -> list[list[Run]]:
     """The runs, grouped into trials of one experiment whose levels line up (the same weights
     left at every level), in order of first appearance."""

@@ -104,13 +104,13 @@ def test_without_arguments_compares_the_newest_complete_lt_and_reinit(made, caps
 
 def test_given_runs_are_labelled_by_what_differs(made, tmp_path, capsys):
     chosen = [runs.load_run(made[name]) for name in ("lt20", "reinit20", "lt50")]
-    assert runs.labels(chosen) == [
+    assert runs.group_labels([[run] for run in chosen]) == [
         "lt, 20% pruned, seed 0, prune_iterations=2",
         "reinit, 20% pruned, seed 0, prune_iterations=2",
         "lt, 50% pruned, seed 1, prune_iterations=3",
     ]
-    assert runs.labels(chosen[:2]) == ["lt", "reinit"]
-    assert runs.labels(chosen[:1]) == [made["lt20"].name]
+    assert runs.group_labels([[run] for run in chosen[:2]]) == ["lt", "reinit"]
+    assert runs.group_labels([[run] for run in chosen[:1]]) == [made["lt20"].name]
 
     # runs with different levels: each line on its own weights-left values (a log axis)
     lines = [(lb, r.weights_left(), r.best_accuracy()) for lb, r in zip("abc", chosen, strict=True)]
