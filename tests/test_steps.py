@@ -24,12 +24,12 @@ LR, WEIGHT_DECAY = 1e-3, 1e-4
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
 OPTIONS = {"fclin": {"depth": 1}}  # the shorter net: the same layers, a test-sized count
 # Two epochs compiled against plain, for the networks where rounding stays small over several
-# Adam steps on random data: a Linear stack, convolutions with pooling, Dropout modules, fclin's
-# whitening buffers. Every network is compiled for one step in
-# test_compiled_step_computes_the_plain_step (deep nets' gradients on random images are too
-# sensitive to rounding to compare over epochs: see there).
-COMPILED = {("mnist", "fc1"), ("mnist", "lenet5"), ("mnist", "alexnet")}
-COMPILED |= {("cifar10", "fclin")}
+# Adam steps on random data: a Linear stack, convolutions with pooling, fclin's whitening
+# buffers. Every network is compiled for one step in test_compiled_step_computes_the_plain_step
+# (deep nets' gradients on random images are too sensitive to rounding to compare over epochs:
+# see there); alexnet, once here too, added a minute of compiling and nothing else (its
+# Dropout has to drop nothing for the comparison).
+COMPILED = {("mnist", "fc1"), ("mnist", "lenet5"), ("cifar10", "fclin")}
 
 
 def one_network_per_class() -> list[tuple[str, str]]:
