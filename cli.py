@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile",
         default="auto",
         help=f"one of: {', '.join(COMPILE_CHOICES)}; torch.compile of the model and loss in"
-        " training (auto: on CUDA only)",
+        " training (auto: where measured to pay back, so far nowhere)",
     )
     return parser
 

@@ -4,12 +4,12 @@ The training step itself is written out in `train.train_epoch` on public APIs on
 the gradients of pruned weights zeroed by the mask, the optimiser's own `step()`. What this
 module decides is whether the forward pass and the loss go through `torch.compile`.
 
-`--compile auto` compiles on CUDA only. Measured on this project's CPU machine
-(docs/performance.md): compiling fc1's model and loss costs about 20 s per process plus a few
-seconds for each new batch shape, and the compiled step is no faster than the plain one there, so
-it never pays back. On CUDA it uses `mode="reduce-overhead"`, which replays the step's kernels as
-CUDA graphs: a batch-60 step on a GPU is bound by kernel launches, which is what graphs remove.
-That choice is not measured (no GPU was available); `--compile off` turns it off.
+`--compile auto` compiles nowhere yet (`COMPILE_PAYS_BACK_ON`). Measured on this project's
+CPU machine (docs/performance.md): compiling fc1's model and loss costs about 20 s per process
+plus a few seconds for each new batch shape, and the compiled step is no faster than the plain
+one there, so it never pays back. `--compile on` on CUDA uses `mode="reduce-overhead"`, which
+replays the step's kernels as CUDA graphs: a batch-60 step on a GPU is bound by kernel launches,
+which is what graphs remove. Whether that pays back is not measured (no GPU was available).
 """
 
 from collections.abc import Callable
@@ -22,12 +22,19 @@ from cli import COMPILE_CHOICES
 BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+# Devices where compiling the batch loss was measured to pay back its compile time within a
+# run: none yet. On the CPU the compiled epoch is no faster and compiling costs 15 to 25 s per
+# process; on CUDA (CUDA graphs) it is not yet measured, nor run on a GPU (docs/performance.md).
+COMPILE_PAYS_BACK_ON: frozenset[str] = frozenset()
+
+
 def use_compile(choice: str, device: torch.device) -> bool:
-    """Whether `--compile choice` compiles the batch loss on `device`."""
+    """Whether `--compile choice` compiles the batch loss on `device`: `auto` where it was
+    measured to pay back (`COMPILE_PAYS_BACK_ON`), `on` and `off` as they say."""
     if choice not in COMPILE_CHOICES:
         raise ValueError(f"compile choice {choice!r} is not one of {COMPILE_CHOICES}")
     if choice == "auto":
-        return device.type == "cuda"
+        return device.type in COMPILE_PAYS_BACK_ON
     return choice == "on"
 
 

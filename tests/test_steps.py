@@ -291,8 +291,9 @@ def test_a_new_batch_shape_is_a_recompile(fresh_compiler):
 
 def test_compile_choice():
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    # auto: nowhere yet (the CPU measured not to pay back, CUDA not measured)
     assert [use_compile(choice, cpu) for choice in COMPILE_CHOICES] == [False, True, False]
-    assert [use_compile(choice, cuda) for choice in COMPILE_CHOICES] == [True, True, False]
+    assert [use_compile(choice, cuda) for choice in COMPILE_CHOICES] == [False, True, False]
     with pytest.raises(ValueError):
         use_compile("yes", cpu)
 
