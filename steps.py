@@ -23,8 +23,7 @@ BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # Devices where compiling the batch loss was measured to pay back its compile time within a
-# run: none yet. On the CPU the compiled epoch is no faster and compiling costs 15 to 25 s per
-# process; on CUDA (CUDA graphs) it is not yet measured, nor run on a GPU (docs/performance.md).
+# run: none yet (the module's docstring says why).
 COMPILE_PAYS_BACK_ON: frozenset[str] = frozenset()
 
 

@@ -74,6 +74,15 @@ def without_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
+def assert_within_adam_steps(model: nn.Module, other: nn.Module, steps: int) -> None:
+    """Every weight of `model` equals `other`'s within 1e-3, or within `steps` Adam steps of
+    `LR`: where a gradient is as small as its rounding, Adam can step it by up to `LR` either
+    way."""
+    for (name, a), b in zip(model.named_parameters(), other.parameters(), strict=True):
+        named = lambda m, name=name: f"{name}: {m}"  # noqa: E731
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=steps * LR, msg=named)
+
+
 @pytest.fixture
 def fresh_compiler():
     """Each test compiles from a clean slate, so no test sees another's cached graphs."""
@@ -124,9 +133,7 @@ def test_step_trains_as_the_plain_formulation(dataset, arch, compiled, fresh_com
         # sums reorder
         assert fast_loss == pytest.approx(plain_loss, rel=1e-3 if compiled else 1e-6)
     if compiled:
-        for (name, a), b in zip(fast.named_parameters(), plain.parameters(), strict=True):
-            named = lambda m, name=name: f"{name}: {m}"  # noqa: E731
-            torch.testing.assert_close(a, b, rtol=1e-3, atol=4 * LR, msg=named)  # 4 steps
+        assert_within_adam_steps(fast, plain, steps=4)
         for (name, a), b in zip(fast.named_buffers(), plain.buffers(), strict=True):
             atol = max(1e-3, 1e-2 * float(b.abs().max())) if b.is_floating_point() else 0
             torch.testing.assert_close(
@@ -181,9 +188,7 @@ def test_adam_steps_as_the_per_tensor_loop(dataset, arch):
             torch.manual_seed(100 + epoch)
             losses.append(sum(plain_epoch(model, data, 8, optimizer, mask)) / len(data))
         assert losses[0] == pytest.approx(losses[1], rel=1e-3)
-    for (name, a), b in zip(fused.named_parameters(), per_tensor.parameters(), strict=True):
-        named = lambda m, name=name: f"{name}: {m}"  # noqa: E731
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=4 * LR, msg=named)  # 4 steps
+    assert_within_adam_steps(fused, per_tensor, steps=4)
 
 
 def compile_sized(dataset: str, arch: str, data) -> nn.Module:
@@ -234,8 +239,9 @@ def test_compiled_step_computes_the_plain_step(dataset, arch, fresh_compiler):
     sensitivity on the spot, the plain step on three such perturbed copies of the images, and
     lets the compiled step differ from the plain one by four times as much, plus 1e-3 of the
     change itself and 1e-6 of the tensor's size (a change at float32's rounding of the weight,
-    as in a convolution's bias before BatchNorm, whose gradient is zero). A compiled step that trained other weights, missed a gradient, or left the
-    BatchNorm statistics alone would be off by the whole change.
+    as in a convolution's bias before BatchNorm, whose gradient is zero). A compiled step that
+    trained other weights, missed a gradient, or left the BatchNorm statistics alone would be
+    off by the whole change.
     """
     data = small_split(8, SHAPES[dataset])
     torch.manual_seed(0)

@@ -184,8 +184,8 @@ def test_bad_val_size_is_one_line_and_creates_nothing(tmp_path, capsys, small_so
 # sha256 of the files of the run below, made by the code before --val_size and the schedules
 # existed (two runs of that code gave the same bytes). The loss files and summary.csv are not
 # among them: their last bits depend on the CPU's float kernels and even on what ran before in
-# the process (an AVX2 machine, and the same test alone against within the whole suite, wrote
-# other bytes). Their values are checked below within float rounding; the accuracies, the
+# the process (an AVX2 machine wrote other bytes, and there this test alone wrote others again
+# than within the whole suite). Their values are checked below within float rounding; the accuracies, the
 # compression and the masks are the same bytes on every machine tried.
 BEFORE = {
     "lt_all_accuracy_100.0.dat": "3560d207235a940752624f8081b0b57e37b013651e4228ce3d4bdeccb99cc9bd",
