@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make demo` (set up, run a short lt-vs-reinit experiment on
-# Fashion-MNIST, draw both runs in one figure) and `make test` (set up, run the tests). Both create
-# .venv on first use.
+# Fashion-MNIST, draw both runs in one figure) and `make test` (set up, run the fast tier of the
+# tests; `make test-all` adds the slow tier, as CI runs it). All create .venv on first use.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +9,7 @@ DEMO_FLAGS := --dataset fashionmnist --arch_type fc1 --prune_iterations 5 --end_
 	--prune_percent 20 --plot_dpi 150 --seed 0 --results_root $(DEMO_ROOT)
 DEMO_FIGURE := $(DEMO_ROOT)/combined/combined_fc1_fashionmnist.png
 
-.PHONY: setup data demo test bench lint
+.PHONY: setup data demo test test-all bench lint
 
 setup: $(VENV)/.installed
 
@@ -30,7 +30,12 @@ demo: setup data
 	@test -f $(DEMO_FIGURE) || { echo "make demo: no figure at $(DEMO_FIGURE)" >&2; exit 1; }
 	@echo "lt vs reinit: $(abspath $(DEMO_FIGURE))"
 
+# The fast tier (minutes); the slow one (tests marked `slow`: every network at full size and
+# compiled, the real Ray cluster, the longer end-to-end runs) only with test-all.
 test: setup
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: setup
 	$(PY) -m pytest -q
 
 # `make bench` takes a few minutes; `make bench BENCH_FLAGS=--quick` is a smoke run on 1/10 of the data.

@@ -1,8 +1,70 @@
-"""Shared fixtures: the repository root on sys.path, small models and data."""
+"""Shared fixtures: the repository root on sys.path, no network, the test tiers."""
 
+import ipaddress
+import socket
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# An address nothing listens on: HTTP(S) through it is refused at once. Subprocesses that tests
+# start (main.py, sweep.py) inherit it through the environment, so a download there fails fast too.
+REFUSING_PROXY = "http://127.0.0.1:9"
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+class NetworkBlocked(OSError):
+    """Raised, instead of connecting, for any address off this machine during a test."""
+
+
+def is_local(address: object) -> bool:
+    """Whether a socket address is this machine's: a Unix socket path, a loopback IP, or a
+    name of this machine."""
+    if not isinstance(address, tuple):
+        return True  # AF_UNIX paths (Ray, multiprocessing)
+    host = str(address[0])
+    if host in LOCAL_NAMES or host == socket.gethostname():
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """No test reaches past this machine: connecting a socket or resolving a host elsewhere
+    raises NetworkBlocked, and HTTP(S) in subprocesses goes to a proxy that refuses. Loopback
+    stays open (Ray's local cluster). A test of the download path stubs the download itself."""
+    connect, connect_ex, getaddrinfo = (
+        socket.socket.connect,
+        socket.socket.connect_ex,
+        socket.getaddrinfo,
+    )
+
+    def guarded_connect(self, address):
+        if not is_local(address):
+            raise NetworkBlocked(f"network access in a test: connect to {address}")
+        return connect(self, address)
+
+    def guarded_connect_ex(self, address):
+        if not is_local(address):
+            raise NetworkBlocked(f"network access in a test: connect to {address}")
+        return connect_ex(self, address)
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        if host is not None and not is_local((host if isinstance(host, str) else host.decode(),)):
+            raise NetworkBlocked(f"network access in a test: look up {host}")
+        return getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, REFUSING_PROXY)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, ",".join(LOCAL_NAMES))

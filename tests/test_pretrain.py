@@ -2,12 +2,13 @@
 
 import pickle
 
+import pytest
 import torch
 from torch import nn
 
 import resume
 from initialization import initialize
-from pretrain import ZAE_THRESHOLD, hidden_stages, pretrain_zae
+from pretrain import hidden_stages, pretrain_zae, train_autoencoder
 from results import RunDir
 from tests.datafiles import write_cifar_files
 from tests.test_fclin import normalised_cifar_like, small_fclin
@@ -31,7 +32,16 @@ def test_each_hidden_layer_learns_to_reconstruct_its_input():
     assert changed == {"body.0.weight", "body.3.weight", "body.5.weight"}  # not output, not buffers
     kinds = [any(isinstance(m, nn.ReLU) for m in after) for _, after in hidden_stages(model)]
     assert kinds == [True, False, True]  # zero-bias (TRec) layers are the ReLU ones
-    assert ZAE_THRESHOLD == 1.0
+
+
+@pytest.mark.parametrize(("weight", "learns"), [(0.9, False), (1.1, True)])
+def test_a_zero_bias_code_passes_only_above_1(weight, learns):
+    """TRec(z) = z * (z > 1): on inputs of 1, a weight of 0.9 makes every code 0.9, cut to 0, so
+    nothing reaches the weight (only the visible bias learns); 1.1 passes its codes and the weight
+    learns."""
+    parameter = nn.Parameter(torch.full((1, 1), weight))
+    train_autoencoder(parameter, torch.ones(8, 1), True, epochs=2, batch_size=4)
+    assert (parameter.item() != pytest.approx(weight, abs=1e-6)) == learns
 
 
 def test_lt_rewinds_to_the_pretrained_weights(tmp_path):

@@ -23,6 +23,15 @@ from train import adam, evaluate, train_epoch
 LR, WEIGHT_DECAY = 1e-3, 1e-4
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
 OPTIONS = {"fclin": {"depth": 1}}  # the shorter net: the same layers, a test-sized count
+# One network for each kind of layer the step meets, in the fast tier: a Linear stack, convolutions
+# with max-pooling, BatchNorm with residual connections, DenseNet's concatenations (densenet121's
+# own class at test size: `at_test_size`). Every network at full size runs in the slow tier.
+KINDS_OF_LAYER = [
+    ("mnist", "fc1", "full"),
+    ("cifar10", "conv2", "full"),
+    ("cifar10", "resnet20", "full"),
+    ("cifar10", "densenet121", "test size"),
+]
 # Two epochs compiled against plain, for the networks where rounding stays small over several
 # Adam steps on random data: a Linear stack, convolutions with pooling, fclin's whitening
 # buffers. Every network is compiled for one step in test_compiled_step_computes_the_plain_step
@@ -38,6 +47,13 @@ def one_network_per_class() -> list[tuple[str, str]]:
     return [("cifar10", arch) for arch in archs.available("cifar10")] + [
         ("mnist", arch) for arch in archs.available("mnist") if arch != "fc1"
     ]
+
+
+def tiered(cases: list[tuple], fast: list[tuple]) -> list:
+    """`cases` without repeats as pytest parameters, those not in `fast` marked slow (the tier
+    `make test-all` adds)."""
+    unique = list(dict.fromkeys(cases))
+    return [pytest.param(*c, marks=() if c in fast else pytest.mark.slow) for c in unique]
 
 
 def build(dataset: str, arch: str, data) -> nn.Module:
@@ -92,11 +108,15 @@ def fresh_compiler():
 
 
 @pytest.mark.parametrize(
-    "dataset, arch, compiled",
-    [(d, a, False) for d, a in [("mnist", "fc1"), *one_network_per_class()]]
-    + [(d, a, True) for d, a in sorted(COMPILED)],
+    "dataset, arch, size, compiled",
+    tiered(
+        [(*kind, False) for kind in KINDS_OF_LAYER]
+        + [(d, a, "full", False) for d, a in [("mnist", "fc1"), *one_network_per_class()]]
+        + [(d, a, "full", True) for d, a in sorted(COMPILED)],
+        fast=[(*kind, False) for kind in KINDS_OF_LAYER],
+    ),
 )
-def test_step_trains_as_the_plain_formulation(dataset, arch, compiled, fresh_compiler):
+def test_step_trains_as_the_plain_formulation(dataset, arch, size, compiled, fresh_compiler):
     """`train_epoch` against the textbook loop, both stepping the optimiser `adam` makes: the
     formulation of the step (batches gathered on the device, the mask multiplied into the
     gradients, the loss summed on the device) is exact, so uncompiled the weights end equal to
@@ -106,8 +126,9 @@ def test_step_trains_as_the_plain_formulation(dataset, arch, compiled, fresh_com
     """
     data = small_split(12, SHAPES[dataset], classes=100 if dataset == "cifar100" else 10)
     torch.manual_seed(0)
-    fast = build(dataset, arch, data)
-    plain = build(dataset, arch, data)
+    sized = at_test_size if size == "test size" else build
+    fast = sized(dataset, arch, data)
+    plain = sized(dataset, arch, data)
     plain.load_state_dict(fast.state_dict())
     if compiled:
         without_dropout(fast), without_dropout(plain)
@@ -191,11 +212,11 @@ def test_adam_steps_as_the_per_tensor_loop(dataset, arch):
     assert_within_adam_steps(fused, per_tensor, steps=4)
 
 
-def compile_sized(dataset: str, arch: str, data) -> nn.Module:
-    """The network of the pair for the compiled-step test. densenet121 is its own class at test
-    size, one layer per dense block: compiling the whole network takes 400 s on a 2-core CI
-    machine (every other network 10 to 65 s); the full network's step is compared uncompiled
-    above, to the bit."""
+def at_test_size(dataset: str, arch: str, data) -> nn.Module:
+    """The network of the pair, but densenet121 as its own class at test size, one layer per
+    dense block: its concatenations and BatchNorms at a fraction of the cost (compiling the
+    whole network takes 400 s on a 2-core CI machine, every other network 10 to 65 s). The full
+    network's step is compared uncompiled in the slow tier, to the bit."""
     if arch != "densenet121":
         return build(dataset, arch, data)
     full = archs.build(dataset, arch)
@@ -225,7 +246,9 @@ def one_sgd_step(model, data, mask, compiled: bool) -> tuple[float, dict[str, to
     return loss, changes
 
 
-@pytest.mark.parametrize("dataset, arch", one_network_per_class())
+@pytest.mark.parametrize(
+    "dataset, arch", tiered([("mnist", "fc1"), *one_network_per_class()], fast=[("mnist", "fc1")])
+)
 def test_compiled_step_computes_the_plain_step(dataset, arch, fresh_compiler):
     """One training step through `torch.compile` (`--compile on`) against the plain step, on
     every network: the same loss, the same change of every weight and BatchNorm statistic
@@ -245,7 +268,7 @@ def test_compiled_step_computes_the_plain_step(dataset, arch, fresh_compiler):
     """
     data = small_split(8, SHAPES[dataset])
     torch.manual_seed(0)
-    model = without_dropout(compile_sized(dataset, arch, data))
+    model = without_dropout(at_test_size(dataset, arch, data))
     mask = prune_by_percentile(model, make_mask(model), 60)
     compiled_loss, compiled = one_sgd_step(model, data, mask, compiled=True)
     plain_loss, plain = one_sgd_step(model, data, mask, compiled=False)
@@ -263,6 +286,7 @@ def test_compiled_step_computes_the_plain_step(dataset, arch, fresh_compiler):
         assert off <= allowed, f"{name}: compiled step {off:.3g} off the plain one, {allowed=:.3g}"
 
 
+@pytest.mark.slow
 def test_compiled_training_compiles_once_per_batch_shape(fresh_compiler):
     """After the first epoch (a full and a last, smaller batch), testing in eval mode, pruning,
     a new optimiser and criterion (a new level) and more epochs reuse the compiled graphs."""
@@ -285,6 +309,7 @@ def test_compiled_training_compiles_once_per_batch_shape(fresh_compiler):
         assert torch.all(param.detach()[torch.from_numpy(layer_mask) == 0] == 0)
 
 
+@pytest.mark.slow
 def test_a_new_batch_shape_is_a_recompile(fresh_compiler):
     """The check above can fail: a batch size not seen before needs a graph of its own."""
     model = initialize(archs.build("mnist", "fc1")).train()
