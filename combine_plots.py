@@ -5,8 +5,10 @@
 
 Runs that differ only in --seed (and, for the control, in --masks_from) are trials of one
 experiment: one line, their mean, in a band from their minimum to their maximum, labelled
-`(N trials)`. Runs that stopped early on a validation set (summary.csv has `test_accuracy` and
-`early_stop_epoch`) are drawn by their early-stop figures.
+`(N trials)`, N the number of distinct seeds: of runs of one experiment with the same seed
+(for the control, with masks of the same trial) the newest is drawn, and each other is named in
+a line `left out: RUN (...)`. Runs that stopped early on a validation set (summary.csv has
+`test_accuracy` and `early_stop_epoch`) are drawn by their early-stop figures.
 Writes `combined_{arch}_{dataset}.png` (and, with --best_epoch, `combined_{arch}_{dataset}_best_epoch.png`)
 and the table of the lines, `combined_{arch}_{dataset}.csv`, into `combined_plots/` beside the
 runs, or into --out.
@@ -103,9 +105,13 @@ def check_same_experiment(group: list[runs.Run]) -> list[runs.Run]:
 
 def combine(group: list[runs.Run], out: Path, dpi: int, best_epoch: bool = False) -> list[Path]:
     """Draw the group's figures into `out`, each experiment's trials as one line with its band,
-    and write their table; return the paths written."""
+    and write their table; return the paths written. Prints a line for each run left out as
+    the same trial as a newer one (runs.distinct_trials)."""
     arch, dataset = group[0].args["arch_type"], group[0].args["dataset"]
-    trials = runs.trials(group)
+    kept, left_out = runs.distinct_trials(group)
+    for duplicate in left_out:
+        print(f"left out: {duplicate}")
+    trials = runs.trials(kept)
     accuracy_label, epoch_label = axis_labels({t.early_stop for t in trials})
     accuracy = [line(t, t.accuracy) for t in trials]
     figures = [

@@ -5,7 +5,8 @@ architecture, save the initial state, then for every pruning level prune, rewind
 re-initialise) and train, writing the original's result files as each level ends.
 The flags beyond the original's (README) choose the initialisation, the rewind point, the
 pruning scope and the optimiser; their defaults give the original's run. With `--masks_from`,
-a `reinit` run prunes nothing itself: each level takes the mask an `lt` run saved for it.
+a `reinit` run prunes nothing itself: each level takes the mask an `lt` run saved for it, and
+its pruning rates (runs.MASK_ARGS) are that run's.
 """
 
 import argparse
@@ -103,6 +104,8 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
     cli.validate(args)
     if args.masks_from is not None:
         args.masks_from = str(runs.mask_source(args.masks_from, args))
+        if resumed is None:  # a resumed run keeps the rates it recorded
+            runs.take_mask_args(args, explicit)
     args.seed = choose_seed(args.seed)
     print(f"seed: {args.seed}")
     device = select_device(args.gpu)

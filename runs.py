@@ -5,7 +5,9 @@ made: it has `args.json`. It is complete when the whole-run dumps
 (`{pt}_compression.dat`, `{pt}_bestaccuracy.dat`, written at the last level only) exist and
 its checkpoint is the last level's.
 Runs of one experiment that differ only in their trial's own arguments (TRIAL_ARGS) are trials,
-summarised level by level as a mean with its minimum and maximum (`Trials`).
+summarised level by level as a mean with its minimum and maximum (`Trials`). Runs of one
+experiment with the same seed (and, for a control, masks of the same trial) are one trial run
+again: the newest is kept, the others are left out (`distinct_trials`).
 """
 
 import argparse
@@ -26,6 +28,10 @@ BOOKKEEPING = ("resume", "start_iter", *NEUTRAL)
 # Arguments that differ from trial to trial of one experiment: the seed, and the run whose masks
 # a --masks_from control takes (only whether it is set tells experiments apart).
 TRIAL_ARGS = ("seed", "masks_from")
+
+# The arguments that decide how a run prunes; a --masks_from control prunes nothing itself, so
+# it records those of the run whose masks it takes (take_mask_args).
+MASK_ARGS = ("prune_percent", "prune_percent_output", "prune_percent_conv", "prune_scope")
 
 INTEGER_FIELDS = ("level", "best_epoch", "early_stop_epoch")
 # summary.csv columns of a run that stopped early on a validation set (--val_size): then these are
@@ -142,17 +148,47 @@ def mask_source(folder: str, args: argparse.Namespace) -> Path:
     return run.root.resolve()
 
 
+def take_mask_args(args: argparse.Namespace, explicit: set[str]) -> None:
+    """A --masks_from control's MASK_ARGS: those recorded by the run it takes its masks from
+    (`args.masks_from`, checked by mask_source), so it is labelled and grouped by the rates its
+    masks have. UserError naming the first flag given on the command line (`explicit`) whose
+    value differs from that run's.
+    """
+    source = read_run(args.masks_from)
+    if source is None:
+        raise UserError(
+            f"--masks_from {args.masks_from} is not a run folder (no readable args.json)"
+        )
+    for name in MASK_ARGS:
+        if name not in source.args:  # recorded before the flag existed: it ran the default
+            continue
+        theirs, mine = source.args[name], getattr(args, name)
+        if name in explicit and mine != theirs:
+            raise UserError(
+                f"--{name} {flag_value(mine)} differs from {flag_value(theirs)}, that of the run"
+                f" --masks_from {args.masks_from}: a control's masks, hence its rates, are that"
+                f" run's (leave --{name} out)"
+            )
+        setattr(args, name, theirs)
+
+
+def flag_value(value: object) -> str:
+    """A recorded value as it would be written on the command line (20.0 as 20)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def all_runs(results_root: Path | str) -> list[Run]:
     """Every run folder directly under `results_root`, oldest first."""
     root = Path(results_root)
     found = [read_run(p) for p in sorted(root.iterdir()) if p.is_dir()] if root.is_dir() else []
-    return sorted((r for r in found if r is not None), key=lambda r: (r.started, r.root.name))
+    return sorted((r for r in found if r is not None), key=age)
 
 
 def newest_complete(results_root: Path | str) -> dict[tuple[str, str], list[Run]]:
     """For each (arch_type, dataset): the newest complete run of each prune type (the
     `--masks_from` control apart from `reinit`), lt first, each with its complete trials (the
-    runs of the same experiment with another seed), oldest first."""
+    runs of the same experiment with another seed), oldest first. Runs of the same seed are all
+    there: distinct_trials (by way of `trials`) keeps the newest of them."""
     complete = [run for run in all_runs(results_root) if run.complete]
     newest: dict[tuple[str, str, str, bool], Run] = {}
     for run in complete:
@@ -213,11 +249,67 @@ def describe(args: dict, names: list[str]) -> str:
     return ", ".join(parts)
 
 
+def trial_key(run: Run) -> tuple:
+    """What makes a run one trial of its experiment: the experiment, the seed and, for a
+    `--masks_from` control, the trial whose masks it takes. A run without a recorded seed is a
+    trial of its own (its folder stands for the seed)."""
+    seed = run.args.get("seed")
+    key: tuple = (experiment(run.args), str(run.root.resolve()) if seed is None else seed)
+    if is_control(run.args):
+        source = read_run(run.args["masks_from"])
+        if source is None or source.args.get("seed") is None:
+            key += (str(run.args["masks_from"]),)
+        else:
+            key += (experiment(source.args), source.args["seed"])
+    return key
+
+
+@dataclass
+class LeftOut:
+    """A run left out of the trials: the same trial as `kept`, a newer run (or the same folder
+    given again)."""
+
+    run: Run
+    kept: Run
+
+    def __str__(self) -> str:
+        if self.run.root.resolve() == self.kept.root.resolve():
+            return f"{self.run.root} (given more than once)"
+        return f"{self.run.root} (same experiment and seed as {self.kept.root}, newer)"
+
+
+def distinct_trials(found: list[Run]) -> tuple[list[Run], list[LeftOut]]:
+    """The runs with one per trial (trial_key): of runs of the same experiment and seed the
+    newest (by the time it started), in the place of the first of them; and the others, each
+    with the run kept instead."""
+    newest: dict[tuple, Run] = {}
+    for run in found:
+        key = trial_key(run)
+        if key not in newest or age(run) > age(newest[key]):
+            newest[key] = run
+    kept: list[Run] = []
+    left_out: list[LeftOut] = []
+    placed: set[tuple] = set()
+    for run in found:
+        key = trial_key(run)
+        if key not in placed:
+            placed.add(key)
+            kept.append(newest[key])
+        if run is not newest[key]:
+            left_out.append(LeftOut(run, newest[key]))
+    return kept, left_out
+
+
+def age(run: Run) -> tuple[str, str]:
+    """The order of runs from oldest to newest: the time it started, then the folder's name."""
+    return run.started, run.root.name
+
+
 def trial_groups(runs: list[Run]) -> list[list[Run]]:
-    """The runs, grouped into trials of one experiment whose levels line up (the same weights
-    left at every level), in order of first appearance."""
+    """The runs, one per trial (distinct_trials), grouped into trials of one experiment whose
+    levels line up (the same weights left at every level), in order of first appearance."""
     groups: dict[tuple[str, tuple[float, ...]], list[Run]] = {}
-    for run in runs:
+    for run in distinct_trials(runs)[0]:
         key = (experiment(run.args), tuple(run.weights_left()))
         groups.setdefault(key, []).append(run)
     return list(groups.values())
@@ -241,7 +333,8 @@ def group_labels(groups: list[list[Run]]) -> list[str]:
 
 @dataclass
 class Trials:
-    """The trials of one experiment, level by level: one row per run, one column per level."""
+    """The trials of one experiment, level by level: one row per run (one per seed), one column
+    per level."""
 
     label: str
     runs: list[Run]

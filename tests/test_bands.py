@@ -20,17 +20,20 @@ def write_run(
     name: str,
     rows: list[dict],
     weights_left: list[float] = WEIGHTS,
+    started: str | None = None,
     **flags: object,
 ) -> Path:
     """A complete run folder as runs.py reads it: args.json, summary.csv with `rows` (merged
-    over defaults), and the files whose presence marks it complete."""
+    over defaults), and the files whose presence marks it complete. It started at `started`
+    (default: a second of 2025 from the length of `name`)."""
     argv = [f"--{k}={v}" for k, v in flags.items() if k != "masks_from"]
     args = cli.parse_args([*argv, f"--prune_iterations={len(rows)}"])
     cli.validate(args)
     args.masks_from = flags.get("masks_from")
     folder = root / name
     folder.mkdir(parents=True)
-    record = {"args": vars(args), "seed": args.seed, "started": f"2025-01-01T00:00:{len(name):02}"}
+    started = started or f"2025-01-01T00:00:{len(name):02}"
+    record = {"args": vars(args), "seed": args.seed, "started": started}
     (folder / "args.json").write_text(json.dumps(record))
     full = []
     for level, (row, left) in enumerate(zip(rows, weights_left, strict=True)):
@@ -224,3 +227,70 @@ def test_without_run_folders_the_newest_of_each_kind_comes_with_its_trials(tmp_p
         "reinit",
         "reinit with lt masks",
     ]
+
+
+def test_runs_of_one_experiment_and_seed_are_one_trial_the_newest(tmp_path, capsys):
+    root = tmp_path / "results"
+    rows = {"old": [90.0, 10.0], "new": [92.0, 84.0], "one": [94.0, 80.0]}
+    folders = {
+        name: write_run(root, name, best(rows[name], [1, 1]), WEIGHTS[:2], started=when, seed=seed)
+        for name, when, seed in (
+            ("new", "2025-03-01T00:00:00", 0),  # listed first, started last
+            ("old", "2025-01-01T00:00:00", 0),
+            ("one", "2025-02-01T00:00:00", 1),
+        )
+    }
+    notice = f"left out: {folders['old']} (same experiment and seed as {folders['new']}, newer)"
+    out = tmp_path / "out"
+    given = [str(folders[name]) for name in ("old", "one", "new")]
+    for argv in (["--results_root", str(root)], [*given, "--out", str(out)]):
+        assert combine_plots.main([*argv, "--dpi", "20"]) == 0
+        printed = capsys.readouterr().out.splitlines()
+        assert [line for line in printed if line.startswith("left out")] == [notice]
+    for lines in (table(root / "combined_plots"), table(out)):
+        [(label, line)] = lines.items()
+        assert label == "lt, 10% pruned (2 trials)"
+        assert all(r["trials"] == 2 for r in line)
+        assert [r["accuracy_min"] for r in line] == [92.0, 80.0]  # not the old run's 10
+        assert [r["accuracy_max"] for r in line] == [94.0, 84.0]
+
+    kept, left_out = runs.distinct_trials([runs.load_run(p) for p in folders.values()])
+    assert [r.root for r in kept] == [folders["new"], folders["one"]]  # in the first's place
+    assert [(d.run.root, d.kept.root) for d in left_out] == [(folders["old"], folders["new"])]
+
+    # the same folder twice is one trial too; a run without a recorded seed is its own trial
+    twice = [runs.load_run(folders["one"]), runs.load_run(folders["one"])]
+    kept, left_out = runs.distinct_trials(twice)
+    assert kept == twice[:1] and [str(d) for d in left_out] == [
+        f"{folders['one']} (given more than once)"
+    ]
+    unknown = [write_run(root, f"unseeded{i}", best([90.0] * 2, [1, 1]), WEIGHTS[:2]) for i in "ab"]
+    [group] = runs.trial_groups([runs.load_run(p) for p in unknown])
+    assert len(group) == 2
+
+
+def test_controls_of_one_seed_are_one_trial_only_with_masks_of_one_trial(tmp_path):
+    root = tmp_path / "results"
+    lt = {
+        name: write_run(root, name, best([90.0] * 2, [1, 1]), WEIGHTS[:2], seed=seed)
+        for name, seed in (("lt0", 0), ("lt0again", 0), ("lt1", 1))
+    }
+    controls = [
+        runs.load_run(
+            write_run(
+                root,
+                f"control_{name}",
+                best([80.0] * 2, [1, 1]),
+                WEIGHTS[:2],
+                seed=0,
+                prune_type="reinit",
+                masks_from=str(folder),
+            )
+        )
+        for name, folder in lt.items()
+    ]
+    # masks from two runs of lt seed 0 are the same trial's; those of lt seed 1 another's
+    [group] = runs.trial_groups(controls)
+    assert [r.root.name for r in group] == ["control_lt0again", "control_lt1"]
+    [left_out] = runs.distinct_trials(controls)[1]
+    assert left_out.run.root.name == "control_lt0"

@@ -173,3 +173,48 @@ def test_masks_from_needs_prune_type_reinit(made, tmp_path, capsys):
         " control), not lt\n"
     )
     assert not results.exists()
+
+
+def without(flags: list[str], *names: str) -> list[str]:
+    """`flags` less each of `names` and its value."""
+    dropped = {at + i for at, flag in enumerate(flags) if flag in names for i in (0, 1)}
+    return [flag for at, flag in enumerate(flags) if at not in dropped]
+
+
+def test_a_control_takes_the_rates_of_its_run_and_is_one_line_with_it(made, tmp_path, capsys):
+    lt, control = made["lt"], made["control"]
+    assert lt.args["prune_percent"] == 50.0
+    # the default --prune_percent (10) and another seed: its trial's rates are the lt run's
+    common = without(made["common"], "--prune_percent", "--seed")
+    results = tmp_path / "results"
+    flags = [*common, f"--results_root={results}", "--prune_type", "reinit", "--seed", "1"]
+    assert main.main([*flags, "--masks_from", str(lt.root)]) == 0
+    [other] = runs.all_runs(results)
+    record = json.loads((other.root / "args.json").read_text())["args"]
+    assert record["prune_percent"] == 50.0
+    assert [record[name] for name in runs.MASK_ARGS] == [lt.args[n] for n in runs.MASK_ARGS]
+    assert runs.experiment(other.args) == runs.experiment(control.args)
+
+    groups = runs.trial_groups([lt, runs.load_run(control.root), runs.load_run(other.root)])
+    assert [[r.root for r in g] for g in groups] == [[lt.root], [control.root, other.root]]
+    assert runs.group_labels(groups) == ["lt", "reinit with lt masks (2 trials)"]
+    shown = ["prune_type", "prune_percent"]
+    assert runs.describe(other.args, shown) == "reinit with lt masks, 50% pruned"
+
+
+def test_a_rate_flag_that_differs_from_the_runs_is_refused(made, tmp_path, capsys):
+    lt = str(made["lt"].root)
+    err = refused(made, tmp_path, capsys, lt, "--prune_percent", "10")
+    assert err == (
+        f"error: --prune_percent 10 differs from 50, that of the run --masks_from"
+        f" {made['lt'].root.resolve()}: a control's masks, hence its rates, are that run's"
+        " (leave --prune_percent out)\n"
+    )
+    err = refused(made, tmp_path, capsys, lt, "--prune_scope", "global")
+    assert err.startswith("error: --prune_scope global differs from layer, that of the run")
+    err = refused(made, tmp_path, capsys, lt, "--prune_percent_output", "5")
+    assert err.startswith("error: --prune_percent_output 5 differs from None, that of the run")
+    # a flag equal to the run's is no conflict: `made` gives --prune_percent 50 to its control
+    assert (
+        json.loads((made["control"].root / "args.json").read_text())["args"]["prune_percent"] == 50
+    )
