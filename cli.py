@@ -74,7 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         type=int,
         metavar="K",
-        help="lt and random rewind to the weights after K epochs of level 0",
+        help="lt and random rewind to the weights after K epochs of level 0 (--rewind_iter"
+        " K x steps per epoch)",
+    )
+    add(
+        "--rewind_iter",
+        default=0,
+        type=int,
+        metavar="N",
+        help="lt and random rewind to the weights after N optimiser steps of level 0 and train"
+        " each later level from step N to the end",
     )
     add("--prune_scope", default="layer", help=f"one of: {', '.join(PRUNE_SCOPES)}")
     add(
@@ -238,10 +247,18 @@ def _validate_beyond_original(args: argparse.Namespace) -> None:
         raise UserError(
             f"--rewind_epoch must be in 0..{args.end_iter - 1} (--end_iter - 1), got {args.rewind_epoch}"
         )
-    if args.rewind_epoch > 0 and args.prune_type == "reinit":
+    if args.rewind_iter < 0:
+        raise UserError(f"--rewind_iter must be at least 0, got {args.rewind_iter}")
+    if args.rewind_iter > 0 and args.rewind_epoch > 0:
         raise UserError(
-            "--rewind_epoch applies to --prune_type lt or random; reinit draws new weights"
+            f"--rewind_iter {args.rewind_iter} and --rewind_epoch {args.rewind_epoch}: give one"
+            " of them (--rewind_epoch K is --rewind_iter K x steps per epoch)"
         )
+    for name in ("rewind_epoch", "rewind_iter"):
+        if getattr(args, name) > 0 and args.prune_type == "reinit":
+            raise UserError(
+                f"--{name} applies to --prune_type lt or random; reinit draws new weights"
+            )
     if args.masks_from is not None and args.prune_type != "reinit":
         raise UserError(
             f"--masks_from applies to --prune_type reinit (the random-reinitialisation control),"
@@ -309,6 +326,25 @@ def lr_drop_epochs(args: argparse.Namespace) -> list[int]:
     if not increasing or drops[0] < 1 or drops[-1] >= args.end_iter:
         raise UserError(f"--lr_drops must be {wanted}, got {args.lr_drops!r}")
     return drops
+
+
+def rewind_step(args: argparse.Namespace, epoch_steps: int) -> int:
+    """The optimiser step of level 0 whose weights `lt` and `random` rewind to, and at which
+    every later level starts training: --rewind_iter, or --rewind_epoch epochs of `epoch_steps`
+    steps (at most one of them is nonzero); 0 rewinds to the initial weights. Whether it is
+    positive does not depend on `epoch_steps`."""
+    return args.rewind_iter + args.rewind_epoch * epoch_steps
+
+
+def validate_rewind_step(args: argparse.Namespace, epoch_steps: int) -> None:
+    """--rewind_iter must fall inside level 0, whose length needs the data: `epoch_steps`
+    optimiser steps per epoch (--rewind_epoch is checked against --end_iter in `validate`)."""
+    steps = args.end_iter * epoch_steps
+    if args.rewind_iter >= steps:
+        raise UserError(
+            f"--rewind_iter must be in 0..{steps - 1} (level 0 has --end_iter {args.end_iter}"
+            f" epochs of {epoch_steps} steps), got {args.rewind_iter}"
+        )
 
 
 def arch_options(args: argparse.Namespace) -> dict:

@@ -74,7 +74,7 @@ class Progress:
     bestacc: np.ndarray  # best test accuracy of each level
     tags: list[str] = field(default_factory=list)  # the `{comp}` text of each finished level
     summary: list[dict] = field(default_factory=list)  # rows of summary.csv
-    rewind_state: dict[str, torch.Tensor] | None = None  # after --rewind_epoch epochs of level 0
+    rewind_state: dict[str, torch.Tensor] | None = None  # after cli.rewind_step steps of level 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +115,7 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
     val_set = None
     if args.val_size > 0:  # before the run folder exists: a bad --val_size creates nothing
         train_set, val_set = data.hold_out(train_set, args.val_size, args.batch_size)
+    cli.validate_rewind_step(args, steps_per_epoch(len(train_set), args.batch_size))
     seed_everything(args.seed)
     init = initializer(args.init, train_set)
     model = build_model(args, train_set, init).to(device)
@@ -158,20 +159,28 @@ def run_level(
 ) -> None:
     """Prune and reset (after level 0), train, and write the level's files.
 
-    Every level gets a fresh optimiser and a fresh learning-rate schedule, as in the paper.
+    Level 0 trains every step and keeps its state after the rewind step N (`cli.rewind_step`)
+    when N > 0. Every later level is reset to step N (its initial weights when N is 0) and
+    trains from step N to the end, with a fresh optimiser and the learning-rate schedule
+    continued at step N (restarted when N is 0, as in the paper; as OpenLTH when N > 0).
     """
     if level > 0:
         progress.mask = prune(model, progress.mask, args, level)
         reset_survivors(model, progress, args.prune_type, init)
     elif args.masks_from is not None:  # that run's level-0 mask: dense, for runs of this program
         progress.mask = prune(model, progress.mask, args, level)
+    epoch_steps = steps_per_epoch(len(train_set), args.batch_size)
+    rewind_at = cli.rewind_step(args, epoch_steps)
+    start = 0 if level == 0 else rewind_at  # level 0 runs whole; N = 0: no rewind state kept
+    keep = (rewind_at, rewind_keeper(run_dir, model, progress)) if level == 0 else None
     optimizer = build_optimizer(args, model)
     schedule = lr_schedule(
         optimizer,
         warmup_iters=args.warmup_iters,
         drops=cli.lr_drop_epochs(args),
         gamma=1.0 if args.lr_gamma is None else args.lr_gamma,  # None: no drops (cli.py)
-        epoch_steps=steps_per_epoch(len(train_set), args.batch_size),
+        epoch_steps=epoch_steps,
+        start_step=start,
     )
 
     print(f"\n--- Pruning Level [0:{level}/{args.prune_iterations}]: ---")
@@ -189,10 +198,12 @@ def run_level(
             valid_freq=args.valid_freq,
             print_freq=args.print_freq,
             description=f"[level {level}] ",
-            on_epoch=epoch_hook(writer, run_dir, args, level, model, progress),
+            on_epoch=epoch_hook(writer, args, level),
             compiled=use_compile(args.compile, train_set.labels.device),
             val_set=val_set,
             schedule=schedule,
+            start_step=start,
+            after_steps=keep,
         )
         write_level(run_dir, args, level, comp, history, model, progress, writer)
     if level == args.prune_iterations - 1:
@@ -286,8 +297,9 @@ def check_saved_masks(model: nn.Module, args: argparse.Namespace) -> None:
 def reset_survivors(
     model: nn.Module, progress: Progress, prune_type: str, init: Initializer
 ) -> None:
-    """`lt` and `random` rewind the survivors to their initial values (or, with --rewind_epoch,
-    to those after that many epochs of level 0); `reinit` draws new random ones."""
+    """`lt` and `random` rewind the survivors to their initial values (or, with --rewind_iter
+    or --rewind_epoch, to those after that many steps or epochs of level 0); `reinit` draws new
+    random ones."""
     if prune_type == "reinit":
         model.load_state_dict(progress.initial_state)  # buffers (BatchNorm statistics) too
         reinitialize(model, progress.mask, init)
@@ -296,16 +308,9 @@ def reset_survivors(
         rewind(model, progress.mask, progress.initial_state if late is None else late)
 
 
-def epoch_hook(
-    writer: SummaryWriter,
-    run_dir: RunDir,
-    args: argparse.Namespace,
-    level: int,
-    model: nn.Module,
-    progress: Progress,
-) -> Callable[..., None]:
-    """What happens after each epoch: log it; after epoch --rewind_epoch of level 0, keep the
-    weights that later levels rewind to."""
+def epoch_hook(writer: SummaryWriter, args: argparse.Namespace, level: int) -> Callable[..., None]:
+    """What happens after each epoch: log it at TensorBoard step level * --end_iter + epoch
+    (epochs counted from step 0, a rewound level's too)."""
 
     def on_epoch(
         epoch: int,
@@ -319,11 +324,19 @@ def epoch_hook(
             step = level * args.end_iter + epoch
             writer.add_scalar("Loss/validation", val_loss, step)
             writer.add_scalar("Accuracy/validation", val_accuracy, step)
-        if level == 0 and epoch + 1 == args.rewind_epoch:
-            progress.rewind_state = state_copy(model)
-            run_dir.save_model(model, run_dir.rewind_state_path())
 
     return on_epoch
+
+
+def rewind_keeper(run_dir: RunDir, model: nn.Module, progress: Progress) -> Callable[[], None]:
+    """What level 0 does once it has done the rewind step's optimiser steps: keep the weights
+    that later levels rewind to, in the progress and in their result file."""
+
+    def keep() -> None:
+        progress.rewind_state = state_copy(model)
+        run_dir.save_model(model, run_dir.rewind_state_path())
+
+    return keep
 
 
 def log_epoch(
@@ -365,7 +378,11 @@ def write_level(
         run_dir.dump_array(history.all_val_accuracy, run_dir.dump_path("all_val_accuracy", tag))
     run_dir.dump_mask(model, progress.mask, run_dir.dump_path("mask", tag, ".pkl"))
     figure = plots.loss_vs_accuracy(
-        history.all_loss, history.all_accuracy, args.dataset, args.arch_type
+        history.all_loss,
+        history.all_accuracy,
+        args.dataset,
+        args.arch_type,
+        first_epoch=history.first_epoch + 1,
     )
     run_dir.save_figure(figure, run_dir.loss_plot_path(tag), args.plot_dpi)
     plots.close(figure)

@@ -29,13 +29,18 @@ Lines = Sequence[Line | tuple[str, np.ndarray, np.ndarray]]
 
 
 def loss_vs_accuracy(
-    all_loss: np.ndarray, all_accuracy: np.ndarray, dataset: str, arch_type: str
+    all_loss: np.ndarray,
+    all_accuracy: np.ndarray,
+    dataset: str,
+    arch_type: str,
+    first_epoch: int = 1,
 ) -> Figure:
-    """Training loss (rescaled to 0..100) and test accuracy against epochs, as the original drew.
+    """Training loss (rescaled to 0..100) and test accuracy against epochs, as the original drew;
+    the first entries at epoch `first_epoch` (later than 1 for a level rewound past epoch 1).
 
     A constant loss (one epoch) is drawn at 0 instead of the original's division by zero.
     """
-    epochs = np.arange(1, len(all_loss) + 1)
+    epochs = np.arange(first_epoch, first_epoch + len(all_loss))
     spread = np.ptp(all_loss)
     scaled = 100 * (all_loss - np.min(all_loss)) / spread if spread > 0 else 0 * all_loss
     fig, ax = plt.subplots()

@@ -2,7 +2,7 @@
 
 Layout, relative to `results/<Mon DD_HH-MM-SS>_<host>/` (as the original wrote it):
   saves/{arch}/{dataset}/initial_state_dict_{pt}.pth.tar, {level}_model_{pt}.pth.tar,
-      rewind_state_dict_{pt}.pth.tar (with --rewind_epoch > 0)
+      rewind_state_dict_{pt}.pth.tar (with --rewind_iter or --rewind_epoch > 0)
   plots/lt/{arch}/{dataset}/{pt}_LossVsAccuracy_{comp}.png, {pt}_AccuracyVsWeights.png
   dumps/lt/{arch}/{dataset}/{pt}_all_loss_{comp}.dat, {pt}_all_accuracy_{comp}.dat,
       {pt}_mask_{comp}.pkl, {pt}_compression.dat, {pt}_bestaccuracy.dat,
@@ -184,7 +184,8 @@ class RunDir:
         return self.saves / f"initial_state_dict_{self.prune_type}.pth.tar"
 
     def rewind_state_path(self) -> Path:
-        """The model after `--rewind_epoch` epochs of level 0 (written only when that is > 0)."""
+        """The model after `cli.rewind_step` optimiser steps of level 0 (--rewind_iter or
+        --rewind_epoch; written only when that is > 0)."""
         return self.saves / f"rewind_state_dict_{self.prune_type}.pth.tar"
 
     def model_path(self, level: int) -> Path:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import runs
-from cli import NEUTRAL
+from cli import NEUTRAL, rewind_step
 from results import RunDir, mask_from_bool, mask_to_bool
 from utils import UserError
 
@@ -145,14 +145,15 @@ def checkpoint_progress(progress: dict) -> dict:
     return kept
 
 
-def whole_checkpoint(state: dict, run_dir: RunDir, rewind_epoch: int) -> dict:
+def whole_checkpoint(state: dict, run_dir: RunDir, rewinds_late: bool) -> dict:
     """The checkpoint `state` with the progress complete again: the float mask, and the initial
-    (and, with --rewind_epoch, the rewind) state from their result files."""
+    (and, if `rewinds_late`: --rewind_iter or --rewind_epoch, the rewind) state from their
+    result files."""
     progress = dict(state["progress"])
     progress["mask"] = mask_from_bool(progress["mask"])
     progress["initial_state"] = saved_state(run_dir.initial_state_path(), "initial state")
     progress["rewind_state"] = None
-    if rewind_epoch > 0:
+    if rewinds_late:
         progress["rewind_state"] = saved_state(run_dir.rewind_state_path(), "rewind state")
     return {**state, "progress": progress}
 
@@ -202,5 +203,6 @@ def locate(args: argparse.Namespace, explicit: set[str]) -> Resumed:
     checkpoint = None
     if start > 0:
         state = load_verified(run_dir.checkpoint_path(), "checkpoint")
-        checkpoint = whole_checkpoint(state, run_dir, merged.rewind_epoch)
+        late = rewind_step(merged, epoch_steps=1) > 0  # for any number of steps per epoch
+        checkpoint = whole_checkpoint(state, run_dir, late)
     return Resumed(run_dir, merged, start, checkpoint, record, changed)

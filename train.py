@@ -109,21 +109,28 @@ def lr_schedule(
     drops: list[int],
     gamma: float,
     epoch_steps: int,
+    start_step: int = 0,
 ) -> LambdaLR | None:
     """A fresh schedule for one level's optimiser (`--warmup_iters`, `--lr_drops`,
     `--lr_gamma`), stepped once after each optimiser step; None (a constant rate, the
     original's) when there is neither warm-up nor a drop.
 
-    Built with the optimiser at the start of every level, so every level restarts it, as the
-    paper does. The constructor sets the rate of step 0; nothing warns, since the scheduler is
-    stepped only after the optimiser.
+    Built with the optimiser at the start of every level. The level's first step is step
+    `start_step` of the schedule (`lr_factor(start_step + i)` for its i-th step): 0 restarts it,
+    as the paper does; a level rewound to step N of level 0 (--rewind_iter) continues it there,
+    as OpenLTH does. The constructor sets the rate of the first step; nothing warns, since the
+    scheduler is stepped only after the optimiser.
     """
     if warmup_iters == 0 and not drops:
         return None
 
     def factor(step: int) -> float:
         return lr_factor(
-            step, warmup_iters=warmup_iters, drops=drops, gamma=gamma, epoch_steps=epoch_steps
+            start_step + step,
+            warmup_iters=warmup_iters,
+            drops=drops,
+            gamma=gamma,
+            epoch_steps=epoch_steps,
         )
 
     return LambdaLR(optimizer, factor)
@@ -139,6 +146,8 @@ def train_epoch(
     *,
     compiled: bool = False,
     schedule: LambdaLR | None = None,
+    skip: int = 0,
+    after: tuple[int, Callable[[], None]] | None = None,
 ) -> float:
     """One pass over a fresh permutation of `data`; returns the mean training loss.
 
@@ -149,6 +158,11 @@ def train_epoch(
     the step never waits on the host. The last, smaller batch is kept (the original's train
     loader did not drop it). `schedule` (`lr_schedule`), if any, is stepped after every
     optimiser step.
+
+    `skip`: the first `skip` batches of the permutation are not trained (the first, partial
+    epoch of a level that starts inside an epoch; the loss is then the mean over the batches
+    trained). `after` = (k, call): call() once k optimiser steps of this pass are done (k from
+    1), inside the loop, with the model as that step left it.
     """
     model.train()
     loss_of = batch_loss(model, criterion, compiled)
@@ -156,7 +170,9 @@ def train_epoch(
     count = len(data)
     order = torch.randperm(count, device=data.labels.device)
     total = torch.zeros((), device=data.labels.device)
-    for start in range(0, count, batch_size):
+    first = skip * batch_size
+    at, call = after if after is not None else (-1, None)
+    for step, start in enumerate(range(first, count, batch_size), start=1):
         x, y = data.batch(order[start : start + batch_size])
         optimizer.zero_grad(set_to_none=True)
         loss = loss_of(x, y)
@@ -166,7 +182,9 @@ def train_epoch(
         if schedule is not None:
             schedule.step()
         total += loss.detach() * y.shape[0]
-    return total.item() / count
+        if step == at and call is not None:
+            call()
+    return total.item() / (count - first)
 
 
 @torch.no_grad()
@@ -203,12 +221,20 @@ class LevelHistory:
     The best model is, without a validation set, the one of the best test accuracy (the
     original's rule); with one, the one of the minimum validation loss (the paper's early
     stopping), and `best_accuracy` is then its test accuracy.
+
+    Epochs are those of the whole schedule, counted from its step 0, so that they compare
+    across levels. A level that starts at step N (rewound to step N of level 0, --rewind_iter)
+    trains epochs `first_epoch` = N // steps per epoch to the last: the per-epoch arrays have
+    one entry for each of those (end_iter - first_epoch entries; entry i is epoch
+    first_epoch + i), the first of them possibly partial (its batches after step N only).
+    Without rewinding, first_epoch is 0 and they have an entry for every epoch.
     """
 
-    all_loss: np.ndarray  # mean training loss of each epoch
-    all_accuracy: np.ndarray  # latest test accuracy at each epoch, as the original kept it
+    all_loss: np.ndarray  # mean training loss of each epoch the level trained
+    all_accuracy: np.ndarray  # latest test accuracy at each of them, as the original kept it
     best_accuracy: float
-    best_epoch: int  # epochs of training done when the best model was measured
+    best_epoch: int  # epoch (from step 0) when the best model was measured: epochs done, or
+    # first_epoch for the test at the level's start, which follows the N steps rewound to
     best_state: dict[str, torch.Tensor]
     final_accuracy: float  # after the last epoch
     # with a validation set only (else None): latest validation loss and accuracy at each epoch,
@@ -218,6 +244,7 @@ class LevelHistory:
     early_stop_epoch: int | None = None
     val_loss: float | None = None
     val_accuracy: float | None = None
+    first_epoch: int = 0  # the epoch of the level's first step
 
 
 def train_level(
@@ -236,25 +263,37 @@ def train_level(
     compiled: bool = False,
     val_set: Split | None = None,
     schedule: LambdaLR | None = None,
+    start_step: int = 0,
+    after_steps: tuple[int, Callable[[], None]] | None = None,
 ) -> LevelHistory:
-    """Train `epochs` epochs, testing every `valid_freq` epochs before training and once after.
+    """Train from optimiser step `start_step` to the end of epoch `epochs`, testing before
+    training, every `valid_freq` epochs and once after.
 
     As in the original, the test at epoch e measures the model after e epochs of training, and
     an epoch without a test repeats the latest accuracy. The best model's state is kept in
     memory; the caller writes it out once, at the end of the level. `compiled`: the batch loss
     goes through torch.compile (`--compile`, `steps.use_compile`). `schedule`: the level's
-    learning-rate schedule (`lr_schedule`).
+    learning-rate schedule (`lr_schedule`, started at `start_step` too).
+
+    `start_step` = N (a level rewound to step N of level 0): the level starts in epoch
+    N // steps per epoch, whose fresh permutation it draws and trains from batch
+    N % steps per epoch on (the batches before it are not trained in that epoch), as OpenLTH
+    does with its epoch's order. `after_steps` = (n, call): call() once n optimiser steps,
+    counted from step 0 as `start_step` is, are done (level 0 keeps its rewind state so).
 
     With `val_set` (`--val_size`), every test also measures the validation loss and accuracy,
     and the best model is the one of the minimum validation loss (the earliest on a tie);
     `on_epoch` then gets them as the keywords `val_loss` and `val_accuracy`.
     """
     criterion = nn.CrossEntropyLoss()
-    all_loss = np.zeros(epochs, float)
-    all_accuracy = np.zeros(epochs, float)
+    epoch_steps = steps_per_epoch(len(train_set), batch_size)
+    first_epoch, skip = divmod(start_step, epoch_steps)
+    trained = epochs - first_epoch
+    all_loss = np.zeros(trained, float)
+    all_accuracy = np.zeros(trained, float)
     validating = val_set is not None
-    all_val_loss = np.zeros(epochs, float) if validating else None
-    all_val_accuracy = np.zeros(epochs, float) if validating else None
+    all_val_loss = np.zeros(trained, float) if validating else None
+    all_val_accuracy = np.zeros(trained, float) if validating else None
     best_accuracy, best_epoch, best_state = -1.0, 0, None
     best_val: tuple[float, float] = (math.inf, 0.0)
     accuracy, val = 0.0, (0.0, 0.0)
@@ -280,10 +319,18 @@ def train_level(
         consider_validation(accuracy, measured, epoch)
         return accuracy, measured
 
-    bar = tqdm(range(epochs), desc=description, dynamic_ncols=True)
-    for epoch in bar:
-        if epoch % valid_freq == 0:
+    def within(done: int, end: int) -> tuple[int, Callable[[], None]] | None:
+        """`after_steps` as train_epoch counts, if its step is among steps done+1..end."""
+        if after_steps is None or not done < after_steps[0] <= end:
+            return None
+        return after_steps[0] - done, after_steps[1]
+
+    bar = tqdm(range(first_epoch, epochs), desc=description, dynamic_ncols=True)
+    for i, epoch in enumerate(bar):
+        if i % valid_freq == 0:
             accuracy, val = measure(epoch)
+        skipped = skip if i == 0 else 0
+        done = epoch * epoch_steps + skipped
         loss = train_epoch(
             model,
             train_set,
@@ -293,6 +340,8 @@ def train_level(
             masks,
             compiled=compiled,
             schedule=schedule,
+            skip=skipped,
+            after=within(done, (epoch + 1) * epoch_steps),
         )
         if not math.isfinite(loss):
             bar.close()  # so that the message starts on a line of its own
@@ -301,9 +350,9 @@ def train_level(
                 f"training diverged at epoch {epoch} ({description.strip()}): the loss is {loss};"
                 f" try a lower --lr than {lr:g}"
             )
-        all_loss[epoch], all_accuracy[epoch] = loss, accuracy
+        all_loss[i], all_accuracy[i] = loss, accuracy
         if all_val_loss is not None and all_val_accuracy is not None:
-            all_val_loss[epoch], all_val_accuracy[epoch] = val
+            all_val_loss[i], all_val_accuracy[i] = val
         if on_epoch is not None:
             if validating:
                 on_epoch(epoch, loss, accuracy, val_loss=val[0], val_accuracy=val[1])
@@ -320,6 +369,7 @@ def train_level(
     history = LevelHistory(
         all_loss, all_accuracy, best_accuracy, best_epoch, best_state, final_accuracy
     )
+    history.first_epoch = first_epoch
     if validating:
         history.all_val_loss, history.all_val_accuracy = all_val_loss, all_val_accuracy
         history.early_stop_epoch = best_epoch

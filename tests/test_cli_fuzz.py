@@ -42,6 +42,8 @@ FLAG_VALUES = {
     "prune_percent": FLOATS,
     "prune_iterations": INTS,
     "seed": INTS,
+    "rewind_epoch": INTS,
+    "rewind_iter": INTS,
     "plot_dpi": INTS,
     "data_dir": ["data", "/nonexistent/data"],
     "results_root": ["results", "/nonexistent/results"],

@@ -61,6 +61,8 @@ def test_rewind_state_is_the_model_after_k_epochs_and_later_levels_start_from_it
         param.data.mul_(torch.from_numpy(layer_mask))
     first_accuracy = load_dump(dumps / "lt_all_accuracy_90.0.dat")[0]
     assert first_accuracy == evaluate(model, test_set)
+    # and trains from there to the end: the third epoch only, not three more
+    assert len(load_dump(dumps / "lt_all_loss_90.0.dat")) == 1
 
     # the state is in level 1's checkpoint and the rewind file: resuming level 2 gives the same
     # files as the full run
@@ -204,6 +206,7 @@ def test_defaults_record_the_original_choices(tmp_path, mnist_source):
 NEW_DEFAULTS = {
     "init": "xavier",
     "rewind_epoch": 0,
+    "rewind_iter": 0,
     "prune_scope": "layer",
     "prune_percent_output": None,
     "prune_percent_conv": None,

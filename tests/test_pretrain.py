@@ -66,7 +66,7 @@ def test_lt_rewinds_to_the_pretrained_weights(tmp_path):
     checkpoint = torch.load(run / "checkpoints" / "latest.pth", weights_only=False)
     assert "initial_state" not in checkpoint["progress"]  # a resume reads the file instead
     files = RunDir(run, "fclin", "cifar10", "lt")
-    whole = resume.whole_checkpoint(checkpoint, files, rewind_epoch=0)
+    whole = resume.whole_checkpoint(checkpoint, files, rewinds_late=False)
     for key, value in whole["progress"]["initial_state"].items():
         assert torch.equal(value, pretrained[key]), key  # what level 1 rewinds to
     with open(run / "dumps" / "lt" / "fclin" / "cifar10" / "lt_mask_100.0.pkl", "rb") as file:
