@@ -52,6 +52,7 @@ from record import (
 from results import RunDir, level_tag, read_mask
 from steps import use_compile
 from train import (
+    InputDropout,
     LevelHistory,
     add_input_dropout,
     build_optimizer,
@@ -115,6 +116,10 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
     seed_everything(args.seed)
     init = initializer(args.init, train_set)
     model = build_model(args, train_set, init).to(device)
+    if resumed is not None and resumed.checkpoint is not None:  # before anything is written
+        resumed.checkpoint = resume.whole_checkpoint(
+            resumed.checkpoint, resumed.run_dir, args.rewind_epoch, saved_model_classes(model)
+        )
     if args.masks_from is not None:
         check_saved_masks(model, args)
     if args.pretrain == "zae" and (resumed is None or resumed.checkpoint is None):
@@ -212,6 +217,12 @@ def build_model(args: argparse.Namespace, train_set: data.Split, init: Initializ
     model = archs.build(args.dataset, args.arch_type, **cli.arch_options(args))
     archs.fit_to_data(model, train_set)
     return add_input_dropout(init(model), args.dropout)
+
+
+def saved_model_classes(model: nn.Module) -> list[type]:
+    """The classes a whole model this run saved holds (results.RunDir.save_model): those of
+    `model`'s modules, and --dropout's hook. Reading a saved model back allows these only."""
+    return [*dict.fromkeys(type(module) for module in model.modules()), InputDropout]
 
 
 def record_run(
