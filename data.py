@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torchvision import datasets
 
+from safe_load import ArrayUnpickler
 from utils import UserError
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -517,32 +518,11 @@ def _extract(spec: DatasetSpec, archive: Path, stage: Path, where: str) -> None:
         raise UserError(f"{where}: {archive.name} lacks {', '.join(missing)}")
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles dicts of numpy arrays, lists and strings only: a data file runs no code."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
-        ("__builtin__", "bytes"),
-        ("builtins", "bytes"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refers to {module}.{name}")
-        return super().find_class(module, name)
-
-
 def _cifar_entry(spec: DatasetSpec, path: Path, meta: bool) -> tuple[dict[str, Any], bool]:
     """One CIFAR pickle, checked, with str keys; and whether its keys were bytes."""
     try:
         with open(path, "rb") as file:
-            entry = _ArrayUnpickler(file, encoding="latin1").load()
+            entry = ArrayUnpickler(file, encoding="latin1").load()  # runs no code
     except Exception as error:
         raise _Bad(f"is not a readable python pickle ({type(error).__name__}: {error})") from None
     if not isinstance(entry, dict):

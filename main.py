@@ -53,6 +53,7 @@ from record import (
 from results import RunDir, level_tag, read_mask
 from steps import use_compile
 from train import (
+    InputDropout,
     LevelHistory,
     add_input_dropout,
     build_optimizer,
@@ -115,10 +116,18 @@ def run(args: argparse.Namespace, explicit: set[str]) -> None:
     val_set = None
     if args.val_size > 0:  # before the run folder exists: a bad --val_size creates nothing
         train_set, val_set = data.hold_out(train_set, args.val_size, args.batch_size)
-    cli.validate_rewind_step(args, steps_per_epoch(len(train_set), args.batch_size))
+    epoch_steps = steps_per_epoch(len(train_set), args.batch_size)
+    cli.validate_rewind_step(args, epoch_steps)
     seed_everything(args.seed)
     init = initializer(args.init, train_set)
     model = build_model(args, train_set, init).to(device)
+    if resumed is not None and resumed.checkpoint is not None:  # before anything is written
+        resumed.checkpoint = resume.whole_checkpoint(
+            resumed.checkpoint,
+            resumed.run_dir,
+            rewinds_late=cli.rewind_step(args, epoch_steps) > 0,
+            classes=saved_model_classes(model),
+        )
     if args.masks_from is not None:
         check_saved_masks(model, args)
     if args.pretrain == "zae" and (resumed is None or resumed.checkpoint is None):
@@ -226,6 +235,12 @@ def build_model(args: argparse.Namespace, train_set: data.Split, init: Initializ
     model = archs.build(args.dataset, args.arch_type, **cli.arch_options(args))
     archs.fit_to_data(model, train_set)
     return add_input_dropout(init(model), args.dropout)
+
+
+def saved_model_classes(model: nn.Module) -> list[type]:
+    """The classes a whole model this run saved holds (results.RunDir.save_model): those of
+    `model`'s modules, and --dropout's hook. Reading a saved model back allows these only."""
+    return [*dict.fromkeys(type(module) for module in model.modules()), InputDropout]
 
 
 def record_run(

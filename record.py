@@ -43,7 +43,8 @@ def deterministic_algorithms(device: torch.device) -> None:
 
 
 def rng_states() -> dict:
-    """Every random generator's state, for an exact resume."""
+    """Every random generator's state, for an exact resume: "cuda" holds one state per CUDA
+    device of this machine (none without CUDA)."""
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
@@ -53,11 +54,26 @@ def rng_states() -> dict:
 
 
 def restore_rng_states(states: dict) -> None:
+    """Put every generator where `states` (rng_states) had it, on this machine too when it has
+    fewer CUDA devices than the one that saved them, or none: then the states of the devices it
+    has are set (the first ones) and the others left out, with a one-line notice that the
+    random draws will differ from the original machine's."""
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    saved = list(states["cuda"])
+    if not saved:
+        return
+    here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index, state in enumerate(saved[:here]):
+        torch.cuda.set_rng_state(state, index)
+    if here < len(saved):
+        kept = f"the first {here} are restored" if here else "they are left out"
+        print(
+            f"notice: the checkpoint holds the random states of {len(saved)} CUDA device(s) and"
+            f" this machine has {here}: {kept}, so the random draws here may differ from the"
+            " original machine's"
+        )
 
 
 def package_versions() -> dict[str, str | None]:

@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from pruning import Mask, prunable
+from safe_load import Refused, load_array_list, load_torch
 from utils import UserError
 
 CHECKPOINTS = "checkpoints"
@@ -244,15 +245,16 @@ class RunDir:
         atomic_write(self.checkpoint_path(), lambda f: torch.save(state, f))
 
     def checkpoint_level(self) -> int | None:
-        """The level the checkpoint was saved at; None without a readable one.
+        """The level the checkpoint was saved at; None without a readable one. safe_load.Refused
+        when it holds what no checkpoint of this program holds (it could run code).
 
         Memory-mapped, so reading the level of a large checkpoint costs a few milliseconds.
         """
         try:
-            state = torch.load(
-                self.checkpoint_path(), map_location="cpu", mmap=True, weights_only=False
-            )
+            state = load_torch(self.checkpoint_path(), "checkpoint", mmap=True)
             return int(state["level"])
+        except Refused:
+            raise
         except Exception:  # missing, or any unzipping or unpickling fault of a damaged file
             return None
 
@@ -324,10 +326,7 @@ def mask_from_bool(stored: dict[str, np.ndarray]) -> Mask:
 
 def read_mask(path: Path | str, model: nn.Module) -> Mask:
     """The mask in the mask file `path` (`{pt}_mask_{comp}.pkl`, this program's or the
-    original's) for `model`; UserError when the file cannot be read or does not fit `model`."""
-    try:
-        with open(path, "rb") as file:
-            entries = pickle.load(file)
-    except Exception as error:  # any failure to open or unpickle it
-        raise UserError(f"{path}: cannot read a mask from it ({error})") from None
-    return mask_from_list(model, entries, str(path))
+    original's) for `model`; UserError when the file cannot be read, holds anything but a list of
+    arrays of numbers (safe_load: it is refused without running any of it) or does not fit
+    `model`."""
+    return mask_from_list(model, load_array_list(path), str(path))

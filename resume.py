@@ -9,20 +9,24 @@ So a run continues at the level after its checkpoint, or starts again at level 0
 import argparse
 import json
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 import runs
-from cli import NEUTRAL, rewind_step
+from cli import NEUTRAL
 from results import RunDir, mask_from_bool, mask_to_bool
+from safe_load import load_torch
 from utils import UserError
 
 MATCH_ON = ("dataset", "arch_type", "prune_type")
 NOT_RECORDED = ("resume", "start_iter")
 FROM_FILES = ("initial_state", "rewind_state")  # progress a checkpoint does not hold
+CHECKPOINT_KEYS = {"level", "model_state", "progress", "rng"}  # what main.checkpoint saves
 RESTART = "to run the whole run again in this folder, add --start_iter 0"
 
 
@@ -35,7 +39,9 @@ class Resumed:
     run_dir: RunDir
     args: argparse.Namespace
     start: int  # first level to run
-    checkpoint: dict | None  # the state at the end of level `start - 1`; None: start afresh
+    # the state at the end of level `start - 1` (its initial and rewind states are read by
+    # whole_checkpoint, which needs the model); None: start afresh
+    checkpoint: dict | None
     record: dict  # the content of args.json
     changed: dict[str, list]  # result-neutral flag -> [the run's value, the new one]
 
@@ -115,8 +121,9 @@ def finished_levels(run_dir: RunDir) -> int:
     return level + 1
 
 
-def load_verified(path: Path, what: str) -> Any:
-    """`torch.load` of a result file, its damage a UserError naming it.
+def load_verified(path: Path, what: str, classes: Iterable[type] = ()) -> Any:
+    """A result file read back by `safe_load.load_torch` (tensors, plain values, numpy arrays of
+    numbers and instances of `classes` only), its damage a UserError naming it.
 
     torch.load does not check the checksums its zip format stores, so a file with flipped bytes
     in a tensor would load silently: every member's CRC is checked first.
@@ -126,7 +133,7 @@ def load_verified(path: Path, what: str) -> Any:
             damaged = archive.testzip()
         if damaged is not None:
             raise UserError(f"{what} {path} is corrupt ({damaged} fails its checksum); {RESTART}")
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return load_torch(path, what, classes)
     except UserError:
         raise
     except FileNotFoundError:
@@ -137,6 +144,18 @@ def load_verified(path: Path, what: str) -> Any:
         ) from None
 
 
+def load_checkpoint(path: Path) -> dict:
+    """The checkpoint at `path`: UserError unless it holds what `main.checkpoint` saves."""
+    state = load_verified(path, "checkpoint")
+    missing = CHECKPOINT_KEYS - set(state) if isinstance(state, dict) else CHECKPOINT_KEYS
+    if missing:
+        raise UserError(
+            f"checkpoint {path} is not one of this program's (it lacks"
+            f" {', '.join(sorted(missing))}); {RESTART}"
+        )
+    return state
+
+
 def checkpoint_progress(progress: dict) -> dict:
     """What a checkpoint keeps of a level's progress: all but the initial and rewind states
     (their result files hold them), the mask as booleans."""
@@ -145,22 +164,29 @@ def checkpoint_progress(progress: dict) -> dict:
     return kept
 
 
-def whole_checkpoint(state: dict, run_dir: RunDir, rewinds_late: bool) -> dict:
+def whole_checkpoint(
+    state: dict, run_dir: RunDir, rewinds_late: bool, classes: Iterable[type]
+) -> dict:
     """The checkpoint `state` with the progress complete again: the float mask, and the initial
-    (and, if `rewinds_late`: --rewind_iter or --rewind_epoch, the rewind) state from their
-    result files."""
+    (and, if `rewinds_late`: --rewind_iter or --rewind_epoch, the rewind) state from their result
+    files, whole models that may hold instances of `classes` only (those of the model this run
+    builds)."""
     progress = dict(state["progress"])
     progress["mask"] = mask_from_bool(progress["mask"])
-    progress["initial_state"] = saved_state(run_dir.initial_state_path(), "initial state")
-    progress["rewind_state"] = None
+    initial = saved_state(run_dir.initial_state_path(), "initial state", classes)
+    progress["initial_state"], progress["rewind_state"] = initial, None
     if rewinds_late:
-        progress["rewind_state"] = saved_state(run_dir.rewind_state_path(), "rewind state")
+        rewind = saved_state(run_dir.rewind_state_path(), "rewind state", classes)
+        progress["rewind_state"] = rewind
     return {**state, "progress": progress}
 
 
-def saved_state(path: Path, what: str) -> dict[str, torch.Tensor]:
-    """The state of a model that results.RunDir.save_model saved whole."""
-    return load_verified(path, what).state_dict()
+def saved_state(path: Path, what: str, classes: Iterable[type]) -> dict[str, torch.Tensor]:
+    """The state of a model that results.RunDir.save_model saved whole (a model of `classes`)."""
+    model = load_verified(path, what, classes)
+    if not isinstance(model, nn.Module):
+        raise UserError(f"{what} {path} holds a {type(model).__name__}, not a model; {RESTART}")
+    return model.state_dict()
 
 
 def first_level(args: argparse.Namespace, explicit: set[str], done: int, folder: Path) -> int:
@@ -200,9 +226,5 @@ def locate(args: argparse.Namespace, explicit: set[str]) -> Resumed:
     start = merged.start_iter = first_level(args, explicit, done, folder)
     if start >= merged.prune_iterations:
         raise RunFinished(f"{folder} has finished all {merged.prune_iterations} levels")
-    checkpoint = None
-    if start > 0:
-        state = load_verified(run_dir.checkpoint_path(), "checkpoint")
-        late = rewind_step(merged, epoch_steps=1) > 0  # for any number of steps per epoch
-        checkpoint = whole_checkpoint(state, run_dir, late)
+    checkpoint = load_checkpoint(run_dir.checkpoint_path()) if start > 0 else None
     return Resumed(run_dir, merged, start, checkpoint, record, changed)

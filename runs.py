@@ -20,6 +20,7 @@ import numpy as np
 
 from cli import NEUTRAL
 from results import RunDir, level_tag
+from safe_load import Refused, load_array
 from utils import UserError
 
 # Arguments that do not tell runs apart: the resume flags and the result-neutral ones.
@@ -52,10 +53,25 @@ class Run:
 
     @property
     def complete(self) -> bool:
+        """Whether the whole-run dumps are there and the checkpoint is the last level's.
+
+        safe_load.Refused (a UserError naming the file) when the checkpoint or a dump holds what
+        this program never writes (the original's tools would run it): the dumps are read for
+        that only, their figures are summary.csv's too.
+        """
         files = self.files
         dumps = (files.dump_path("compression"), files.dump_path("bestaccuracy"))
         last = self.args["prune_iterations"] - 1
-        return all(path.exists() for path in dumps) and files.checkpoint_level() == last
+        if not all(path.exists() for path in dumps) or files.checkpoint_level() != last:
+            return False
+        for path in dumps:
+            try:
+                load_array(path)
+            except Refused:
+                raise
+            except UserError:  # damaged: no matter for completeness, as before
+                pass
+        return True
 
     def weights_left(self) -> np.ndarray:
         """Percent of the prunable weights left at each level (`weights_left` of summary.csv;
@@ -63,7 +79,7 @@ class Run:
         return np.array([row["weights_left"] for row in self.summary()])
 
     def best_accuracy(self) -> np.ndarray:
-        return np.load(self.files.dump_path("bestaccuracy"), allow_pickle=True)
+        return load_array(self.files.dump_path("bestaccuracy"))
 
     def finished_levels(self) -> int:
         """How many levels finished: each has its summary row, and the checkpoint (written last,

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import main
 import resume
 from initialization import initialize
 from pretrain import hidden_stages, pretrain_zae, train_autoencoder
@@ -66,7 +67,8 @@ def test_lt_rewinds_to_the_pretrained_weights(tmp_path):
     checkpoint = torch.load(run / "checkpoints" / "latest.pth", weights_only=False)
     assert "initial_state" not in checkpoint["progress"]  # a resume reads the file instead
     files = RunDir(run, "fclin", "cifar10", "lt")
-    whole = resume.whole_checkpoint(checkpoint, files, rewinds_late=False)
+    model = torch.load(saves / "initial_state_dict_lt.pth.tar", weights_only=False)
+    whole = resume.whole_checkpoint(checkpoint, files, False, main.saved_model_classes(model))
     for key, value in whole["progress"]["initial_state"].items():
         assert torch.equal(value, pretrained[key]), key  # what level 1 rewinds to
     with open(run / "dumps" / "lt" / "fclin" / "cifar10" / "lt_mask_100.0.pkl", "rb") as file:

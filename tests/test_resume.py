@@ -135,12 +135,13 @@ def test_the_checkpoint_holds_each_thing_once_and_the_mask_as_booleans(finished)
     masks = state["progress"]["mask"]
     assert list(masks) == ["classifier.0.weight", "classifier.2.weight", "classifier.4.weight"]
     assert all(m.dtype == np.bool_ for m in masks.values())
-    whole = resume.whole_checkpoint(state, RunDir(finished, "fc1", "mnist", "lt"), False)
-    assert all(m.dtype == np.float32 for m in whole["progress"]["mask"].values())
-    assert whole["progress"]["rewind_state"] is None
     initial = torch.load(
         finished / "saves/fc1/mnist/initial_state_dict_lt.pth.tar", weights_only=False
     )
+    classes = main.saved_model_classes(initial)
+    whole = resume.whole_checkpoint(state, RunDir(finished, "fc1", "mnist", "lt"), False, classes)
+    assert all(m.dtype == np.float32 for m in whole["progress"]["mask"].values())
+    assert whole["progress"]["rewind_state"] is None
     assert list(whole["progress"]["initial_state"]) == list(initial.state_dict())
 
 
