@@ -14,6 +14,7 @@ from torch import nn
 import data
 import train
 from data import Split
+from safe_load import load_array, load_array_list
 from tests.datafiles import write_mnist_files
 from tests.test_bad_input import check_refused
 from tests.test_main import TINY, load_dump, only_run, run_main
@@ -181,21 +182,35 @@ def test_bad_val_size_is_one_line_and_creates_nothing(tmp_path, capsys, small_so
 
 # --- without the new flags: the files of a seeded run as before them --------------------------
 
-# sha256 of the files of the run below, made by the code before --val_size and the schedules
-# existed (two runs of that code gave the same bytes). The loss files and summary.csv are not
-# among them: their last bits depend on the CPU's float kernels and even on what ran before in
-# the process (an AVX2 machine wrote other bytes, and there this test alone wrote others again
-# than within the whole suite). Their values are checked below within float rounding; the accuracies, the
-# compression and the masks are the same bytes on every machine tried.
-BEFORE = {
-    "lt_all_accuracy_100.0.dat": "3560d207235a940752624f8081b0b57e37b013651e4228ce3d4bdeccb99cc9bd",
-    "lt_all_accuracy_81.0.dat": "30d1c243f83385105514b1985c9a728b56b233cb6ba36bc251b7b324dc474557",
-    "lt_all_accuracy_90.0.dat": "a08dcc2bb7914a8a214902ed2b07f86d97970dd87dfb97ab5aa1327267ecc788",
-    "lt_bestaccuracy.dat": "98e4fa087a2619917445064986174952a93e87e237346b166754ebb1d5c36d5c",
-    "lt_compression.dat": "94fc7761861ab48bbb50afeb9f86ececfae9bf1c2af8f4f8410c0e0de0a6c351",
-    "lt_mask_100.0.pkl": "d9fc3b2ab3b3cd10bd81d2b1c7f085be3b154556b9dbab10440b9104db2d9763",
-    "lt_mask_81.0.pkl": "7d23a99b8e4e28ce4c7b6930fa460bab8ea919c9f7c0c636f5e54e30db761225",
-    "lt_mask_90.0.pkl": "3c00f9b3cbf8313ba26d11349af3e9ce15e89a3c449b9ec5cc773c4054b15ac9",
+# The decoded content of the files of the run below, made by the code before --val_size and the
+# schedules existed (two runs of that code gave the same files). Arrays are compared by value, not
+# by the bytes of their pickles, which change with numpy's major version (requirements.txt does not
+# pin numpy): the numbers exactly, the masks (784x300 entries) by the sha256 of their float32 data,
+# which is numpy's raw buffer and the same under every version. The losses are checked within float
+# rounding: their last bits depend on the CPU's float kernels and even on what ran before in the
+# process (an AVX2 machine wrote other values, and there this test alone wrote others again than
+# within the whole suite). The accuracies, the compression and the masks were the same on every
+# machine tried.
+ACCURACY_BEFORE = {"100.0": [6.0, 100.0], "90.0": [17.0, 100.0], "81.0": [33.0, 100.0]}
+BEST_BEFORE = [100.0, 100.0, 100.0]
+COMPRESSION_BEFORE = [100.0, 90.0, 81.0]
+MASK_SHAPES = [(300, 784), (100, 300), (10, 100)]
+MASKS_BEFORE = {  # sha256 of each entry's float32 data, in the file's order
+    "100.0": [
+        "4448255ad46f47a3089cb211631b416935328be20ebfd9f27c834c8c8ef97acc",
+        "9a13a50bf326a19b1f09e28b611feb902345a8128bf89a7dc81426c8dcc8386f",
+        "9e504c05d5c0da9e17f53535dd25045c6b2ed03f54a9b32ecd2ddb6bef1b1acf",
+    ],
+    "90.0": [
+        "11082050c142f2840ad546f868e5a9832a828a640584cc4f085d6033dc41f7e8",
+        "10a89a4cb34f8398ea57ce7561a7a0a79875479c5d15d1c65c6c2b8e74d5db0b",
+        "f7910578bb552ad8246d821accc3c597b9292beba2c235ffc8fdd605e2b1738e",
+    ],
+    "81.0": [
+        "24bcd9bd6cdbeca65c849d0ed53095fd0f602545e602b0758ba6c6377004e480",
+        "a3a417755df5baabcce4cd963519e5af3bf1281228067c663689afa71ac5ed06",
+        "2255ab1b36253316bbb32cb490604a0d70a06621ea9136f8fd85ead58031955d",
+    ],
 }
 # The training losses of each level's two epochs, by percent of weights left (this code, on an
 # AVX-512 machine where every file matched the earlier code's bytes, and on an AVX2 one).
@@ -213,16 +228,25 @@ SUMMARY_BEFORE = [  # every column but final_loss
 
 
 def test_without_the_new_flags_a_seeded_run_writes_the_same_files_as_before(tmp_path):
-    source = write_mnist_files(tmp_path / "source")  # 200 training and 100 test images
+    # 200 training and 100 test images, of the data set the figures were recorded on
+    source = write_mnist_files(tmp_path / "source", separation="easy")
     flags = [*TINY, "--prune_iterations=3", f"--data_source={source}"]
     assert run_main(tmp_path, *flags, f"--data_dir={tmp_path / 'data'}") == 0
     run = only_run(tmp_path)
     dumps = run / "dumps" / "lt" / "fc1" / "mnist"
-    files = [
-        path for path in [*dumps.glob("*.dat"), *dumps.glob("*.pkl")] if "_loss_" not in path.name
-    ]
-    digests = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
-    assert digests == BEFORE
+    for array, expected in [
+        *((load_array(dumps / f"lt_all_accuracy_{p}.dat"), a) for p, a in ACCURACY_BEFORE.items()),
+        (load_array(dumps / "lt_bestaccuracy.dat"), BEST_BEFORE),
+        (load_array(dumps / "lt_compression.dat"), COMPRESSION_BEFORE),
+    ]:
+        assert array.dtype == np.float64 and array.tolist() == expected
+    assert sorted(path.name for path in dumps.glob("*.pkl")) == sorted(
+        f"lt_mask_{percent}.pkl" for percent in MASKS_BEFORE
+    )
+    for percent, digests in MASKS_BEFORE.items():
+        entries = load_array_list(dumps / f"lt_mask_{percent}.pkl")
+        assert [(e.dtype, e.shape) for e in entries] == [(np.float32, s) for s in MASK_SHAPES]
+        assert [hashlib.sha256(e.tobytes()).hexdigest() for e in entries] == digests, percent
     losses = {path.stem.rsplit("_", 1)[1]: load_dump(path) for path in dumps.glob("*_loss_*.dat")}
     assert losses.keys() == LOSSES_BEFORE.keys()
     for percent, values in LOSSES_BEFORE.items():
