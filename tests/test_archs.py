@@ -162,19 +162,46 @@ def test_every_original_pair_has_its_spec() -> None:
     assert originals | {("cifar10", "densenet121")} == set(ORIGINAL_PAIRS)
 
 
+# A real forward and backward at full size costs seconds for the largest networks (alexnet's 57M,
+# vgg16's 134M parameters): in the fast tier only below this size, the rest in the slow tier. Their
+# layout is checked in the fast tier on the meta device, where building them allocates nothing.
+FAST_FORWARD_PARAMETERS = 20_000_000
+
+
+def by_size(pairs: list[tuple[str, str]], parameters) -> list:
+    """`pairs` as pytest parameters, those of `parameters(pair)` at least FAST_FORWARD_PARAMETERS
+    marked slow."""
+    return [
+        pytest.param(
+            *pair,
+            id="-".join(pair),
+            marks=() if parameters(pair) < FAST_FORWARD_PARAMETERS else pytest.mark.slow,
+        )
+        for pair in pairs
+    ]
+
+
 @pytest.mark.parametrize(
     ("family", "arch"), ORIGINAL_PAIRS, ids=["-".join(p) for p in ORIGINAL_PAIRS]
 )
-def test_original_network(family: str, arch: str) -> None:
-    """Module tree, keys and shapes (in order: the masks follow it), parameter count and forward
-    computation are the original's; then one training step runs."""
+def test_original_network_layout(family: str, arch: str) -> None:
+    """Module tree, keys and shapes (in order: the masks follow it) and parameter count are the
+    original's; built on the meta device, so even vgg16 costs nothing."""
     spec = fixed_spec(family, arch)
-    torch.manual_seed(0)
-    model = archs.build(family, arch)
+    with torch.device("meta"):
+        model = archs.build(family, arch)
     assert repr(model).splitlines()[1:] == spec.modules
     assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == spec.keys
     assert sum(p.numel() for p in model.parameters()) == spec.parameters
 
+
+@pytest.mark.parametrize(
+    ("family", "arch"), by_size(ORIGINAL_PAIRS, lambda pair: fixed_spec(*pair).parameters)
+)
+def test_original_network_computes(family: str, arch: str) -> None:
+    """The forward computation is the original's; then one training step runs."""
+    torch.manual_seed(0)
+    model = archs.build(family, arch)
     model.eval()
     x = torch.randn(2, *SHAPES[family][0])
     with torch.no_grad():
@@ -256,7 +283,8 @@ def test_paper_network(family: str, arch: str) -> None:
 def test_openlth_networks_parameter_counts(arch: str, count: int) -> None:
     """All parameters on CIFAR-10: the weights above, the linear and convolution biases (VGG's
     convolutions have them), two per BatchNorm channel."""
-    model = archs.build("cifar10", arch)
+    with torch.device("meta"):
+        model = archs.build("cifar10", arch)
     assert sum(p.numel() for p in model.parameters()) == count
 
 

@@ -73,7 +73,8 @@ def test_every_result_file_exists_loads_and_makes_sense(tmp_path, dataset, prune
     best = load_dump(dumps / f"{pt}_bestaccuracy.dat")
     assert comp.shape == best.shape == (levels,)
     assert comp.dtype == np.float64 and np.all(np.diff(comp) < 0)
-    assert np.all((best >= 0) & (best <= 100))
+    # 10 classes: chance is 10%; the tiny data are hard enough that no level reaches 100%
+    assert np.all((best >= 25) & (best < 100)), best
     assert (plots / f"{pt}_AccuracyVsWeights.png").stat().st_size > 0
     rows = list(csv.DictReader(open(run / "summary.csv")))
     assert [float(r["params_left"]) for r in rows] == list(comp)
@@ -85,7 +86,13 @@ def test_every_result_file_exists_loads_and_makes_sense(tmp_path, dataset, prune
         accuracy = load_dump(dumps / f"{pt}_all_accuracy_{tag}.dat")
         assert loss.shape == accuracy.shape == (2,)
         assert np.all(np.isfinite(loss)) and np.all(loss > 0)
-        assert np.all((accuracy >= 0) & (accuracy <= 100))
+        # entry e: the test before epoch e trains; the best accuracy is the larger of those
+        # and the final test's
+        assert (
+            accuracy.max()
+            <= best[list(comp).index(c)]
+            == max(accuracy.max(), float(row["final_accuracy"]))
+        )
         with open(dumps / f"{pt}_mask_{tag}.pkl", "rb") as file:
             mask = pickle.load(file)
         assert [m.shape for m in mask] == [p.shape for p in _linear_weights(model)]

@@ -136,6 +136,7 @@ def test_sweep_without_ray_installed_says_how_to_install_it(tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,
     reason="Ray is not installed (pip install -r requirements-ray.txt); CI installs it",
