@@ -1,4 +1,5 @@
-"""Shared fixtures: the repository root on sys.path, no network, the test tiers."""
+"""Shared fixtures: the repository root on sys.path, no network, and the tiny MNIST data set and
+seeded reference run that the end-to-end tests share (each made once per session)."""
 
 import ipaddress
 import socket
@@ -68,3 +69,54 @@ def no_network(monkeypatch):
         monkeypatch.setenv(name, REFUSING_PROXY)
     for name in ("no_proxy", "NO_PROXY"):
         monkeypatch.setenv(name, ",".join(LOCAL_NAMES))
+
+
+# The reference run's recipe: fc1 on the session's tiny MNIST, 2 levels x 2 epochs, seed 5.
+REFERENCE_FLAGS = ["--seed", "5", "--plot_dpi", "20", "--prune_iterations", "2", "--end_iter", "2"]
+REFERENCE_FLAGS += ["--batch_size", "32"]
+
+
+@pytest.fixture(scope="session")
+def mnist_data(tmp_path_factory) -> list[str]:
+    """Data flags for main.py: a tiny MNIST (120 training and 60 test images, the hard
+    separation) written in the original's files and imported once for the whole session. The
+    tests that share it only read the imported data set."""
+    import torch
+
+    import data
+    from tests.datafiles import write_mnist_files
+
+    folder = tmp_path_factory.mktemp("mnist")
+    source = write_mnist_files(folder / "source", n_train=120, n_test=60)
+    data.load(
+        "mnist", str(folder / "data"), str(source), torch.device("cpu")
+    )  # the import, done here once
+    return [f"--data_source={source}", f"--data_dir={folder / 'data'}"]
+
+
+@pytest.fixture(scope="session")
+def mnist_source(mnist_data) -> Path:
+    """The folder of the session's tiny MNIST files, as a --data_source."""
+    return Path(mnist_data[0].removeprefix("--data_source="))
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, mnist_data) -> Path:
+    """The run folder of one finished seeded run (REFERENCE_FLAGS on mnist_data), with each
+    checkpoint it saved kept in `kept_checkpoints(reference_run)`. Tests compare against it or
+    work on copies of it; none changes it."""
+    import main
+    from tests.resultfiles import keep_checkpoints
+
+    folder = tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as patch:
+        keep_checkpoints(patch, folder / "kept")
+        patch.chdir(folder)
+        assert main.main([*REFERENCE_FLAGS, *mnist_data]) == 0
+    (run,) = (folder / "results").iterdir()
+    return run
+
+
+def kept_checkpoints(reference_run: Path) -> Path:
+    """The folder of the reference run's checkpoints, one per level (see keep_checkpoints)."""
+    return reference_run.parent.parent / "kept"

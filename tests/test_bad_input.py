@@ -11,11 +11,6 @@ from tests.conftest import ROOT
 from tests.datafiles import write_mnist_files
 
 
-@pytest.fixture(scope="module")
-def mnist_source(tmp_path_factory) -> Path:
-    return write_mnist_files(tmp_path_factory.mktemp("mnist"), n_train=60, n_test=30)
-
-
 def check_refused(tmp_path: Path, capsys, flags: list[str], *words: str) -> str:
     """Run main with `flags` in tmp_path; it must exit 2 with one line containing `words`."""
     with pytest.MonkeyPatch.context() as patch:

@@ -13,11 +13,10 @@ import tqdm
 import main
 import results
 import train
-from tests.datafiles import write_mnist_files
+from tests.conftest import REFERENCE_FLAGS
 from tests.resultfiles import assert_same_results, files_under
 
-FLAGS = ["--seed", "5", "--plot_dpi", "20", "--prune_iterations", "2", "--end_iter", "2"]
-FLAGS += ["--batch_size", "32"]
+FLAGS = REFERENCE_FLAGS
 LEVEL_0 = [
     "saves/fc1/mnist/initial_state_dict_lt.pth.tar",
     "saves/fc1/mnist/0_model_lt.pth.tar",
@@ -29,20 +28,15 @@ LEVEL_0 = [
 ]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> list[str]:
-    folder = tmp_path_factory.mktemp("data")
-    source = write_mnist_files(folder / "source", n_train=120, n_test=60)
-    return [f"--data_source={source}", f"--data_dir={folder / 'data'}"]
+@pytest.fixture
+def data(mnist_data) -> list[str]:
+    return mnist_data
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, data) -> Path:
-    """The same run as the tests', never disturbed."""
-    folder = tmp_path_factory.mktemp("reference")
-    assert run_main(folder, *FLAGS, *data) == 0
-    (run,) = (folder / "results").iterdir()
-    return run
+@pytest.fixture
+def reference(reference_run) -> Path:
+    """The same run as the tests' (FLAGS), never disturbed."""
+    return reference_run
 
 
 @pytest.fixture(autouse=True)

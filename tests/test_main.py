@@ -133,11 +133,10 @@ def test_same_seed_same_results(tmp_path):
         assert (runs[0] / name).read_bytes() == (runs[1] / name).read_bytes()
 
 
-def test_command_line_run_prints_where_the_results_are(tmp_path):
-    source = write_mnist_files(tmp_path / "source", n_train=120, n_test=60)
+def test_command_line_run_prints_where_the_results_are(tmp_path, mnist_data):
     result = subprocess.run(
         [sys.executable, str(ROOT / "main.py"), *TINY, "--prune_iterations=1", "--end_iter=1"]
-        + [f"--data_source={source}", f"--data_dir={tmp_path / 'data'}"],
+        + mnist_data,
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -151,11 +151,6 @@ def test_conv_layers_are_pruned_at_their_own_rate_end_to_end(tmp_path):
         assert n - int(layer_mask.sum()) == -(-rate * (n - 1) // 100), (n, rate)
 
 
-@pytest.fixture(scope="module")
-def mnist_source(tmp_path_factory) -> Path:
-    return write_mnist_files(tmp_path_factory.mktemp("mnist"), n_train=60, n_test=30)
-
-
 CIFAR_FCLIN = ["--dataset", "cifar10", "--arch_type", "fclin"]
 
 

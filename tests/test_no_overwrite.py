@@ -80,10 +80,9 @@ def test_concurrent_runs_get_their_own_folders_and_share_one_imported_data_set(t
         )
 
 
-def test_levels_with_the_same_comp_text_keep_their_own_files(tmp_path):
-    source = write_mnist_files(tmp_path / "source", n_train=120, n_test=60)
+def test_levels_with_the_same_comp_text_keep_their_own_files(tmp_path, mnist_data):
     flags = ["--seed=2", "--plot_dpi=20", "--prune_iterations=3", "--end_iter=1"]
-    flags += ["--prune_percent=0.01", f"--data_source={source}", f"--data_dir={tmp_path / 'd'}"]
+    flags += ["--prune_percent=0.01", *mnist_data]
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(tmp_path)
         assert main.main(flags) == 0

@@ -19,21 +19,17 @@ import main
 import record
 import resume
 from results import RunDir
-from tests.conftest import ROOT
-from tests.datafiles import write_mnist_files
-from tests.resultfiles import assert_same_results, keep_checkpoints, snapshot, stopped_after
+from tests.conftest import REFERENCE_FLAGS, ROOT, kept_checkpoints
+from tests.resultfiles import assert_same_results, snapshot, stopped_after
 from utils import UserError
 
-FLAGS = ["--seed", "3", "--plot_dpi", "20", "--prune_iterations", "3", "--end_iter", "2"]
-FLAGS += ["--batch_size", "32"]
+FLAGS = [*REFERENCE_FLAGS, "--prune_iterations", "3"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> list[str]:
-    """Data flags shared by the module's runs (the data set is imported once)."""
-    folder = tmp_path_factory.mktemp("data")
-    source = write_mnist_files(folder / "source", n_train=120, n_test=60)
-    return [f"--data_source={source}", f"--data_dir={folder / 'data'}"]
+@pytest.fixture
+def data(mnist_data) -> list[str]:
+    """Data flags shared by the session's runs (the data set is imported once)."""
+    return mnist_data
 
 
 def run_main(cwd: Path, *flags: str) -> int:
@@ -145,19 +141,14 @@ def test_the_checkpoint_holds_each_thing_once_and_the_mask_as_booleans(finished)
     assert list(whole["progress"]["initial_state"]) == list(initial.state_dict())
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, data) -> Path:
-    """A finished run of 2 levels; tests work on copies of it (see `finished_run`); each
-    checkpoint it saved is kept in ../../kept/ (see `kept`)."""
-    folder = tmp_path_factory.mktemp("finished")
-    with pytest.MonkeyPatch.context() as patch:
-        keep_checkpoints(patch, folder / "kept")
-        assert run_main(folder, *FLAGS, "--prune_iterations=2", *data) == 0
-    return the_run(folder)
+@pytest.fixture
+def finished(reference_run) -> Path:
+    """A finished run of 2 levels (the session's reference run); tests work on copies of it
+    (see `finished_run`); each checkpoint it saved is kept (see `kept`)."""
+    return reference_run
 
 
-def kept(finished: Path) -> Path:
-    return finished.parent.parent / "kept"
+kept = kept_checkpoints
 
 
 def finished_run(tmp_path: Path, finished: Path) -> Path:

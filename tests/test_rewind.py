@@ -13,7 +13,6 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import train
-from tests.datafiles import write_mnist_files
 from tests.resultfiles import (
     assert_same_results,
     files_under,
@@ -25,16 +24,14 @@ from tests.test_bad_input import check_refused
 from tests.test_main import TINY, load_dump, only_run, run_main
 
 LR = 1e-3
-EPOCH_STEPS = 4  # 100 training images in batches of 32 (TINY): the last batch holds 4
+EPOCH_STEPS = 4  # the session's 120 training images in batches of 32 (TINY): the last holds 24
 DUMPS = Path("dumps/lt/fc1/mnist")
 SAVES = Path("saves/fc1/mnist")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> list[str]:
-    folder = tmp_path_factory.mktemp("data")
-    source = write_mnist_files(folder / "source", n_train=100, n_test=40)
-    return [f"--data_source={source}", f"--data_dir={folder / 'data'}"]
+@pytest.fixture
+def data(mnist_data) -> list[str]:
+    return mnist_data
 
 
 class Steps:
@@ -142,8 +139,8 @@ def test_rewind_epoch_k_is_rewind_iter_k_times_the_steps_of_an_epoch(tmp_path, d
     [
         (["--rewind_iter=3", "--rewind_epoch=1"], ["--rewind_iter 3", "--rewind_epoch 1"]),
         (["--rewind_iter=8"], ["--rewind_iter", "0..7", "--end_iter 2", "4 steps"]),
-        # 64 images after --val_size: 2 steps per epoch
-        (["--rewind_iter=4", "--val_size=36"], ["--rewind_iter", "0..3", "2 steps", "got 4"]),
+        # 64 of the 120 images left after --val_size: 2 steps per epoch
+        (["--rewind_iter=4", "--val_size=56"], ["--rewind_iter", "0..3", "2 steps", "got 4"]),
         (["--rewind_iter=-1"], ["--rewind_iter", "-1"]),
         (["--rewind_iter=2", "--prune_type=reinit"], ["--rewind_iter", "reinit"]),
     ],
