@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-import plots
-import runs
-from cli import OneLineParser
-from results import atomic_write, save_png
-from utils import UserError, one_line
+from lth import plots, runs
+from lth.cli import OneLineParser
+from lth.errors import UserError, one_line
+from lth.results import atomic_write, save_png
 
 TABLE_FIELDS = ["line", "level", "weights_left", "trials", "measure"] + [
     f"{what}_{stat}" for what in ("accuracy", "epoch") for stat in ("mean", "min", "max")

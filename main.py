@@ -22,14 +22,11 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import archs
-import cli
-import data
-import plots
-import resume
-import runs
-from initialization import Initializer, initializer
-from pretrain import pretrain_zae
-from pruning import (
+from lth import cli, data, plots, resume, runs
+from lth.errors import UserError, one_line
+from lth.initialization import Initializer, initializer
+from lth.pretrain import pretrain_zae
+from lth.pruning import (
     Mask,
     apply_mask,
     device_masks,
@@ -41,7 +38,7 @@ from pruning import (
     state_copy,
     weights_left,
 )
-from record import (
+from lth.record import (
     choose_seed,
     deterministic_algorithms,
     restore_rng_states,
@@ -50,9 +47,9 @@ from record import (
     seed_everything,
     with_resume,
 )
-from results import RunDir, level_tag, read_mask
-from steps import use_compile
-from train import (
+from lth.results import RunDir, level_tag, read_mask
+from lth.steps import use_compile
+from lth.train import (
     InputDropout,
     LevelHistory,
     add_input_dropout,
@@ -62,7 +59,7 @@ from train import (
     steps_per_epoch,
     train_level,
 )
-from utils import UserError, one_line, print_nonzeros
+from utils import print_nonzeros
 
 
 @dataclass

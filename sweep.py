@@ -4,7 +4,7 @@
 
 Each task is an ordinary `main.py` run in a subprocess, with its own folder under --results_root.
 A task's earlier run is the newest run there whose args.json records the same experiment (every
-argument but those in runs.BOOKKEEPING): a complete one is skipped, an interrupted one resumed
+argument but those in experiment.BOOKKEEPING): a complete one is skipped, an interrupted one resumed
 with `main.py --resume`. So calling the sweep again with the same arguments finishes what is left.
 `--prune_type reinit_ticket` is the paper's control: `main.py --prune_type reinit --masks_from`
 the folder of the `lt` task of the same percent and seed, started once that task has finished.
@@ -20,10 +20,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import cli
 import combine_plots
-import runs
-from utils import UserError, one_line
+from lth import cli, experiment, runs
+from lth.errors import UserError, one_line
 
 MAIN = Path(__file__).resolve().parent / "main.py"
 SWEPT = ("prune_type", "prune_percent", "seed", "results_root")
@@ -131,13 +130,6 @@ def link_controls(tasks: list[Task]) -> None:
             task.ticket = lt[task.name.removeprefix(f"{CONTROL}_")]
 
 
-def same_experiment(task: Task, recorded: dict) -> bool:
-    """Whether a recorded run ran what `task` asks for (a task without a seed takes any seed)."""
-    ignore = set(runs.BOOKKEEPING) | ({"seed"} if task.args.seed is None else set())
-    wanted = {k: v for k, v in vars(task.args).items() if k not in ignore}
-    return all(recorded.get(name) == value for name, value in wanted.items())
-
-
 def plan(tasks: list[Task], results_root: str) -> None:
     """Match each task with its newest earlier run: finished (skip it), resume, or new.
 
@@ -150,7 +142,7 @@ def plan(tasks: list[Task], results_root: str) -> None:
             if task.ticket.status == "new":
                 continue
             task.take_masks_from(task.ticket.run_dir)
-        matching = [run for run in earlier if same_experiment(task, run.args)]
+        matching = [run for run in earlier if experiment.ran(run.args, vars(task.args))]
         if matching:
             task.earlier = matching[-1]
             task.run_dir = str(task.earlier.root)

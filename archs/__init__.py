@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from utils import UserError
+from lth.errors import UserError
 
 Factory = Callable[..., nn.Module]
 

@@ -61,15 +61,14 @@ from torch import nn  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 import archs  # noqa: E402
-import data  # noqa: E402
 import main  # noqa: E402
-import plots  # noqa: E402
-from initialization import initialize  # noqa: E402
-from layers import CONV_OR_LINEAR  # noqa: E402
-from pruning import device_masks, make_mask, prune_by_percentile  # noqa: E402
-from results import RunDir  # noqa: E402
-from steps import use_compile  # noqa: E402
-from train import (  # noqa: E402
+from lth import data, plots  # noqa: E402
+from lth.initialization import initialize  # noqa: E402
+from lth.layers import CONV_OR_LINEAR  # noqa: E402
+from lth.pruning import device_masks, make_mask, prune_by_percentile  # noqa: E402
+from lth.results import RunDir  # noqa: E402
+from lth.steps import use_compile  # noqa: E402
+from lth.train import (  # noqa: E402
     WEIGHT_DECAY,
     LevelHistory,
     adam,

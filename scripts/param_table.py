@@ -12,7 +12,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import archs  # noqa: E402
-from pruning import prunable_weights  # noqa: E402
+from lth.pruning import prunable_weights  # noqa: E402
 
 ORIGINAL = "original"
 PAPER = "Frankle & Carbin (2019)"

@@ -83,7 +83,7 @@ def mnist_data(tmp_path_factory) -> list[str]:
     tests that share it only read the imported data set."""
     import torch
 
-    import data
+    from lth import data
     from tests.datafiles import write_mnist_files
 
     folder = tmp_path_factory.mktemp("mnist")

@@ -19,8 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import main  # noqa: E402
-import results  # noqa: E402
-import train  # noqa: E402
+from lth import (
+    results,  # noqa: E402
+    train,  # noqa: E402
+)
 
 
 def die() -> None:

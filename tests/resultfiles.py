@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from results import RunDir
+from lth.results import RunDir
 
 
 def files_under(folder: Path, skip: tuple[str, ...] = ()) -> set[str]:

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 import archs
-from pruning import prunable_weights
-from utils import UserError
+from lth.errors import UserError
+from lth.pruning import prunable_weights
 
 ORIGINAL = {"fc1", "lenet5", "alexnet", "vgg16", "resnet18"}
 PAPER = {"conv2", "conv4", "conv6", "vgg19", "resnet20"}

@@ -59,7 +59,7 @@ def test_bad_flags_are_refused_in_one_line(tmp_path, capsys, mnist_source, flags
 
 
 def test_missing_data_names_the_files_and_both_flags(tmp_path, capsys, monkeypatch):
-    import data
+    from lth import data
 
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", str(tmp_path / "no-debian"))
     empty = tmp_path / "empty"

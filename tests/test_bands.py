@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import cli
 import combine_plots
-import runs
+from lth import cli, runs
 
 WEIGHTS = [100.0, 80.0, 64.0]
 

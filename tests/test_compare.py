@@ -14,8 +14,7 @@ import pytest
 
 import combine_plots
 import main
-import plots
-import runs
+from lth import plots, runs
 from tests.conftest import ROOT
 from tests.datafiles import write_mnist_files
 

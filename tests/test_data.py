@@ -11,9 +11,9 @@ import pytest
 import torch
 from torchvision import datasets
 
-import data
+from lth import data
+from lth.errors import UserError
 from tests.datafiles import write_cifar_files, write_mnist_files
-from utils import UserError
 
 CPU = torch.device("cpu")
 REAL_DEBIAN = data.DEBIAN_FASHION_MNIST

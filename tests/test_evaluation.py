@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 import archs
-from data import Split
-from initialization import initialize
-from train import add_input_dropout, evaluate, loss_and_accuracy
+from lth.data import Split
+from lth.initialization import initialize
+from lth.train import add_input_dropout, evaluate, loss_and_accuracy
 
 COUNT = 200
 

@@ -11,8 +11,7 @@ import pytest
 import tqdm
 
 import main
-import results
-import train
+from lth import results, train
 from tests.conftest import REFERENCE_FLAGS
 from tests.resultfiles import assert_same_results, files_under
 

@@ -9,15 +9,15 @@ from torch import nn
 
 import archs
 from archs.models.fclin import FCLin, RowStandardize, principal_components, standardize_rows
-from data import DATASETS, Split
-from pruning import (
+from lth.data import DATASETS, Split
+from lth.pruning import (
     device_masks,
     make_mask,
     prunable,
     prunable_weights,
     prune_by_percentile,
 )
-from train import add_input_dropout, train_epoch
+from lth.train import add_input_dropout, train_epoch
 
 SPEC = DATASETS["cifar10"]
 

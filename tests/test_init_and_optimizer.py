@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 import archs
-from initialization import initialize, initializer
-from pruning import device_masks, make_mask, prunable_weights, prune_by_percentile
+from lth.initialization import initialize, initializer
+from lth.pruning import device_masks, make_mask, prunable_weights, prune_by_percentile
+from lth.train import add_input_dropout, build_optimizer, train_epoch
 from tests.test_pruning import random_split
-from train import add_input_dropout, build_optimizer, train_epoch
 
 
 def optimizer_args(**overrides) -> argparse.Namespace:

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 import archs
-from initialization import initialize
-from pruning import make_mask, prunable, prune_by_percentile
-from results import RunDir, mask_to_list, read_mask
-from utils import UserError
+from lth.errors import UserError
+from lth.initialization import initialize
+from lth.pruning import make_mask, prunable, prune_by_percentile
+from lth.results import RunDir, mask_to_list, read_mask
 
 
 def pruned(dataset: str, arch: str) -> tuple[nn.Module, dict]:

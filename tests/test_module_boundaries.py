@@ -1,37 +1,89 @@
-"""Which module may lean on which: the command line stays light, training stays generic."""
+"""Which module may lean on which: the command line stays light, training stays generic, the
+engine is one package that installs without putting `data` or `train` on the import path."""
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAINING_STACK = {"train", "steps", "pruning", "pretrain"}
+TRAINING_STACK = {"lth.train", "lth.steps", "lth.pruning", "lth.pretrain"}
+COMMANDS = {"main.py", "sweep.py", "combine_plots.py"}
+ENGINE = {path.stem for path in (ROOT / "lth").glob("*.py")} - {"__init__"}
 
 
 def imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+    """Every module `path` imports, by its full dotted name (`from lth import x` counts as lth.x)."""
     names = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
+            names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
+            if node.module == "lth":
+                names |= {f"lth.{alias.name}" for alias in node.names}
     return names
 
 
+def python_files() -> list[Path]:
+    return [p for p in ROOT.rglob("*.py") if not {".venv", "results"} & set(p.parts)]
+
+
 def test_the_command_line_loads_no_training_code():
-    probe = "import sys, cli; print(' '.join(sorted(sys.modules)))"
+    probe = "import sys, lth.cli; print(' '.join(sorted(sys.modules)))"
     loaded = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
-    assert "cli" in loaded
-    assert TRAINING_STACK.isdisjoint(loaded)
+    assert "lth.cli" in loaded
+    assert TRAINING_STACK.isdisjoint(loaded), TRAINING_STACK & set(loaded)
+
+
+def test_only_the_three_commands_import_the_cli_module():
+    importers = {
+        str(path.relative_to(ROOT))
+        for path in python_files()
+        if "lth.cli" in imported_modules(path) and path.parts[-2] != "tests"
+    }
+    assert importers == COMMANDS
+
+
+def test_the_engine_modules_live_in_the_package_not_the_root():
+    assert {"train", "data", "results", "pruning", "runs", "experiment"} <= ENGINE
+    at_root = {path.stem for path in ROOT.glob("*.py")}
+    assert at_root == {"main", "sweep", "combine_plots", "utils"}, at_root
+    for path in python_files():
+        bare = {name for name in imported_modules(path) if name.split(".")[0] in ENGINE}
+        assert not bare, (path, bare)  # every engine import is lth.<module>
+
+
+def test_the_engine_does_not_import_the_root_modules():
+    for path in (ROOT / "lth").glob("*.py"):
+        root_modules = {"main", "sweep", "combine_plots", "utils"} & imported_modules(path)
+        assert not root_modules, (path, root_modules)
+
+
+def test_pip_installs_the_engine_and_archs_only(tmp_path):
+    source, target = tmp_path / "source", tmp_path / "site"  # a copy: the build writes beside it
+    shutil.copytree(
+        ROOT, source, ignore=shutil.ignore_patterns(".*", "results", "build", "*.egg-info")
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
+        + ["--target", str(target), str(source)],
+        check=True,
+        capture_output=True,
+    )
+    installed = {p.name for p in target.iterdir() if not p.name.endswith((".dist-info", ".pth"))}
+    installed -= {"__pycache__", "bin"}
+    assert installed == {"lth", "archs"}, installed
+    assert (target / "lth" / "train.py").exists()
+    assert (target / "archs" / "mnist").is_dir()
 
 
 def test_pruning_takes_its_layer_types_from_layers_not_initialization():
-    assert "layers" in imported_modules(ROOT / "pruning.py")
-    assert "initialization" not in imported_modules(ROOT / "pruning.py")
+    assert "lth.layers" in imported_modules(ROOT / "lth" / "pruning.py")
+    assert "lth.initialization" not in imported_modules(ROOT / "lth" / "pruning.py")
 
 
 def test_training_code_names_no_concrete_model_class():
@@ -41,7 +93,7 @@ def test_training_code_names_no_concrete_model_class():
             if isinstance(node, ast.ClassDef):
                 models.add(node.name)
     assert {"FC1", "LeNet5", "FCLin"} & models, "the scan sees the architectures"
-    for module in ("train.py", "steps.py", "pruning.py", "main.py"):
+    for module in ("lth/train.py", "lth/steps.py", "lth/pruning.py", "main.py"):
         source = (ROOT / module).read_text()
         named = {node.id for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Name)} | {
             node.attr for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Attribute)

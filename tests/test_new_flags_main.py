@@ -10,16 +10,16 @@ import torch
 from torch import nn
 
 import archs
-import data
 import main
-from initialization import initialize
-from pruning import prunable_weights
-from record import seed_everything
+from lth import data
+from lth.initialization import initialize
+from lth.pruning import prunable_weights
+from lth.record import seed_everything
+from lth.train import build_optimizer, evaluate, train_epoch
 from tests.datafiles import write_cifar_files, write_mnist_files
 from tests.resultfiles import keep_checkpoints, stopped_after
 from tests.test_bad_input import check_refused
 from tests.test_main import TINY, load_dump, only_run, run_main
-from train import build_optimizer, evaluate, train_epoch
 
 
 def load_model(path: Path) -> nn.Module:

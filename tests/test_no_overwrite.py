@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import main
-import results
-from results import RunDir
+from lth import results
+from lth.results import RunDir
 from tests.conftest import ROOT
 from tests.datafiles import write_mnist_files
 from tests.resultfiles import files_under

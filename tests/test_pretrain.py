@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 import main
-import resume
-from initialization import initialize
-from pretrain import hidden_stages, pretrain_zae, train_autoencoder
-from results import RunDir
+from lth import resume
+from lth.initialization import initialize
+from lth.pretrain import hidden_stages, pretrain_zae, train_autoencoder
+from lth.results import RunDir
 from tests.datafiles import write_cifar_files
 from tests.test_fclin import normalised_cifar_like, small_fclin
 from tests.test_main import TINY, only_run, run_main

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import archs
-from initialization import initialize
-from pruning import (
+from lth.initialization import initialize
+from lth.pruning import (
     make_mask,
     percentile_prune,
     prunable,

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import archs
-from data import Split
-from initialization import initialize
-from pruning import (
+from lth.data import Split
+from lth.initialization import initialize
+from lth.pruning import (
     device_masks,
     make_mask,
     prunable,
@@ -21,8 +21,8 @@ from pruning import (
     state_copy,
     weights_left,
 )
-from results import level_tag, mask_to_list
-from train import train_epoch
+from lth.results import level_tag, mask_to_list
+from lth.train import train_epoch
 from utils import print_nonzeros
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data
 import main
+from lth import data
 
 present = Path(data.DEBIAN_FASHION_MNIST).is_dir()
 

@@ -16,12 +16,11 @@ import pytest
 import torch
 
 import main
-import record
-import resume
-from results import RunDir
+from lth import record, resume
+from lth.errors import UserError
+from lth.results import RunDir
 from tests.conftest import REFERENCE_FLAGS, ROOT, kept_checkpoints
 from tests.resultfiles import assert_same_results, snapshot, stopped_after
-from utils import UserError
 
 FLAGS = [*REFERENCE_FLAGS, "--prune_iterations", "3"]
 
@@ -321,8 +320,8 @@ def test_resume_alone_picks_the_newest_run_with_the_same_data_arch_and_prune_typ
     import argparse
     import json
 
-    import resume
-    from utils import UserError
+    from lth import resume
+    from lth.errors import UserError
 
     def made(name, started, **changes):
         recorded = {"dataset": "mnist", "arch_type": "fc1", "prune_type": "lt", **changes}

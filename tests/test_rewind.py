@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-import train
+from lth import train
 from tests.resultfiles import (
     assert_same_results,
     files_under,

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import record
-import resume
-from results import RunDir
+from lth import record, resume
+from lth.results import RunDir
 
 SAVED_ON = 4  # GPUs of the machine that saved the checkpoint
 

@@ -16,15 +16,13 @@ from torch import nn
 import archs
 import combine_plots
 import main
-import resume
-import runs
-import safe_load
-from record import rng_states
-from results import RunDir, read_mask
+from lth import resume, runs, safe_load
+from lth.errors import UserError
+from lth.record import rng_states
+from lth.results import RunDir, read_mask
+from lth.train import add_input_dropout
 from tests.datafiles import write_mnist_files
 from tests.resultfiles import back_to_level
-from train import add_input_dropout
-from utils import UserError
 
 TINY = ["--end_iter", "1", "--plot_dpi", "20", "--batch_size", "50", "--seed", "0"]
 

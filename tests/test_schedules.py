@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-import train
+from lth import train
 from tests.datafiles import write_mnist_files
 from tests.test_bad_input import check_refused
 from tests.test_main import TINY, run_main

@@ -12,13 +12,13 @@ from torch import nn
 from torchvision.models import DenseNet
 
 import archs
-from data import Split
-from initialization import initialize
-from pruning import device_masks, make_mask, prunable_weights, prune_by_percentile
-from steps import COMPILE_CHOICES, batch_loss, use_compile
+from lth.data import Split
+from lth.initialization import initialize
+from lth.pruning import device_masks, make_mask, prunable_weights, prune_by_percentile
+from lth.steps import COMPILE_CHOICES, batch_loss, use_compile
+from lth.train import adam, evaluate, train_epoch
 from tests.conftest import ROOT
 from tests.test_train import small_split
-from train import adam, evaluate, train_epoch
 
 LR, WEIGHT_DECAY = 1e-3, 1e-4
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 
-import cli
 import main
-import runs
 import sweep
+from lth import cli, runs
+from lth.errors import UserError
 from tests.conftest import ROOT
 from tests.datafiles import write_mnist_files
 from tests.resultfiles import back_to_level
-from utils import UserError
 
 TINY = ["--prune_iterations", "2", "--end_iter", "1", "--plot_dpi", "20", "--batch_size", "50"]
 

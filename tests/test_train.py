@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 import archs
-from data import Split
-from initialization import initialize
-from pruning import device_masks, make_mask, prune_by_percentile
+from lth.data import Split
+from lth.initialization import initialize
+from lth.pruning import device_masks, make_mask, prune_by_percentile
+from lth.train import adam, evaluate, train_epoch
 from tests.conftest import ROOT
 from tests.datafiles import write_mnist_files
 from tests.test_main import TINY, run_main
-from train import adam, evaluate, train_epoch
 
 LR, WEIGHT_DECAY = 1e-2, 1e-4
 

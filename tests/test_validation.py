@@ -11,10 +11,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-import data
-import train
-from data import Split
-from safe_load import load_array, load_array_list
+from lth import data, train
+from lth.data import Split
+from lth.safe_load import load_array, load_array_list
 from tests.datafiles import write_mnist_files
 from tests.test_bad_input import check_refused
 from tests.test_main import TINY, load_dump, only_run, run_main
@@ -139,7 +138,7 @@ def test_early_stop_is_the_minimum_validation_loss_and_its_files_say_so(tmp_path
     assert list(rows[0])[-4:] == ["early_stop_epoch", "val_loss", "val_accuracy", "test_accuracy"]
     assert (run / "plots" / "lt" / "fc1" / "mnist" / "lt_AccuracyVsWeights.png").stat().st_size
 
-    import runs  # summaries read back as numbers, the epoch as an integer
+    from lth import runs  # summaries read back as numbers, the epoch as an integer
 
     summary = runs.read_run(run).summary()
     assert [r["early_stop_epoch"] for r in summary] == EARLY_STOPS

@@ -4,7 +4,7 @@ from torch import nn
 
 from archs.cifar100 import INPUT_SHAPE, NUM_CLASSES
 from archs.models.fclin import FCLin
-from data import DATASETS
+from lth.data import DATASETS
 
 
 def fclin(depth: int = 4) -> nn.Module:

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torchvision import datasets
 
-from safe_load import ArrayUnpickler
-from utils import UserError
+from lth.errors import UserError
+from lth.safe_load import ArrayUnpickler
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 

@@ -11,11 +11,11 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
-from data import Split
-from layers import CONV_OR_LINEAR
-from pruning import freeze_pruned, prunable_weights, state_copy
-from steps import batch_loss
-from utils import UserError
+from lth.data import Split
+from lth.errors import UserError
+from lth.layers import CONV_OR_LINEAR
+from lth.pruning import freeze_pruned, prunable_weights, state_copy
+from lth.steps import batch_loss
 
 EVAL_BATCH = 1000
 WEIGHT_DECAY = 1e-4  # the original's, for every optimiser

@@ -4,7 +4,7 @@ Used by combine_plots.py, sweep.py and main.py (`--masks_from`). A run folder is
 made: it has `args.json`. It is complete when the whole-run dumps
 (`{pt}_compression.dat`, `{pt}_bestaccuracy.dat`, written at the last level only) exist and
 its checkpoint is the last level's.
-Runs of one experiment that differ only in their trial's own arguments (TRIAL_ARGS) are trials,
+Runs of one experiment that differ only in their trial's own arguments (experiment.TRIAL_FIELDS) are trials,
 summarised level by level as a mean with its minimum and maximum (`Trials`). Runs of one
 experiment with the same seed (and, for a control, masks of the same trial) are one trial run
 again: the newest is kept, the others are left out (`distinct_trials`).
@@ -18,17 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import NEUTRAL
-from results import RunDir, level_tag
-from safe_load import Refused, load_array
-from utils import UserError
-
-# Arguments that do not tell runs apart: the resume flags and the result-neutral ones.
-BOOKKEEPING = ("resume", "start_iter", *NEUTRAL)
-
-# Arguments that differ from trial to trial of one experiment: the seed, and the run whose masks
-# a --masks_from control takes (only whether it is set tells experiments apart).
-TRIAL_ARGS = ("seed", "masks_from")
+from lth.errors import UserError
+from lth.experiment import BOOKKEEPING, is_control, recipe
+from lth.results import RunDir, level_tag
+from lth.safe_load import Refused, load_array
 
 # The arguments that decide how a run prunes; a --masks_from control prunes nothing itself, so
 # it records those of the run whose masks it takes (take_mask_args).
@@ -212,22 +205,9 @@ def newest_complete(results_root: Path | str) -> dict[tuple[str, str], list[Run]
         newest[(a["arch_type"], a["dataset"], a["prune_type"], is_control(a))] = run
     groups: dict[tuple[str, str], list[Run]] = {}
     for (arch, dataset, _, _), run in sorted(newest.items()):
-        trials = [r for r in complete if experiment(r.args) == experiment(run.args)]
+        trials = [r for r in complete if recipe(r.args) == recipe(run.args)]
         groups.setdefault((arch, dataset), []).extend(trials)
     return groups
-
-
-def is_control(args: dict) -> bool:
-    """Whether the run is the random-reinitialisation control (`--masks_from`)."""
-    return args.get("masks_from") is not None
-
-
-def experiment(args: dict) -> str:
-    """What the trials of one experiment share, as text: every recorded argument but those of
-    BOOKKEEPING and TRIAL_ARGS, and whether the run is a `--masks_from` control."""
-    shared = {k: v for k, v in args.items() if k not in BOOKKEEPING + TRIAL_ARGS}
-    shared["masks_from"] = is_control(args)
-    return json.dumps(shared, sort_keys=True, default=str)
 
 
 def differing_args(runs: list[Run]) -> list[str]:
@@ -270,13 +250,13 @@ def trial_key(run: Run) -> tuple:
     `--masks_from` control, the trial whose masks it takes. A run without a recorded seed is a
     trial of its own (its folder stands for the seed)."""
     seed = run.args.get("seed")
-    key: tuple = (experiment(run.args), str(run.root.resolve()) if seed is None else seed)
+    key: tuple = (recipe(run.args), str(run.root.resolve()) if seed is None else seed)
     if is_control(run.args):
         source = read_run(run.args["masks_from"])
         if source is None or source.args.get("seed") is None:
             key += (str(run.args["masks_from"]),)
         else:
-            key += (experiment(source.args), source.args["seed"])
+            key += (recipe(source.args), source.args["seed"])
     return key
 
 
@@ -326,7 +306,7 @@ def trial_groups(runs: list[Run]) -> list[list[Run]]:
     levels line up (the same weights left at every level), in order of first appearance."""
     groups: dict[tuple[str, tuple[float, ...]], list[Run]] = {}
     for run in distinct_trials(runs)[0]:
-        key = (experiment(run.args), tuple(run.weights_left()))
+        key = (recipe(run.args), tuple(run.weights_left()))
         groups.setdefault(key, []).append(run)
     return list(groups.values())
 

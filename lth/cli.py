@@ -8,19 +8,15 @@ from pathlib import Path
 from typing import NoReturn
 
 import archs
-import data
-from initialization import INIT_SCHEMES
-from utils import UserError, one_line
+from lth import data
+from lth.errors import UserError, one_line
+from lth.experiment import COMPILE_CHOICES
+from lth.initialization import INIT_SCHEMES
 
 PRUNE_TYPES = ("lt", "reinit", "random")
 PRUNE_SCOPES = ("layer", "global")
 PRETRAINING = ("none", "zae")
 OPTIMIZERS = ("adam", "sgd")
-COMPILE_CHOICES = ("auto", "on", "off")  # steps.use_compile says what each means
-# Flags that do not change what a run computes: where it reads and writes, how it reports, the
-# device it runs on, and --compile (which changes the rounding of float sums only). A resume may
-# change them; they never tell runs apart.
-NEUTRAL = ("gpu", "data_dir", "data_source", "plot_dpi", "results_root", "print_freq", "compile")
 
 
 class OneLineParser(argparse.ArgumentParser):

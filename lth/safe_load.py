@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils import UserError
+from lth.errors import UserError
 
 try:  # numpy 2
     from numpy._core import multiarray as _multiarray

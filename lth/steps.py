@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from cli import COMPILE_CHOICES
+from lth.experiment import COMPILE_CHOICES
 
 BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

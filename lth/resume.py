@@ -17,14 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-import runs
-from cli import NEUTRAL
-from results import RunDir, mask_from_bool, mask_to_bool
-from safe_load import load_torch
-from utils import UserError
+from lth import runs
+from lth.errors import UserError
+from lth.experiment import NEUTRAL, NOT_RECORDED, RESUME_LOOKUP
+from lth.results import RunDir, mask_from_bool, mask_to_bool
+from lth.safe_load import load_torch
 
-MATCH_ON = ("dataset", "arch_type", "prune_type")
-NOT_RECORDED = ("resume", "start_iter")
 FROM_FILES = ("initial_state", "rewind_state")  # progress a checkpoint does not hold
 CHECKPOINT_KEYS = {"level", "model_state", "progress", "rng"}  # what main.checkpoint saves
 RESTART = "to run the whole run again in this folder, add --start_iter 0"
@@ -72,10 +70,10 @@ def newest_matching_run(args: argparse.Namespace) -> Path:
     matching = [
         run
         for run in runs.all_runs(args.results_root)
-        if all(run.args.get(name) == getattr(args, name) for name in MATCH_ON)
+        if all(run.args.get(name) == getattr(args, name) for name in RESUME_LOOKUP)
     ]
     if not matching:
-        wanted = ", ".join(f"--{name} {getattr(args, name)}" for name in MATCH_ON)
+        wanted = ", ".join(f"--{name} {getattr(args, name)}" for name in RESUME_LOOKUP)
         raise UserError(f"--resume: no run under {args.results_root}/ with {wanted}")
     return matching[-1].root
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from layers import CONV, CONV_OR_LINEAR
+from lth.layers import CONV, CONV_OR_LINEAR
 
 Mask = dict[str, np.ndarray]
 

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from utils import UserError
+from lth.errors import UserError
 
 ZAE_THRESHOLD = 1.0
 ZAE_LR = 1e-3

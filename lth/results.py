@@ -31,9 +31,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from pruning import Mask, prunable
-from safe_load import Refused, load_array_list, load_torch
-from utils import UserError
+from lth.errors import UserError
+from lth.pruning import Mask, prunable
+from lth.safe_load import Refused, load_array_list, load_torch
 
 CHECKPOINTS = "checkpoints"
 CHECKPOINT = "latest.pth"  # the one checkpoint: each level's replaces the previous one

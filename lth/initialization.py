@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from layers import BATCH_NORM, CONV_OR_LINEAR
+from lth.layers import BATCH_NORM, CONV_OR_LINEAR
 
 INIT_SCHEMES = ("xavier", "kaiming", "data")
 
