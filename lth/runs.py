@@ -4,10 +4,11 @@ Used by combine_plots.py, sweep.py and main.py (`--masks_from`). A run folder is
 made: it has `args.json`. It is complete when the whole-run dumps
 (`{pt}_compression.dat`, `{pt}_bestaccuracy.dat`, written at the last level only) exist and
 its checkpoint is the last level's.
-Runs of one experiment that differ only in their trial's own arguments (experiment.TRIAL_FIELDS) are trials,
-summarised level by level as a mean with its minimum and maximum (`Trials`). Runs of one
-experiment with the same seed (and, for a control, masks of the same trial) are one trial run
-again: the newest is kept, the others are left out (`distinct_trials`).
+Runs of one experiment that differ only in their trial's own arguments
+(lth.experiment.TRIAL_FIELDS) are trials, summarised level by level as a mean with its minimum
+and maximum (`Trials`). Runs of one experiment with the same seed (and, for a control, masks of
+the same trial) are one trial run again: the newest is kept, the others are left out
+(`distinct_trials`).
 """
 
 import argparse

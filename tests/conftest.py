@@ -76,6 +76,27 @@ REFERENCE_FLAGS = ["--seed", "5", "--plot_dpi", "20", "--prune_iterations", "2",
 REFERENCE_FLAGS += ["--batch_size", "32"]
 
 
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__")
+
+
+@pytest.fixture
+def host_reads(monkeypatch) -> list[str]:
+    """The names of the tensor methods that read a value back to the host, one entry per call,
+    from here to the end of the test (the test may clear the list between the parts it compares)."""
+    import torch
+
+    reads: list[str] = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads
+
+
 @pytest.fixture(scope="session")
 def mnist_data(tmp_path_factory) -> list[str]:
     """Data flags for main.py: a tiny MNIST (120 training and 60 test images, the hard
