@@ -3,13 +3,19 @@
 Reads top to bottom like the original runner: check the flags, load the data and the
 architecture, save the initial state, then for every pruning level prune, rewind (or
 re-initialise) and train, writing the original's result files as each level ends.
-The flags beyond the original's (README) choose the initialisation, the rewind point, the
-pruning scope and the optimiser; their defaults give the original's run. With `--masks_from`,
-a `reinit` run prunes nothing itself: each level takes the mask an `lt` run saved for it, and
-its pruning rates (runs.MASK_ARGS) are that run's.
+
+Every run is a batch of trials (one trial: the original's run). `--seed 0 1 2` and
+`--prune_type lt reinit_ticket random` ask for several, which train together as one stacked
+model (lth.stack), each writing the run folder it would write alone. Each trial has its own
+module, generators (lth.record.TrialRandom), mask, progress and folder; they share the data, the
+optimiser step and the level loop. The flags beyond the original's (README) choose the
+initialisation, the rewind point, the pruning scope and the optimiser; their defaults give the
+original's run. A `reinit` control prunes nothing itself: each level takes the mask of an `lt`
+run (`--masks_from`) or of the batch's `lt` trial of its seed (`reinit_ticket`).
 """
 
 import argparse
+import contextlib
 import copy
 import datetime
 import sys
@@ -22,14 +28,14 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import archs
-from lth import cli, data, plots, resume, runs
+from lth import cli, data, memory, plots, resume, runs, stack
 from lth.errors import UserError, one_line
+from lth.experiment import Experiment, Trial
 from lth.initialization import Initializer, initializer
 from lth.pretrain import pretrain_zae
 from lth.pruning import (
     Mask,
     apply_mask,
-    device_masks,
     make_mask,
     prune_at_random,
     prune_by_percentile,
@@ -39,6 +45,7 @@ from lth.pruning import (
     weights_left,
 )
 from lth.record import (
+    TrialRandom,
     choose_seed,
     deterministic_algorithms,
     restore_rng_states,
@@ -50,6 +57,7 @@ from lth.record import (
 from lth.results import RunDir, level_tag, read_mask
 from lth.steps import use_compile
 from lth.train import (
+    EVAL_BATCH,
     InputDropout,
     LevelHistory,
     add_input_dropout,
@@ -75,10 +83,34 @@ class Progress:
     rewind_state: dict[str, torch.Tensor] | None = None  # after cli.rewind_step steps of level 0
 
 
+@dataclass
+class TrialRun:
+    """One trial of the batch: what it is, its own module and generators, where it writes, what
+    it has done, and why it stopped (None while it runs)."""
+
+    trial: Trial
+    model: nn.Module
+    random: TrialRandom
+    run_dir: RunDir | None = None
+    progress: Progress | None = None
+    failure: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.trial.prune_type} seed {self.trial.seed}"
+
+
+@dataclass(frozen=True)
+class Data:
+    train: data.Split
+    test: data.Split
+    val: data.Split | None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_args(argv)
     try:
-        run(args, cli.explicit_flags(argv))
+        failures = run(args, cli.explicit_flags(argv))
     except resume.RunFinished as finished:
         print(f"nothing to do: {finished}")
     except UserError as error:
@@ -91,129 +123,102 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    else:
+        for line in failures:
+            print(f"error: {line}", file=sys.stderr)
+        return 2 if failures else 0
     return 0
 
 
-def run(args: argparse.Namespace, explicit: set[str]) -> None:
+def run(args: argparse.Namespace, explicit: set[str]) -> list[str]:
+    """The whole batch; returns one line for each trial that stopped (its loss not finite)."""
     flush_denormals()  # first: CPU threads started before it would keep denormals
     resumed = resume.locate(args, explicit) if args.resume is not None else None
-    if resumed is not None:
-        args = resumed.args
-    cli.validate(args)
-    if args.masks_from is not None:
-        args.masks_from = str(runs.mask_source(args.masks_from, args))
-        if resumed is None:  # a resumed run keeps the rates it recorded
-            runs.take_mask_args(args, explicit)
-    args.seed = choose_seed(args.seed)
-    print(f"seed: {args.seed}")
-    device = select_device(args.gpu)
+    if resumed is None:
+        experiment, trials = describe_batch(args, explicit)
+    else:
+        experiment, trials = resumed.experiment, resumed.trials
+        for arguments in resumed.arguments:
+            cli.validate(arguments)
+    print(f"seed: {' '.join(str(t.seed) for t in trials)}")
+    device = select_device(experiment.gpu)
     deterministic_algorithms(device)  # before any cuBLAS work
 
-    train_set, test_set = data.load(args.dataset, args.data_dir, args.data_source, device)
-    val_set = None
-    if args.val_size > 0:  # before the run folder exists: a bad --val_size creates nothing
-        train_set, val_set = data.hold_out(train_set, args.val_size, args.batch_size)
-    epoch_steps = steps_per_epoch(len(train_set), args.batch_size)
-    cli.validate_rewind_step(args, epoch_steps)
-    seed_everything(args.seed)
-    init = initializer(args.init, train_set)
-    model = build_model(args, train_set, init).to(device)
-    if resumed is not None and resumed.checkpoint is not None:  # before anything is written
-        resumed.checkpoint = resume.whole_checkpoint(
-            resumed.checkpoint,
-            resumed.run_dir,
-            rewinds_late=cli.rewind_step(args, epoch_steps) > 0,
-            classes=saved_model_classes(model),
-        )
-    if args.masks_from is not None:
-        check_saved_masks(model, args)
-    if args.pretrain == "zae" and (resumed is None or resumed.checkpoint is None):
-        pretrain_zae(
-            model, train_set.images, epochs=args.pretrain_epochs, batch_size=args.batch_size
-        )
+    loaded = load_data(experiment, device)  # before any folder exists: bad data create nothing
+    epoch_steps = steps_per_epoch(len(loaded.train), experiment.batch_size)
+    cli.validate_rewind_step(experiment, epoch_steps)
+    seed_everything(trials[0].seed)  # the batch's shared draws (dropout) start from its first seed
+    init = initializer(experiment.init, loaded.train)
+    batch = [build_trial(experiment, trial, loaded.train, init, device) for trial in trials]
+    check_memory(experiment, batch, loaded.train, device)
+    if resumed is not None:  # before anything is written
+        rewinds_late = cli.rewind_step(experiment, epoch_steps) > 0
+        for trial_run, run_dir, saved in zip(
+            batch, resumed.run_dirs, resumed.checkpoints, strict=True
+        ):
+            trial_run.run_dir = run_dir
+            if saved is not None:
+                classes = saved_model_classes(trial_run.model)
+                whole = resume.whole_checkpoint(saved, run_dir, rewinds_late, classes)
+                restore_trial(trial_run, whole)
+    for trial_run in batch:
+        if trial_run.trial.masks_from is not None:
+            check_saved_masks(trial_run.model, trial_run.trial.masks_from, experiment)
+    if experiment.pretrain == "zae":
+        for trial_run in batch:
+            if trial_run.progress is None:
+                with trial_run.random.active():
+                    pretrain_zae(
+                        trial_run.model,
+                        loaded.train.images,
+                        epochs=experiment.pretrain_epochs,
+                        batch_size=experiment.batch_size,
+                    )
 
+    start = 0 if resumed is None else resumed.start
     if resumed is None:
-        run_dir = RunDir.create(args.results_root, args.arch_type, args.dataset, args.prune_type)
-    else:
-        run_dir = resumed.run_dir
-    with run_dir.locked():
+        create_run_dirs(experiment, batch)
+    with contextlib.ExitStack() as locks:
+        for trial_run in batch:
+            locks.enter_context(trial_run.run_dir.locked())
         if resumed is None:
-            record_run(run_dir, args, device, model)
-            progress, start = fresh_progress(model, args.prune_iterations), 0
+            record_batch(experiment, batch, device)
         else:
-            run_dir.write_json(
-                "args.json", with_resume(resumed.record, resumed.start, resumed.changed, device)
-            )
-            progress = restore(run_dir, model, resumed, args.prune_iterations)
-            start = resumed.start
-        for level in range(start, args.prune_iterations):
-            run_level(run_dir, args, level, model, progress, train_set, test_set, init, val_set)
-            run_dir.save_checkpoint(checkpoint(level, model, progress))
-    print(f"\nresults: {run_dir.root}\nplots: {run_dir.plots}")
+            record_resume(batch, resumed, device, experiment.prune_iterations)
+        stacked = None
+        for level in range(start, experiment.prune_iterations):
+            running = [t for t in batch if t.failure is None]
+            if not running:
+                break
+            if stacked is None or stacked.trials != len(running):
+                stacked = stack.StackedModel([t.model for t in running])
+            run_level(experiment, level, running, batch, stacked, loaded, init)
+            commit_checkpoints(level, [t for t in running if t.failure is None])
+    for trial_run in batch:
+        print(f"\nresults: {trial_run.run_dir.root}\nplots: {trial_run.run_dir.plots}")
+    return [f"{t.run_dir.root}: {t.failure}" for t in batch if t.failure is not None]
 
 
-def run_level(
-    run_dir: RunDir,
-    args: argparse.Namespace,
-    level: int,
-    model: nn.Module,
-    progress: Progress,
-    train_set: data.Split,
-    test_set: data.Split,
-    init: Initializer,
-    val_set: data.Split | None = None,
-) -> None:
-    """Prune and reset (after level 0), train, and write the level's files.
-
-    Level 0 trains every step and keeps its state after the rewind step N (`cli.rewind_step`)
-    when N > 0. Every later level is reset to step N (its initial weights when N is 0) and
-    trains from step N to the end, with a fresh optimiser and the learning-rate schedule
-    continued at step N (restarted when N is 0, as in the paper; as OpenLTH when N > 0).
-    """
-    if level > 0:
-        progress.mask = prune(model, progress.mask, args, level)
-        reset_survivors(model, progress, args.prune_type, init)
-    elif args.masks_from is not None:  # that run's level-0 mask: dense, for runs of this program
-        progress.mask = prune(model, progress.mask, args, level)
-    epoch_steps = steps_per_epoch(len(train_set), args.batch_size)
-    rewind_at = cli.rewind_step(args, epoch_steps)
-    start = 0 if level == 0 else rewind_at  # level 0 runs whole; N = 0: no rewind state kept
-    keep = (rewind_at, rewind_keeper(run_dir, model, progress)) if level == 0 else None
-    optimizer = build_optimizer(args, model)
-    schedule = lr_schedule(
-        optimizer,
-        warmup_iters=args.warmup_iters,
-        drops=cli.lr_drop_epochs(args),
-        gamma=1.0 if args.lr_gamma is None else args.lr_gamma,  # None: no drops (cli.py)
-        epoch_steps=epoch_steps,
-        start_step=start,
-    )
-
-    print(f"\n--- Pruning Level [0:{level}/{args.prune_iterations}]: ---")
-    comp = print_nonzeros(model)
-    suffix = run_dir.events_suffix(level)
-    with SummaryWriter(str(run_dir.tensorboard), filename_suffix=suffix) as writer:
-        history = train_level(
-            model,
-            train_set,
-            test_set,
-            optimizer,
-            device_masks(model, progress.mask),
-            epochs=args.end_iter,
-            batch_size=args.batch_size,
-            valid_freq=args.valid_freq,
-            print_freq=args.print_freq,
-            description=f"[level {level}] ",
-            on_epoch=epoch_hook(writer, args, level),
-            compiled=use_compile(args.compile, train_set.labels.device),
-            val_set=val_set,
-            schedule=schedule,
-            start_step=start,
-            after_steps=keep,
-        )
-        write_level(run_dir, args, level, comp, history, model, progress, writer)
-    if level == args.prune_iterations - 1:
-        write_final(run_dir, args, progress)
+def describe_batch(args: argparse.Namespace, explicit: set[str]) -> tuple[Experiment, list[Trial]]:
+    """The Experiment every trial shares and the Trials, from the command line: each trial's
+    arguments checked (cli.validate), a random seed drawn when none is given (one for all the
+    batch's prune types, so that a control pairs with its ticket), a --masks_from run checked."""
+    specs = cli.trial_specs(args)
+    seeds = {seed: choose_seed(seed) for _, seed in specs}
+    experiments, trials = [], []
+    for prune_type, seed in specs:
+        arguments = cli.trial_namespace(args, prune_type, seeds[seed])
+        cli.validate(arguments)
+        if arguments.masks_from is not None:
+            arguments.masks_from = str(runs.mask_source(arguments.masks_from, arguments))
+            runs.take_mask_args(arguments, explicit)
+        experiments.append(Experiment.of(vars(arguments)))
+        ticket = None
+        if prune_type == cli.CONTROL:
+            ticket = specs.index(("lt", seed))
+        trials.append(Trial(seeds[seed], arguments.prune_type, arguments.masks_from, ticket))
+    assert all(e == experiments[0] for e in experiments), "the trials of a batch share a recipe"
+    return experiments[0], trials
 
 
 def select_device(gpu: str) -> torch.device:
@@ -226,29 +231,103 @@ def select_device(gpu: str) -> torch.device:
     return torch.device(f"cuda:{int(gpu)}")
 
 
-def build_model(args: argparse.Namespace, train_set: data.Split, init: Initializer) -> nn.Module:
+def load_data(experiment: Experiment, device: torch.device) -> Data:
+    """The data set on the device, with the --val_size images held out for validation."""
+    train_set, test_set = data.load(
+        experiment.dataset, experiment.data_dir, experiment.data_source, device
+    )
+    val_set = None
+    if experiment.val_size > 0:
+        train_set, val_set = data.hold_out(train_set, experiment.val_size, experiment.batch_size)
+    return Data(train_set, test_set, val_set)
+
+
+def build_model(experiment: Experiment, train_set: data.Split, init: Initializer) -> nn.Module:
     """The architecture, fitted to the training data if it needs them, initialised (`--init`),
     with `--dropout` on every layer's input."""
-    model = archs.build(args.dataset, args.arch_type, **cli.arch_options(args))
+    model = archs.build(experiment.dataset, experiment.arch_type, **cli.arch_options(experiment))
     archs.fit_to_data(model, train_set)
-    return add_input_dropout(init(model), args.dropout)
+    return add_input_dropout(init(model), experiment.dropout)
+
+
+def build_trial(
+    experiment: Experiment,
+    trial: Trial,
+    train_set: data.Split,
+    init: Initializer,
+    device: torch.device,
+) -> TrialRun:
+    """The trial's own module, built and initialised on the CPU from its own generators (what a
+    run of its seed alone draws), then moved to the device."""
+    random = TrialRandom(trial.seed)
+    with random.active():
+        model = build_model(experiment, train_set, init)
+    return TrialRun(trial, model.to(device), random)
+
+
+def check_memory(
+    experiment: Experiment, batch: list[TrialRun], train_set: data.Split, device: torch.device
+) -> None:
+    """UserError, before any folder is written, when the batch would not fit in memory."""
+    if len(batch) == 1:
+        return  # a run alone is the original's: nothing to split
+    sample = train_set.batch(torch.zeros(1, dtype=torch.long, device=device))[0]
+    per_trial = memory.trial_bytes(batch[0].model, sample, experiment.batch_size, EVAL_BATCH)
+    memory.check_batch_fits(
+        len(batch),
+        per_trial,
+        device,
+        "give fewer --seed or --prune_type values, or sweep.py --batch",
+    )
+
+
+def create_run_dirs(experiment: Experiment, batch: list[TrialRun]) -> None:
+    """One new run folder per trial, in the batch's order."""
+    for trial_run in batch:
+        trial_run.run_dir = RunDir.create(
+            experiment.results_root,
+            experiment.arch_type,
+            experiment.dataset,
+            trial_run.trial.prune_type,
+        )
+
+
+def record_batch(experiment: Experiment, batch: list[TrialRun], device: torch.device) -> None:
+    """Each trial's args.json (its arguments, with the batch it runs in) and initial state, saved
+    before any training."""
+    names = [t.run_dir.root.name for t in batch]
+    for index, trial_run in enumerate(batch):
+        trial = trial_run.trial
+        ticket = batch[trial.ticket].run_dir.root.resolve() if trial.ticket is not None else None
+        arguments = trial.args(experiment, str(ticket) if ticket is not None else None)
+        record = run_record(argparse.Namespace(**arguments), device)
+        record["started"] = datetime.datetime.now().isoformat()
+        record["batch"] = {"runs": names, "index": index, "ticket": trial.ticket}
+        trial_run.run_dir.write_json("args.json", record)
+        trial_run.run_dir.save_model(trial_run.model, trial_run.run_dir.initial_state_path())
+        trial_run.progress = fresh_progress(trial_run.model, experiment.prune_iterations)
+        print(f"run folder: {trial_run.run_dir.root}")
+
+
+def record_resume(
+    batch: list[TrialRun], resumed: resume.Resumed, device: torch.device, levels: int
+) -> None:
+    """Each trial's args.json with this resume added; the leftovers of the interrupted level
+    removed; trials resumed without a checkpoint start again from their seeds."""
+    for trial_run, record in zip(batch, resumed.records, strict=True):
+        run_dir = trial_run.run_dir
+        run_dir.write_json("args.json", with_resume(record, resumed.start, resumed.changed, device))
+        run_dir.remove_leftovers(resumed.start, levels)
+        print(f"resuming {run_dir.root} at level {resumed.start}")
+        if trial_run.progress is None:
+            run_dir.save_model(trial_run.model, run_dir.initial_state_path())
+            trial_run.progress = fresh_progress(trial_run.model, levels)
 
 
 def saved_model_classes(model: nn.Module) -> list[type]:
     """The classes a whole model this run saved holds (results.RunDir.save_model): those of
     `model`'s modules, and --dropout's hook. Reading a saved model back allows these only."""
     return [*dict.fromkeys(type(module) for module in model.modules()), InputDropout]
-
-
-def record_run(
-    run_dir: RunDir, args: argparse.Namespace, device: torch.device, model: nn.Module
-) -> None:
-    """args.json and the initial state, saved before any training."""
-    record = run_record(args, device)
-    record["started"] = datetime.datetime.now().isoformat()
-    run_dir.write_json("args.json", record)
-    run_dir.save_model(model, run_dir.initial_state_path())
-    print(f"run folder: {run_dir.root}")
 
 
 def fresh_progress(model: nn.Module, levels: int) -> Progress:
@@ -258,71 +337,187 @@ def fresh_progress(model: nn.Module, levels: int) -> Progress:
     )
 
 
-def restore(run_dir: RunDir, model: nn.Module, resumed: resume.Resumed, levels: int) -> Progress:
-    """Put the model, the progress and every random generator where the run's last checkpoint
-    left them.
+def restore_trial(trial_run: TrialRun, checkpoint: dict) -> None:
+    """Put the trial's module, progress and generators where its checkpoint left them; the
+    process's generators (the batch's shared draws) where the batch's left them.
 
-    Without a checkpoint (stopped in level 0, or --start_iter 0) the run starts again from its
-    seed: the model built from it is the same initial model, and its file is written again.
+    A checkpoint written before batches has no "trial_rng": that run drew everything from the
+    process's generators, which its "rng" holds.
     """
-    run_dir.remove_leftovers(resumed.start, levels)
-    print(f"resuming {run_dir.root} at level {resumed.start}")
-    if resumed.checkpoint is None:
-        run_dir.save_model(model, run_dir.initial_state_path())
-        return fresh_progress(model, levels)
-    model.load_state_dict(resumed.checkpoint["model_state"])
-    restore_rng_states(resumed.checkpoint["rng"])
-    return Progress(**resumed.checkpoint["progress"])
+    trial_run.model.load_state_dict(checkpoint["model_state"])
+    restore_rng_states(checkpoint["rng"])
+    own = checkpoint.get("trial_rng", checkpoint["rng"])
+    trial_run.random = TrialRandom.from_state(own)
+    trial_run.progress = Progress(**checkpoint["progress"])
 
 
-def prune(model: nn.Module, mask: Mask, args: argparse.Namespace, level: int) -> Mask:
-    """One level's pruning: by magnitude; at random with the same per-layer counts (`random`);
-    or, with --masks_from, by nothing of this run's: the mask that run saved for `level`."""
-    if args.masks_from is not None:
-        saved = saved_mask(model, args, level)
-        apply_mask(model, saved)
-        return saved
-    how = prune_at_random if args.prune_type == "random" else prune_by_percentile
-    return how(
-        model,
-        mask,
-        args.prune_percent,
-        scope=args.prune_scope,
-        output_percent=args.prune_percent_output,
-        conv_percent=args.prune_percent_conv,
+def run_level(
+    experiment: Experiment,
+    level: int,
+    running: list[TrialRun],
+    batch: list[TrialRun],
+    stacked: stack.StackedModel,
+    loaded: Data,
+    init: Initializer,
+) -> None:
+    """Prune and reset every running trial (after level 0), train them together, and write each
+    one's files.
+
+    Level 0 trains every step and keeps each trial's state after the rewind step N
+    (`cli.rewind_step`) when N > 0. Every later level is reset to step N (its initial weights
+    when N is 0) and trains from step N to the end, with a fresh optimiser and the learning-rate
+    schedule continued at step N (restarted when N is 0, as in the paper; as OpenLTH when N > 0).
+    A control takes its ticket's mask of the level, so tickets are pruned first.
+    """
+    for trial_run in sorted(running, key=lambda t: t.trial.ticket is not None):
+        trial_run.progress.mask = prune(trial_run, experiment, level, batch)
+        if level > 0:
+            reset_survivors(trial_run, init)
+    running = [t for t in running if t.failure is None]
+    if len(running) != stacked.trials:
+        stacked = stack.StackedModel([t.model for t in running])
+    for index, trial_run in enumerate(running):
+        stacked.load_trial(index, trial_run.model.state_dict())
+    epoch_steps = steps_per_epoch(len(loaded.train), experiment.batch_size)
+    rewind_at = cli.rewind_step(experiment, epoch_steps)
+    start = 0 if level == 0 else rewind_at  # level 0 runs whole; N = 0: no rewind state kept
+    keep = (rewind_at, rewind_keeper(running, stacked)) if level == 0 else None
+    optimizer = build_optimizer(experiment, stacked)
+    schedule = lr_schedule(
+        optimizer,
+        warmup_iters=experiment.warmup_iters,
+        drops=cli.lr_drop_epochs(experiment),
+        gamma=1.0 if experiment.lr_gamma is None else experiment.lr_gamma,  # None: no drops
+        epoch_steps=epoch_steps,
+        start_step=start,
     )
 
+    print(f"\n--- Pruning Level [0:{level}/{experiment.prune_iterations}]: ---")
+    comps = []
+    for trial_run in running:
+        if len(running) > 1:
+            print(f"{trial_run.name}: {trial_run.run_dir.root}")
+        comps.append(print_nonzeros(trial_run.model))
+    with contextlib.ExitStack() as writers:
+        opened = [
+            writers.enter_context(
+                SummaryWriter(
+                    str(t.run_dir.tensorboard), filename_suffix=t.run_dir.events_suffix(level)
+                )
+            )
+            for t in running
+        ]
+        histories = train_level(
+            stacked,
+            loaded.train,
+            loaded.test,
+            optimizer,
+            stack.stack_masks(stacked, [t.progress.mask for t in running]),
+            [t.random for t in running],
+            epochs=experiment.end_iter,
+            batch_size=experiment.batch_size,
+            valid_freq=experiment.valid_freq,
+            print_freq=experiment.print_freq,
+            description=f"[level {level}] ",
+            on_epoch=[epoch_hook(writer, experiment, level) for writer in opened],
+            compiled=use_compile(experiment.compile, loaded.train.labels.device),
+            val_set=loaded.val,
+            schedule=schedule,
+            start_step=start,
+            after_steps=keep,
+        )
+        for index, (trial_run, history) in enumerate(zip(running, histories, strict=True)):
+            if history.failure is not None:
+                stop(trial_run, level, history.failure)
+                continue
+            trial_run.model.load_state_dict(stacked.trial_state(index))
+            write_level(experiment, trial_run, level, comps[index], history, opened[index])
+            if level == experiment.prune_iterations - 1:
+                write_final(experiment, trial_run)
 
-def saved_mask(model: nn.Module, args: argparse.Namespace, level: int) -> Mask:
+
+def stop(trial_run: TrialRun, level: int, line: str) -> None:
+    """The trial runs no more: its folder's failure.txt says why, in one line."""
+    trial_run.failure = line
+    trial_run.run_dir.write_failure(level, line)
+    print(f"stopped {trial_run.run_dir.root}: {line}")
+
+
+def commit_checkpoints(level: int, running: list[TrialRun]) -> None:
+    """Every running trial's checkpoint of `level`, committed together: all are staged before
+    any replaces its previous one, so a kill leaves no trial a level ahead (resume.settle)."""
+    for trial_run in running:
+        trial_run.run_dir.stage_checkpoint(checkpoint(level, trial_run))
+    for trial_run in running:
+        trial_run.run_dir.commit_checkpoint()
+
+
+def prune(trial_run: TrialRun, experiment: Experiment, level: int, batch: list[TrialRun]) -> Mask:
+    """One level's mask: dense at level 0; by magnitude; at random with the same per-layer
+    counts (`random`, from the trial's own generator); or, for a control, by nothing of its own:
+    the mask its ticket has for `level` (from memory for a ticket in the batch, else the mask
+    that --masks_from run saved for it)."""
+    trial, model, mask = trial_run.trial, trial_run.model, trial_run.progress.mask
+    if trial.ticket is not None:
+        ticket = batch[trial.ticket]
+        if ticket.failure is not None:
+            stop(
+                trial_run, level, f"its lt trial ({ticket.run_dir.root}) stopped: {ticket.failure}"
+            )
+            return mask
+        taken = {name: m.copy() for name, m in ticket.progress.mask.items()}
+        apply_mask(model, taken)
+        return taken
+    if trial.masks_from is not None:
+        saved = saved_mask(model, trial.masks_from, level)
+        apply_mask(model, saved)
+        return saved
+    if level == 0:
+        return mask
+    how = prune_at_random if trial.prune_type == "random" else prune_by_percentile
+    with trial_run.random.active():
+        return how(
+            model,
+            mask,
+            experiment.prune_percent,
+            scope=experiment.prune_scope,
+            output_percent=experiment.prune_percent_output,
+            conv_percent=experiment.prune_percent_conv,
+        )
+
+
+def saved_mask(model: nn.Module, masks_from: str, level: int) -> Mask:
     """The mask of `level` in the run --masks_from names (its `{pt}_mask_{comp}.pkl`, found by
     the `{comp}` its summary.csv gives that level)."""
-    return read_mask(runs.read_run(args.masks_from).mask_path(level), model)
+    return read_mask(runs.read_run(masks_from).mask_path(level), model)
 
 
-def check_saved_masks(model: nn.Module, args: argparse.Namespace) -> None:
+def check_saved_masks(model: nn.Module, masks_from: str, experiment: Experiment) -> None:
     """Read every level's mask of the --masks_from run before anything is written: UserError
     when one is missing or does not fit `model`."""
-    for level in range(args.prune_iterations):
-        saved_mask(model, args, level)
+    for level in range(experiment.prune_iterations):
+        saved_mask(model, masks_from, level)
 
 
-def reset_survivors(
-    model: nn.Module, progress: Progress, prune_type: str, init: Initializer
-) -> None:
+def reset_survivors(trial_run: TrialRun, init: Initializer) -> None:
     """`lt` and `random` rewind the survivors to their initial values (or, with --rewind_iter
     or --rewind_epoch, to those after that many steps or epochs of level 0); `reinit` draws new
-    random ones."""
-    if prune_type == "reinit":
+    random ones from the trial's own generator."""
+    model, progress = trial_run.model, trial_run.progress
+    if trial_run.trial.prune_type == "reinit":
         model.load_state_dict(progress.initial_state)  # buffers (BatchNorm statistics) too
-        reinitialize(model, progress.mask, init)
+        device = next(model.parameters()).device
+        with trial_run.random.active():  # drawn on the CPU, as the trial's module was built
+            reinitialize(model.cpu(), progress.mask, init)
+        model.to(device)
     else:
         late = progress.rewind_state
         rewind(model, progress.mask, progress.initial_state if late is None else late)
 
 
-def epoch_hook(writer: SummaryWriter, args: argparse.Namespace, level: int) -> Callable[..., None]:
-    """What happens after each epoch: log it at TensorBoard step level * --end_iter + epoch
-    (epochs counted from step 0, a rewound level's too)."""
+def epoch_hook(writer: SummaryWriter, experiment: Experiment, level: int) -> Callable[..., None]:
+    """What happens after each epoch of one trial: log it at TensorBoard step
+    level * --end_iter + epoch (epochs counted from step 0, a rewound level's too)."""
 
     def on_epoch(
         epoch: int,
@@ -331,50 +526,46 @@ def epoch_hook(writer: SummaryWriter, args: argparse.Namespace, level: int) -> C
         val_loss: float | None = None,
         val_accuracy: float | None = None,
     ) -> None:
-        log_epoch(writer, args, level, epoch, loss, accuracy)
+        step = level * experiment.end_iter + epoch
+        writer.add_scalar("Loss/train", loss, step)
+        writer.add_scalar("Accuracy/test", accuracy, step)
         if val_loss is not None and val_accuracy is not None:
-            step = level * args.end_iter + epoch
             writer.add_scalar("Loss/validation", val_loss, step)
             writer.add_scalar("Accuracy/validation", val_accuracy, step)
 
     return on_epoch
 
 
-def rewind_keeper(run_dir: RunDir, model: nn.Module, progress: Progress) -> Callable[[], None]:
-    """What level 0 does once it has done the rewind step's optimiser steps: keep the weights
-    that later levels rewind to, in the progress and in their result file."""
+def rewind_keeper(running: list[TrialRun], stacked: stack.StackedModel) -> Callable[[], None]:
+    """What level 0 does once it has done the rewind step's optimiser steps: keep each trial's
+    weights that later levels rewind to, in its progress and in its result file."""
 
     def keep() -> None:
-        progress.rewind_state = state_copy(model)
-        run_dir.save_model(model, run_dir.rewind_state_path())
+        for index, trial_run in enumerate(running):
+            state = stacked.trial_state(index)
+            trial_run.progress.rewind_state = state
+            rewound = copy.deepcopy(trial_run.model)
+            rewound.load_state_dict(state)
+            trial_run.run_dir.save_model(rewound, trial_run.run_dir.rewind_state_path())
 
     return keep
 
 
-def log_epoch(
-    writer: SummaryWriter, args: argparse.Namespace, level: int, epoch: int, loss: float, acc: float
-) -> None:
-    step = level * args.end_iter + epoch
-    writer.add_scalar("Loss/train", loss, step)
-    writer.add_scalar("Accuracy/test", acc, step)
-
-
 def write_level(
-    run_dir: RunDir,
-    args: argparse.Namespace,
+    experiment: Experiment,
+    trial_run: TrialRun,
     level: int,
     comp: float,
     history: LevelHistory,
-    model: nn.Module,
-    progress: Progress,
     writer: SummaryWriter,
 ) -> None:
-    """The level's files: best model, loss/accuracy dumps and plot, mask, summary row.
+    """The trial's files of the level: best model, loss/accuracy dumps and plot, mask, summary row.
 
     `comp` (the `{comp}` of the file names) is the original's figure, the share of nonzero
     parameters; summary.csv has it as `params_left` beside `weights_left`, the share of the
     prunable weights the mask keeps.
     """
+    run_dir, progress, model = trial_run.run_dir, trial_run.progress, trial_run.model
     tag = level_tag(comp, level, progress.tags)
     left = weights_left(progress.mask)
     progress.tags.append(tag)
@@ -392,11 +583,11 @@ def write_level(
     figure = plots.loss_vs_accuracy(
         history.all_loss,
         history.all_accuracy,
-        args.dataset,
-        args.arch_type,
+        experiment.dataset,
+        experiment.arch_type,
         first_epoch=history.first_epoch + 1,
     )
-    run_dir.save_figure(figure, run_dir.loss_plot_path(tag), args.plot_dpi)
+    run_dir.save_figure(figure, run_dir.loss_plot_path(tag), experiment.plot_dpi)
     plots.close(figure)
 
     progress.summary.append(summary_row(level, left, comp, history))
@@ -426,24 +617,29 @@ def summary_row(level: int, left: float, comp: float, history: LevelHistory) -> 
     return row
 
 
-def write_final(run_dir: RunDir, args: argparse.Namespace, progress: Progress) -> None:
+def write_final(experiment: Experiment, trial_run: TrialRun) -> None:
     """The whole run's files: the original's `comp` and best accuracy per level, and their plot."""
+    run_dir, progress = trial_run.run_dir, trial_run.progress
     run_dir.dump_array(progress.comp, run_dir.dump_path("compression"))
     run_dir.dump_array(progress.bestacc, run_dir.dump_path("bestaccuracy"))
     figure = plots.accuracy_vs_weights(
-        [("Winning tickets", progress.comp, progress.bestacc)], args.dataset, args.arch_type
+        [("Winning tickets", progress.comp, progress.bestacc)],
+        experiment.dataset,
+        experiment.arch_type,
     )
-    run_dir.save_figure(figure, run_dir.accuracy_plot_path(), args.plot_dpi)
+    run_dir.save_figure(figure, run_dir.accuracy_plot_path(), experiment.plot_dpi)
     plots.close(figure)
 
 
-def checkpoint(level: int, model: nn.Module, progress: Progress) -> dict:
-    """The state at the end of `level` that the next level needs, each part stored once."""
+def checkpoint(level: int, trial_run: TrialRun) -> dict:
+    """The trial's state at the end of `level` that the next level needs, each part stored once:
+    its own generators apart from the process's (the batch's shared draws)."""
     return {
         "level": level,
-        "model_state": model.state_dict(),
-        "progress": resume.checkpoint_progress(vars(progress)),
+        "model_state": trial_run.model.state_dict(),
+        "progress": resume.checkpoint_progress(vars(trial_run.progress)),
         "rng": rng_states(),
+        "trial_rng": trial_run.random.state(),
     }
 
 

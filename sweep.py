@@ -2,13 +2,16 @@
 
     python sweep.py --prune_percent 10 20 --prune_type lt reinit --seed 0 1 -- <main.py flags>
 
-Each task is an ordinary `main.py` run in a subprocess, with its own folder under --results_root.
-A task's earlier run is the newest run there whose args.json records the same experiment (every
-argument but those in experiment.BOOKKEEPING): a complete one is skipped, an interrupted one resumed
-with `main.py --resume`. So calling the sweep again with the same arguments finishes what is left.
-`--prune_type reinit_ticket` is the paper's control: `main.py --prune_type reinit --masks_from`
-the folder of the `lt` task of the same percent and seed, started once that task has finished.
-Ray is optional (requirements-ray.txt); it is imported only when there is a task to run.
+Each task is an ordinary `main.py` run with its own folder under --results_root. Tasks that share
+a recipe and differ only in seed and prune type (those of one prune percent) train together as
+one batch, one `main.py --prune_type T... --seed S...` process (a Ray job), at most `--batch`
+trials each; `reinit_ticket` is the paper's control, `reinit` with the masks of the `lt` trial of
+its percent and seed, taken from memory when both are in one batch (else `--masks_from` that
+task's folder, once it has finished). A task's earlier run is the newest run there whose
+args.json records the same experiment (every argument but those in experiment.BOOKKEEPING): a
+complete one is skipped, an interrupted one resumed with `main.py --resume` (with the rest of its
+batch). So calling the sweep again with the same arguments finishes what is left. Ray is optional
+(requirements-ray.txt); it is imported only when there is a task to run.
 """
 
 import argparse
@@ -21,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import combine_plots
-from lth import cli, experiment, runs
+from lth import cli, experiment, resume, runs
 from lth.errors import UserError, one_line
 
 MAIN = Path(__file__).resolve().parent / "main.py"
 SWEPT = ("prune_type", "prune_percent", "seed", "results_root")
 NOT_ALLOWED = SWEPT + ("resume", "start_iter")
-CONTROL = "reinit_ticket"  # main.py --prune_type reinit --masks_from <the lt task's run>
+CONTROL = experiment.CONTROL  # reinit with the masks of the lt task of its percent and seed
 PRUNE_TYPES = (*cli.PRUNE_TYPES, CONTROL)
 
 
@@ -41,6 +44,9 @@ class Task:
     run_dir: str = ""
     error: str = ""
     ticket: "Task | None" = None  # a reinit_ticket task's lt task, whose run gives the masks
+    prune_type: str = ""  # as the sweep names it (reinit_ticket for the control)
+    seed: int | None = None
+    percent: float = 0.0
 
     def take_masks_from(self, run_dir: str) -> None:
         """A control task: its masks come from the lt run in `run_dir`."""
@@ -72,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--num_cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     add("--cpus_per_run", type=float, default=1, help="CPUs Ray reserves for each run")
     add("--gpus_per_run", type=float, default=0, help="GPUs Ray reserves for each run")
+    add(
+        "--batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most N trials in one main.py process (default: every task of a prune percent)",
+    )
     return parser
 
 
@@ -96,6 +109,8 @@ def make_tasks(options: argparse.Namespace, main_flags: list[str]) -> list[Task]
         raise UserError(f"--{name} after `--`: give it to sweep.py itself (see --help)")
     if options.cpus_per_run < 0 or options.gpus_per_run < 0:
         raise UserError("--cpus_per_run and --gpus_per_run must not be negative")
+    if options.batch is not None and options.batch < 1:
+        raise UserError(f"--batch must be at least 1, got {options.batch}")
     for prune_type in options.prune_type:
         if prune_type not in PRUNE_TYPES:
             raise UserError(
@@ -114,10 +129,10 @@ def make_tasks(options: argparse.Namespace, main_flags: list[str]) -> list[Task]
         argv = [*main_flags, "--prune_type", main_type, "--prune_percent", f"{percent:g}"]
         argv += ["--results_root", str(Path(options.results_root).resolve())]
         argv += ["--seed", str(seed)] if seed is not None else []
-        args = cli.parse_args(argv)
+        args = cli.one_trial(cli.parse_args(argv))
         cli.validate(args)
         name = f"{prune_type}_{percent:g}" + (f"_seed{seed}" if seed is not None else "")
-        tasks.append(Task(name, args, argv))
+        tasks.append(Task(name, args, argv, prune_type=prune_type, seed=seed, percent=percent))
     link_controls(tasks)
     return tasks
 
@@ -161,10 +176,11 @@ def stop_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
-def run_main(argv: list[str], cwd: str, log: str, threads: int) -> tuple[int, str, str]:
+def run_main(argv: list[str], cwd: str, log: str, threads: int) -> tuple[int, list[str], str]:
     """Run main.py with `argv` in `cwd`, its output into the file `log`.
 
-    Returns its exit status, the run folder it printed and, when it failed, its last error line.
+    Returns its exit status, the run folders it printed (one per trial, in the batch's order)
+    and, when it failed, its last error line.
     """
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     Path(log).parent.mkdir(parents=True, exist_ok=True)
@@ -184,17 +200,134 @@ def run_main(argv: list[str], cwd: str, log: str, threads: int) -> tuple[int, st
     if status != 0:
         errors = [line for line in lines if line.startswith(("error:", "main.py: error:"))]
         error = (errors or [line for line in lines if line] or [f"exit status {status}"])[-1]
-    return status, folders[-1] if folders else "", error
+    return status, folders, error
+
+
+@dataclass(eq=False)
+class Job:
+    """One main.py process: a batch of tasks (or the resume of an earlier batch). `after`: the
+    job whose lt runs give this job's controls their masks (--masks_from), started once it ends."""
+
+    name: str  # its log file's name
+    tasks: list[Task]
+    argv: list[str]
+    after: "Job | None" = None
+
+    def outcome(self, status: int, folders: list[str], error: str) -> None:
+        """Each task's status: `failed` when its folder says why it stopped (failure.txt), or
+        when the process failed and its run is not complete; `done` otherwise."""
+        if self.argv[:1] != ["--resume"]:  # a new batch prints its folders in task order
+            for task, folder in zip(self.tasks, folders, strict=False):
+                task.run_dir = folder
+        for task in self.tasks:
+            failure = Path(task.run_dir, "failure.txt") if task.run_dir else None
+            if failure is not None and failure.exists():
+                task.status, task.error = "failed", failure.read_text().strip()
+            elif status == 0 or ((run := runs.read_run(task.run_dir)) and run.complete):
+                task.status, task.error = "done", ""
+            else:
+                task.status, task.error = "failed", error or f"exit status {status}"
+
+
+def make_jobs(tasks: list[Task], batch: int | None) -> list[Job]:
+    """The main.py processes that run `tasks` (those not finished earlier), at most `batch`
+    trials each: the resume of each earlier batch, then per prune percent the new tasks as
+    batches of --prune_type x --seed (a control with its lt task; a control whose lt task ran
+    in another process or earlier, alone with --masks_from that run)."""
+    jobs: list[Job] = []
+    resumed: dict[tuple, Job] = {}
+    for task in [t for t in tasks if t.status == "resume"]:
+        key = earlier_batch(task)
+        if key not in resumed:
+            resumed[key] = Job(task.name, [], list(task.argv))
+            jobs.append(resumed[key])
+        resumed[key].tasks.append(task)
+    new = [t for t in tasks if t.status == "new"]
+    by_task = {(t.prune_type, t.percent, t.seed): t for t in new}
+    for percent in dict.fromkeys(t.percent for t in new):
+        mine = [t for t in new if t.percent == percent]
+        seeds = list(dict.fromkeys(t.seed for t in mine))
+        kinds: dict[tuple, list] = {}  # the prune types new for a seed -> those seeds
+        for seed in seeds:
+            types = tuple(t.prune_type for t in mine if t.seed == seed)
+            kinds.setdefault(types, []).append(seed)
+        for types, same in kinds.items():
+            jobs += batches(types, same, percent, by_task, batch)
+    lt_jobs = {id(t): job for job in jobs for t in job.tasks if t.prune_type == "lt"}
+    for job in jobs:
+        for task in job.tasks:
+            ticket = task.ticket
+            if ticket is not None and ticket.status == "new" and ticket not in job.tasks:
+                job.after = lt_jobs[id(ticket)]
+    return jobs
+
+
+def batches(
+    types: tuple[str, ...], seeds: list, percent: float, by_task: dict, batch: int | None
+) -> list[Job]:
+    """The jobs of the new tasks of `types` x `seeds` at `percent`."""
+    together = [t for t in types if t != CONTROL or "lt" in types]
+    if batch is not None and batch < len(together):  # one prune type per process
+        groups = [[t] for t in together]
+    else:
+        groups = [together]
+    alone = [t for t in types if t not in together]  # controls whose lt ran earlier
+    groups += [[t] for t in alone]
+    jobs = []
+    for group in groups:
+        if group == [CONTROL]:  # controls apart from their lt trials: one process each
+            for seed in seeds:
+                task = by_task[(CONTROL, percent, seed)]
+                argv = [*strip_trial_flags(task.argv), "--prune_type", "reinit"]
+                if task.args.masks_from is not None:
+                    argv += ["--masks_from", task.args.masks_from]
+                argv += ["--seed", str(seed)] if seed is not None else []
+                jobs.append(Job(task.name, [task], argv))
+            continue
+        per = len(seeds) if batch is None else max(1, batch // len(group))
+        for start in range(0, len(seeds), per):
+            chunk = seeds[start : start + per]
+            tasks = [by_task[(t, percent, seed)] for t in group for seed in chunk]
+            argv = [*strip_trial_flags(tasks[0].argv), "--prune_type", *group]
+            if chunk != [None]:
+                argv += ["--seed", *(str(seed) for seed in chunk)]
+            name = tasks[0].name if len(tasks) == 1 else f"{group[0]}_{percent:g}_batch{start}"
+            jobs.append(Job(name, tasks, argv))
+    return jobs
+
+
+def strip_trial_flags(argv: list[str]) -> list[str]:
+    """A task's main.py command line without its --prune_type, --seed and --masks_from."""
+    kept, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        if arg in ("--prune_type", "--seed", "--masks_from"):
+            skip = 1
+            continue
+        kept.append(arg)
+    return kept
+
+
+def earlier_batch(task: Task) -> tuple:
+    """The folders of the batch the task's earlier run ran in (its args.json), as a key."""
+    assert task.earlier is not None
+    record = resume.read_record(task.earlier.root)
+    names = record.get("batch", {}).get("runs") or [task.earlier.root.name]
+    return tuple(sorted(str(task.earlier.root.parent / name) for name in names))
 
 
 def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> None:
-    """Run the tasks as Ray tasks; record each one's outcome (a failure stops no other task)."""
+    """Run the tasks as Ray jobs (make_jobs); record each task's outcome (a failure stops no
+    other job)."""
     try:
         import ray
     except ImportError:
         raise UserError(
             "sweep.py needs Ray: pip install -r requirements-ray.txt (it is not installed)"
         ) from None
+    jobs = make_jobs(tasks, options.batch)
     local = options.address is None
     try:
         ray.init(
@@ -213,45 +346,59 @@ def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> No
         threads = max(1, int(options.cpus_per_run))
         pending = {}
 
-        def start(task: Task) -> None:
-            log = str(logs / f"{task.name}.log")
-            pending[remote.remote(task.argv, os.getcwd(), log, threads)] = task
+        def start(job: Job) -> None:
+            log = str(logs / f"{job.name}.log")
+            pending[remote.remote(job.argv, os.getcwd(), log, threads)] = job
 
-        # a control whose lt task runs now waits for it; the others start at once
-        waiting = [t for t in tasks if any(t.ticket is other for other in tasks)]
-        for task in tasks:
-            if task not in waiting:
-                start(task)
-        print(f"sweep: {len(tasks)} task(s) on Ray; logs in {logs}/", flush=True)
+        waiting = [job for job in jobs if job.after is not None]
+        for job in jobs:
+            if job not in waiting:
+                start(job)
+        print(
+            f"sweep: {len(tasks)} task(s) in {len(jobs)} process(es) on Ray; logs in {logs}/",
+            flush=True,
+        )
         while pending:
             [ready], _ = ray.wait(list(pending), num_returns=1)
-            task = pending.pop(ready)
+            job = pending.pop(ready)
             try:
-                status, run_dir, error = ray.get(ready)
-            except Exception as failure:  # the task itself died (worker lost, node down)
-                status, run_dir, error = -1, "", f"{type(failure).__name__}: {failure}"
-            task.run_dir = run_dir or task.run_dir
-            task.status, task.error = ("done", "") if status == 0 else ("failed", error)
-            print(f"sweep: {task.name} {task.status} {task.error}".rstrip(), flush=True)
-            for control in [t for t in waiting if t.ticket is task]:
-                waiting.remove(control)
-                if release(control):
-                    start(control)
+                status, folders, error = ray.get(ready)
+            except Exception as failure:  # the job itself died (worker lost, node down)
+                status, folders, error = -1, [], f"{type(failure).__name__}: {failure}"
+            job.outcome(status, folders, error)
+            for task in job.tasks:
+                print(f"sweep: {task.name} {task.status} {task.error}".rstrip(), flush=True)
+            for later in [j for j in waiting if j.after is job]:
+                waiting.remove(later)
+                if release(later):
+                    start(later)
     finally:
         ray.shutdown()
 
 
-def release(control: Task) -> bool:
-    """After its lt task ended: whether the control can start (with that run's masks); if not,
-    it is marked failed."""
-    ticket = control.ticket
-    assert ticket is not None
-    if ticket.status != "done" or not ticket.run_dir:
-        control.status = "failed"
-        control.error = f"not started: its lt task {ticket.name} failed"
-        print(f"sweep: {control.name} {control.status} {control.error}", flush=True)
-        return False
-    control.take_masks_from(ticket.run_dir)
+def release(job: Job) -> bool:
+    """After the job its controls wait for ended: whether they can start (each with its lt
+    run's masks); if one cannot, the job's tasks are marked failed."""
+    for control in job.tasks:
+        ticket = control.ticket
+        assert ticket is not None
+        if ticket.status != "done" or not ticket.run_dir:
+            for task in job.tasks:
+                task.status = "failed"
+                task.error = f"not started: its lt task {ticket.name} failed"
+                print(f"sweep: {task.name} {task.status} {task.error}", flush=True)
+            return False
+    (control,) = job.tasks  # a control waits alone: its masks are its lt run's
+    control.take_masks_from(control.ticket.run_dir)
+    job.argv = [
+        *strip_trial_flags(job.argv),
+        "--prune_type",
+        "reinit",
+        "--masks_from",
+        control.args.masks_from,
+    ]
+    if control.seed is not None:
+        job.argv += ["--seed", str(control.seed)]
     return True
 
 

@@ -10,7 +10,7 @@ from typing import NoReturn
 import archs
 from lth import data
 from lth.errors import UserError, one_line
-from lth.experiment import COMPILE_CHOICES
+from lth.experiment import COMPILE_CHOICES, CONTROL
 from lth.initialization import INIT_SCHEMES
 
 PRUNE_TYPES = ("lt", "reinit", "random")
@@ -48,7 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue an interrupted run: its folder, or alone for the newest matching run",
     )
-    add("--prune_type", default="lt", type=str, help=f"one of: {', '.join(PRUNE_TYPES)}")
+    add(
+        "--prune_type",
+        default=["lt"],
+        nargs="+",
+        metavar="TYPE",
+        help=f"one of: {', '.join(PRUNE_TYPES)}; several (and {CONTROL}: reinit with the masks of"
+        " the lt trial of its seed, from memory) train together as one batch with every --seed",
+    )
     add("--gpu", default="0", type=str, help="index of the CUDA device to use")
     add("--dataset", default="mnist", type=str, help=f"one of: {', '.join(sorted(data.DATASETS))}")
     add("--arch_type", default="fc1", type=str, help="architecture (see README for each dataset)")
@@ -57,7 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     # New flags.
     add("--data_dir", default="../data", help="where data sets live, in torchvision's layout")
     add("--data_source", default=None, metavar="DIR", help="folder with the original data files")
-    add("--seed", default=None, type=int, help="random seed (default: a random one, recorded)")
+    add(
+        "--seed",
+        default=[None],
+        nargs="+",
+        type=int,
+        metavar="SEED",
+        help="random seed of a trial (default: a random one, recorded); several seeds train"
+        " together as one batch, one run folder each",
+    )
     add("--plot_dpi", default=1200, type=int, help="resolution of the saved figures")
     add("--results_root", default="results", help="where run folders are created")
     add(
@@ -164,6 +179,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if action.nargs is None and isinstance(getattr(args, action.dest, None), list):
             parser.error(f"argument {action.option_strings[0]}: expected one argument")
     return args
+
+
+def trial_specs(args: argparse.Namespace) -> list[tuple[str, int | None]]:
+    """The batch the command line asks for: (prune type, seed) for every --prune_type and every
+    --seed, types first, each once; UserError for a batch that cannot run."""
+    types = list(dict.fromkeys(args.prune_type))
+    seeds = list(dict.fromkeys(args.seed))
+    if None in seeds and len(seeds) > 1:
+        raise UserError(f"--seed {' '.join(map(str, args.seed))}: every seed must be a number")
+    if CONTROL in types:
+        if "lt" not in types:
+            raise UserError(
+                f"--prune_type {CONTROL} needs lt in the same batch: each control takes the masks"
+                " of the lt trial of its seed"
+            )
+        if args.masks_from is not None:
+            raise UserError(
+                f"--prune_type {CONTROL} takes its masks from the lt trials of the batch, not"
+                " from --masks_from"
+            )
+    for prune_type in types:
+        if prune_type not in (*PRUNE_TYPES, CONTROL):
+            raise UserError(
+                f"--prune_type {prune_type} is not supported; choose one of:"
+                f" {', '.join((*PRUNE_TYPES, CONTROL))}"
+            )
+    return [(prune_type, seed) for prune_type in types for seed in seeds]
+
+
+def trial_namespace(
+    args: argparse.Namespace, prune_type: str, seed: int | None
+) -> argparse.Namespace:
+    """One trial's arguments: the command line's, with that trial's prune type (`reinit` for
+    the control) and seed, ready for `validate`."""
+    main_type = "reinit" if prune_type == CONTROL else prune_type
+    return argparse.Namespace(**{**vars(args), "prune_type": main_type, "seed": seed})
+
+
+def one_trial(args: argparse.Namespace) -> argparse.Namespace:
+    """The arguments of the one trial a command line names (one --prune_type, one --seed), as
+    `trial_namespace` gives them; UserError when it names a batch."""
+    specs = trial_specs(args)
+    if len(specs) != 1:
+        raise UserError(f"one --prune_type and one --seed only here, got {len(specs)} trials")
+    return trial_namespace(args, *specs[0])
 
 
 def explicit_flags(argv: list[str] | None) -> set[str]:

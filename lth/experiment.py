@@ -9,13 +9,18 @@ A run's recorded arguments (its `args.json`) split three ways:
 
 `recipe` is that shared part as text (the key that groups trials in `combine_plots.py`),
 `ran` says whether a recorded run ran what a sweep's task asks for, and RESUME_LOOKUP names what
-`--resume` without a folder matches on.
+`--resume` without a folder matches on. Inside the program a batch is an `Experiment` (the shared
+recipe) and its `Trial`s.
 """
 
 import json
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 
 COMPILE_CHOICES = ("auto", "on", "off")  # steps.use_compile says what each means
+# The paper's control as a prune type of a batch: reinit with the masks of the batch's lt trial of
+# the same seed (recorded as prune type reinit, --masks_from that trial's folder).
+CONTROL = "reinit_ticket"
 
 # Flags that do not change what a run computes: where it reads and writes, how it reports, the
 # device it runs on, and --compile (which changes the rounding of float sums only). A resume may
@@ -51,3 +56,75 @@ def ran(recorded: Mapping, wanted: Mapping) -> bool:
     of every argument but the BOOKKEEPING ones (a `wanted` seed of None takes any seed)."""
     ignore = set(BOOKKEEPING) | ({"seed"} if wanted.get("seed") is None else set())
     return all(recorded.get(k) == v for k, v in wanted.items() if k not in ignore)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """The recipe every trial of a batch shares: every flag but a trial's own (TRIAL_FIELDS and
+    the prune type) and the resume flags, checked and completed by `cli.validate`."""
+
+    dataset: str
+    arch_type: str
+    lr: float
+    batch_size: int
+    end_iter: int
+    print_freq: int
+    valid_freq: int
+    prune_percent: float
+    prune_iterations: int
+    gpu: str
+    data_dir: str
+    data_source: str | None
+    plot_dpi: int
+    results_root: str
+    init: str
+    rewind_epoch: int
+    rewind_iter: int
+    prune_scope: str
+    prune_percent_output: float | None
+    prune_percent_conv: float | None
+    optimizer: str
+    momentum: float
+    dropout: float
+    fclin_depth: int | None
+    pretrain: str
+    pretrain_epochs: int | None
+    val_size: int
+    warmup_iters: int
+    lr_drops: str | None
+    lr_gamma: float | None
+    compile: str
+
+    @classmethod
+    def of(cls, args: Mapping) -> "Experiment":
+        """The recipe in a trial's checked arguments (a dict, or vars() of a Namespace)."""
+        return cls(**{f.name: args[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class Trial:
+    """What one trial of a batch is: its seed, its prune type, and where a `reinit` control's
+    masks come from: a finished `lt` run (`masks_from`) or, with `ticket`, the `lt` trial of
+    that index in the same batch, whose mask of each level it takes from memory (its folder is
+    then recorded as `masks_from`)."""
+
+    seed: int
+    prune_type: str
+    masks_from: str | None = None
+    ticket: int | None = None
+
+    @property
+    def is_control(self) -> bool:
+        return self.masks_from is not None or self.ticket is not None
+
+    def args(self, experiment: Experiment, masks_from: str | None = None) -> dict:
+        """The trial's arguments as args.json records them (`masks_from`: the folder of its
+        ticket's run, for a control that takes its masks from memory)."""
+        return {
+            **asdict(experiment),
+            "seed": self.seed,
+            "prune_type": self.prune_type,
+            "masks_from": masks_from if masks_from is not None else self.masks_from,
+            "resume": None,
+            "start_iter": 0,
+        }

@@ -1,6 +1,7 @@
 """What makes a run reproducible: its seed, arguments, package versions and code version."""
 
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
 import os
@@ -10,6 +11,7 @@ import secrets
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +135,57 @@ def with_resume(record: dict, at_level: int, changed: dict, device: torch.device
         "device": str(device),
     }
     return {**record, "resumes": [*record.get("resumes", []), entry]}
+
+
+class TrialRandom:
+    """One trial's own random generators (Python's, numpy's and torch's CPU one), kept apart from
+    the process's: each trial of a batch draws its initial and reinit weights, its random masks
+    and its data orders from them, so that it draws what it would draw alone.
+
+    `with trial_random.active():` puts them in place of the process's generators for the draws
+    inside, then keeps their new states and puts the process's back. Seeded as `seed_everything`
+    seeds the process, so a batch of one draws exactly what a run of that seed drew before
+    batches existed.
+    """
+
+    def __init__(self, seed: int) -> None:
+        saved = self.process_states()
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.random.default_generator.manual_seed(seed)  # the CPU generator only
+        self.states = self.process_states()
+        self.restore_process(saved)
+
+    @staticmethod
+    def process_states() -> dict:
+        return {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+        }
+
+    @staticmethod
+    def restore_process(states: dict) -> None:
+        random.setstate(states["python"])
+        np.random.set_state(states["numpy"])
+        torch.set_rng_state(states["torch"])
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        saved = self.process_states()
+        self.restore_process(self.states)
+        try:
+            yield
+        finally:
+            self.states = self.process_states()
+            self.restore_process(saved)
+
+    def state(self) -> dict:
+        """The generators' states, for a checkpoint."""
+        return dict(self.states)
+
+    @classmethod
+    def from_state(cls, states: dict) -> "TrialRandom":
+        made = cls.__new__(cls)
+        made.states = {name: states[name] for name in ("python", "numpy", "torch")}
+        return made

@@ -7,7 +7,8 @@ Layout, relative to `results/<Mon DD_HH-MM-SS>_<host>/` (as the original wrote i
   dumps/lt/{arch}/{dataset}/{pt}_all_loss_{comp}.dat, {pt}_all_accuracy_{comp}.dat,
       {pt}_mask_{comp}.pkl, {pt}_compression.dat, {pt}_bestaccuracy.dat,
       {pt}_all_val_loss_{comp}.dat, {pt}_all_val_accuracy_{comp}.dat (with --val_size > 0)
-  args.json, summary.csv, checkpoints/latest.pth (the newest level's state only), tensorboard/
+  args.json, summary.csv, checkpoints/latest.pth (the newest level's state only), tensorboard/,
+  failure.txt (only when the run stopped: why, in one line)
 Every file is written to a temporary name in its folder and renamed into place, so a file
 either holds its whole content or does not exist. A process holds a lock on the run folder while
 it writes there, so a run and a resume of it (or two resumes) never write into one folder at once.
@@ -37,6 +38,10 @@ from lth.safe_load import Refused, load_array_list, load_torch
 
 CHECKPOINTS = "checkpoints"
 CHECKPOINT = "latest.pth"  # the one checkpoint: each level's replaces the previous one
+STAGED = (
+    "staged.pth"  # a batch's next checkpoint, until every trial of the batch has staged its own
+)
+FAILURE = "failure.txt"  # why a run stopped (its loss not finite), with the level
 TENSORBOARD = "tensorboard"
 TEMPORARY = ".tmp"  # suffix of the temporary names atomic_write uses
 SUMMARY_FIELDS = [
@@ -206,6 +211,13 @@ class RunDir:
         """The state at the end of the newest finished level (the level is inside)."""
         return self.root / CHECKPOINTS / CHECKPOINT
 
+    def staged_path(self) -> Path:
+        """The checkpoint of a level whose batch has not committed it yet (`commit_checkpoint`)."""
+        return self.root / CHECKPOINTS / STAGED
+
+    def failure_path(self) -> Path:
+        return self.root / FAILURE
+
     # -- writers -----------------------------------------------------------------------------
     def save_model(self, model: nn.Module, path: Path) -> None:
         """The whole module, as the original's `torch.save(model, ...)`."""
@@ -239,10 +251,34 @@ class RunDir:
         writer.writerows(rows)
         atomic_write(self.root / "summary.csv", lambda f: f.write(text.getvalue().encode()))
 
+    def stage_checkpoint(self, state: dict) -> None:
+        """Write `state` (a dict with its "level") as the staged checkpoint: the first half of a
+        batch's commit. The checkpoint itself stays the previous level's until
+        `commit_checkpoint`; a batch killed between the two is settled by `resume.settle`."""
+        atomic_write(self.staged_path(), lambda f: torch.save(state, f))
+
     def save_checkpoint(self, state: dict) -> None:
-        """Replace the checkpoint by `state` (a dict with its "level") in one rename: at every
-        moment the folder holds one whole checkpoint, the previous level's or this one's."""
-        atomic_write(self.checkpoint_path(), lambda f: torch.save(state, f))
+        """Stage and commit `state` at once (a batch of one, or a checkpoint written alone)."""
+        self.stage_checkpoint(state)
+        self.commit_checkpoint()
+
+    def commit_checkpoint(self) -> None:
+        """Make the staged checkpoint the checkpoint, in one rename: at every moment the folder
+        holds one whole checkpoint, the previous level's or this one's."""
+        os.replace(self.staged_path(), self.checkpoint_path())
+
+    def write_failure(self, level: int, line: str) -> None:
+        """`failure.txt`: the level and the one line that say why the run stopped."""
+        text = f"level {level}: {line}\n"
+        atomic_write(self.failure_path(), lambda f: f.write(text.encode()))
+
+    def failed_at(self) -> int | None:
+        """The level `failure.txt` names, or None when the run has not stopped."""
+        try:
+            first = self.failure_path().read_text().split(":", 1)[0]
+            return int(first.removeprefix("level "))
+        except (OSError, ValueError):
+            return None
 
     def checkpoint_level(self) -> int | None:
         """The level the checkpoint was saved at; None without a readable one. safe_load.Refused

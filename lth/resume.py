@@ -4,6 +4,11 @@ A run keeps one checkpoint, the state at the end of its newest finished level (t
 inside). It holds the model, the mask (as booleans), the per-level figures and every random
 generator; the initial state and the rewind state are read back from their own result files.
 So a run continues at the level after its checkpoint, or starts again at level 0.
+
+The trials of a batch are resumed together, from any one of their folders (its args.json names
+the others). Their checkpoints are committed together (results.RunDir.stage_checkpoint, then
+commit_checkpoint): a batch killed between the two is settled here, so that no trial is a level
+ahead of the others.
 """
 
 import argparse
@@ -19,12 +24,15 @@ from torch import nn
 
 from lth import runs
 from lth.errors import UserError
-from lth.experiment import NEUTRAL, NOT_RECORDED, RESUME_LOOKUP
+from lth.experiment import CONTROL, NEUTRAL, NOT_RECORDED, RESUME_LOOKUP, Experiment, Trial
 from lth.results import RunDir, mask_from_bool, mask_to_bool
 from lth.safe_load import load_torch
 
 FROM_FILES = ("initial_state", "rewind_state")  # progress a checkpoint does not hold
 CHECKPOINT_KEYS = {"level", "model_state", "progress", "rng"}  # what main.checkpoint saves
+# (and "trial_rng", the trial's own generators; a checkpoint without it, from before batches,
+# drew everything from the process's generators, "rng")
+TRIAL_FLAGS = ("seed", "prune_type")  # a resume takes the batch's; given, they must agree
 RESTART = "to run the whole run again in this folder, add --start_iter 0"
 
 
@@ -34,14 +42,18 @@ class RunFinished(Exception):
 
 @dataclass
 class Resumed:
-    run_dir: RunDir
-    args: argparse.Namespace
+    """A batch to continue: the trials still running, in the batch's order, and where they are."""
+
+    experiment: Experiment
+    trials: list[Trial]
+    run_dirs: list[RunDir]
     start: int  # first level to run
-    # the state at the end of level `start - 1` (its initial and rewind states are read by
-    # whole_checkpoint, which needs the model); None: start afresh
-    checkpoint: dict | None
-    record: dict  # the content of args.json
+    # each trial's state at the end of level `start - 1` (its initial and rewind states are read
+    # by whole_checkpoint, which needs the model); None: start afresh
+    checkpoints: list[dict | None]
+    records: list[dict]  # the content of each trial's args.json
     changed: dict[str, list]  # result-neutral flag -> [the run's value, the new one]
+    arguments: list[argparse.Namespace]  # each trial's arguments, as recorded and changed
 
 
 def read_record(folder: Path) -> dict:
@@ -67,13 +79,19 @@ def current_args(record: dict) -> dict:
 
 def newest_matching_run(args: argparse.Namespace) -> Path:
     """The newest run under --results_root with the same dataset, arch and prune type."""
+    wanted = {name: getattr(args, name) for name in RESUME_LOOKUP}
+    types = ["reinit" if t == CONTROL else t for t in wanted.pop("prune_type")]
     matching = [
         run
         for run in runs.all_runs(args.results_root)
-        if all(run.args.get(name) == getattr(args, name) for name in RESUME_LOOKUP)
+        if all(run.args.get(name) == value for name, value in wanted.items())
+        and run.args.get("prune_type") in types
     ]
     if not matching:
-        wanted = ", ".join(f"--{name} {getattr(args, name)}" for name in RESUME_LOOKUP)
+        wanted = ", ".join(
+            f"--{name} {' '.join(types) if name == 'prune_type' else getattr(args, name)}"
+            for name in RESUME_LOOKUP
+        )
         raise UserError(f"--resume: no run under {args.results_root}/ with {wanted}")
     return matching[-1].root
 
@@ -85,7 +103,7 @@ def changed_flags(recorded: dict, args: argparse.Namespace, explicit: set[str]) 
     flag in one line.
     """
     changed, refused = {}, []
-    for name in sorted(explicit - set(NOT_RECORDED)):
+    for name in sorted(explicit - set(NOT_RECORDED) - set(TRIAL_FLAGS)):
         new = getattr(args, name)
         if name not in recorded or recorded[name] == new:
             continue
@@ -203,26 +221,133 @@ def first_level(args: argparse.Namespace, explicit: set[str], done: int, folder:
     )
 
 
+def batch_folders(folder: Path, record: dict) -> list[Path]:
+    """The folders of the batch `folder` ran in, in the batch's order (its args.json's "batch":
+    the names of its trials' folders, siblings of it); [folder] for a run of its own."""
+    names = record.get("batch", {}).get("runs")
+    if not names:
+        return [folder]
+    folders = [folder.parent / name for name in names]
+    missing = [str(f) for f in folders if not (f / "args.json").is_file()]
+    if missing:
+        raise UserError(
+            f"--resume {folder}: it ran in a batch of {len(folders)} trials, and the run folder"
+            f" {missing[0]} of that batch is gone; its trials are resumed together"
+        )
+    return folders
+
+
+def check_trial_flags(args: argparse.Namespace, explicit: set[str], recorded: list[dict]) -> None:
+    """--seed and --prune_type given with --resume must name the batch's own."""
+    for name in sorted(set(TRIAL_FLAGS) & explicit):
+        given = {"reinit" if v == CONTROL else v for v in getattr(args, name)}
+        theirs = {r[name] for r in recorded}
+        if given != theirs:
+            shown = " ".join(str(v) for v in sorted(theirs, key=str))
+            raise UserError(
+                f"--resume: --{name} {' '.join(map(str, getattr(args, name)))} differs from the"
+                f" batch's {shown} (leave --{name} out)"
+            )
+
+
+def settle(run_dirs: list[RunDir]) -> None:
+    """Finish or undo the commit of a batch's checkpoints that a kill interrupted. The commit of
+    level L is whole when every trial still running (no failure.txt) has staged its checkpoint
+    of L or already committed it: then the staged ones are committed; otherwise level L is not
+    whole, and every staged one is removed (the batch runs L again)."""
+    staged = [d for d in run_dirs if d.staged_path().exists()]
+    if not staged:
+        return
+    level = staged_level(staged[0])
+    live = [d for d in run_dirs if d.failed_at() is None]
+    whole = level is not None and all(
+        d.staged_path().exists() or d.checkpoint_level() == level for d in live
+    )
+    for run_dir in staged:
+        if whole and staged_level(run_dir) == level:
+            run_dir.commit_checkpoint()
+        else:
+            run_dir.staged_path().unlink()
+
+
+def staged_level(run_dir: RunDir) -> int | None:
+    """The level of the staged checkpoint, or None when it cannot be read."""
+    try:
+        return int(load_torch(run_dir.staged_path(), "staged checkpoint", mmap=True)["level"])
+    except Exception:  # damaged: a kill in its write leaves a temporary file, so this is rare
+        return None
+
+
 def locate(args: argparse.Namespace, explicit: set[str]) -> Resumed:
-    """Merge the recorded arguments with the command line and find where to continue.
+    """Merge the recorded arguments with the command line and find where the batch continues.
 
     A result-neutral flag (NEUTRAL) given on the command line replaces the recorded value; any
-    other must agree with it. --start_iter 0 starts the run again; otherwise it continues after
-    its checkpoint.
+    other must agree with it. --start_iter 0 starts the batch again; otherwise it continues
+    after its checkpoints. A trial that stopped (failure.txt) before that level stays stopped;
+    one that stopped at it or later runs it again with the others.
     """
     folder = newest_matching_run(args) if args.resume == "latest" else Path(args.resume)
     record = read_record(folder)
-    recorded = current_args(record)
-    changed = changed_flags(recorded, args, explicit)
-    merged = argparse.Namespace(**{**vars(args), **recorded})
-    for name, (_, new) in changed.items():
-        setattr(merged, name, new)
-    merged.resume = str(folder)
-    run_dir = RunDir(folder, merged.arch_type, merged.dataset, merged.prune_type)
+    folders = batch_folders(folder, record)
+    records = [record if f == folder else read_record(f) for f in folders]
+    recorded = [current_args(r) for r in records]
+    check_trial_flags(args, explicit, recorded)
+    changed = changed_flags(recorded[0], args, explicit)
+    arguments = []
+    for values in recorded:
+        merged = argparse.Namespace(**{**vars(args), **values})
+        for name, (_, new) in changed.items():
+            setattr(merged, name, new)
+        merged.resume = str(folder)
+        arguments.append(merged)
+    run_dirs = [
+        RunDir(f, a.arch_type, a.dataset, a.prune_type)
+        for f, a in zip(folders, arguments, strict=True)
+    ]
+    settle(run_dirs)
     again = "start_iter" in explicit and args.start_iter == 0
-    done = 0 if again else finished_levels(run_dir)
-    start = merged.start_iter = first_level(args, explicit, done, folder)
-    if start >= merged.prune_iterations:
-        raise RunFinished(f"{folder} has finished all {merged.prune_iterations} levels")
-    checkpoint = load_checkpoint(run_dir.checkpoint_path()) if start > 0 else None
-    return Resumed(run_dir, merged, start, checkpoint, record, changed)
+    levels = arguments[0].prune_iterations
+    stopped = [d.failed_at() for d in run_dirs]
+    live = [i for i, d in enumerate(run_dirs) if stopped[i] is None]
+    finished = {run_dirs[i].root.name: finished_levels(run_dirs[i]) for i in live}
+    if not again and len(set(finished.values())) > 1:
+        shown = ", ".join(f"{name} {done}" for name, done in finished.items())
+        raise UserError(
+            f"--resume {folder}: the runs of its batch have finished different numbers of levels"
+            f" ({shown}), which a batch never leaves; {RESTART}"
+        )
+    done = 0 if again else min(finished.values(), default=levels)
+    start = first_level(args, explicit, done, folder)
+    live = [i for i in range(len(run_dirs)) if stopped[i] is None or stopped[i] >= start]
+    if start >= levels or not live:
+        raise RunFinished(f"{folder} has finished all {levels} levels")
+    for i in live:
+        arguments[i].start_iter = start
+        run_dirs[i].failure_path().unlink(missing_ok=True)  # it runs that level again
+    checkpoints = [
+        load_checkpoint(run_dirs[i].checkpoint_path()) if start > 0 else None for i in live
+    ]
+    experiment = Experiment.of(vars(arguments[0]))
+    batch = [r.get("batch", {}) for r in records]
+    position = {index: live.index(index) for index in live}
+    trials = []
+    for i in live:
+        ticket = batch[i].get("ticket")
+        trials.append(
+            Trial(
+                seed=arguments[i].seed,
+                prune_type=arguments[i].prune_type,
+                masks_from=arguments[i].masks_from if ticket is None else None,
+                ticket=position.get(ticket) if ticket is not None else None,
+            )
+        )
+    return Resumed(
+        experiment,
+        trials,
+        [run_dirs[i] for i in live],
+        start,
+        checkpoints,
+        [records[i] for i in live],
+        changed,
+        [arguments[i] for i in live],
+    )

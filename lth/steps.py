@@ -37,27 +37,45 @@ def use_compile(choice: str, device: torch.device) -> bool:
     return choice == "on"
 
 
-def batch_loss(model: nn.Module, criterion: nn.Module, compiled: bool = False) -> BatchLoss:
-    """`criterion(model(x), y)`, compiled when `compiled`.
+def sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The cross-entropy of every trial's every sample, [k, B], of logits [k, B, C] and labels
+    [k, B] (each trial's own) or [B] (shared)."""
+    k, b = logits.shape[:2]
+    if labels.dim() == 1:
+        labels = labels.expand(k, b)
+    losses = nn.functional.cross_entropy(
+        logits.reshape(k * b, -1), labels.reshape(k * b), reduction="none"
+    )
+    return losses.view(k, b)
+
+
+def trial_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each trial's mean cross-entropy over its batch, [k] (`sample_losses`)."""
+    return sample_losses(logits, labels).mean(dim=1)
+
+
+def batch_losses(stacked: nn.Module, compiled: bool = False) -> BatchLoss:
+    """Each trial's mean cross-entropy on its batch, [k], of a `stack.StackedModel` given the
+    trials' images [k, B, ...] and labels [k, B]; compiled when `compiled`.
 
     Compiled with static shapes: the last, smaller batch of an epoch gets a graph of its own,
-    compiled once per process; later epochs and levels reuse both graphs (the same model object
+    compiled once per process; later epochs and levels reuse both graphs (the same stacked model
     and parameters, so no guard fails). On CUDA, `mode="reduce-overhead"` captures CUDA graphs
-    and each call marks a new step for them. Only training calls go through it: `evaluate` runs
+    and each call marks a new step for them. Only training calls go through it: evaluation runs
     the model plainly, so switching to eval mode never recompiles.
     """
 
-    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return criterion(model(x), y)
+    def losses(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return trial_losses(stacked(x), y)
 
     if not compiled:
-        return loss
-    if any(p.is_cuda for p in model.parameters()):
-        graphed = torch.compile(loss, mode="reduce-overhead", dynamic=False)
+        return losses
+    if any(p.is_cuda for p in stacked.parameters()):
+        graphed = torch.compile(losses, mode="reduce-overhead", dynamic=False)
 
-        def graphed_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        def graphed_losses(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             torch.compiler.cudagraph_mark_step_begin()
             return graphed(x, y)
 
-        return graphed_loss
-    return torch.compile(loss, dynamic=False)
+        return graphed_losses
+    return torch.compile(losses, dynamic=False)

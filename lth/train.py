@@ -1,8 +1,15 @@
-"""Training and evaluation on in-memory tensors: no DataLoader, no per-sample work in the loop."""
+"""Training and evaluation of a batch of trials on in-memory tensors: no DataLoader, no
+per-sample work in the loop, one read back to the host per epoch.
+
+The one training path: the trials of a batch (one trial is a batch of one) as a
+`stack.StackedModel`, each trial with its own data order (drawn from its `TrialRandom`), its own
+mask, its own best state, early stop and failure; one optimiser and one learning-rate schedule
+for all of them (the trials of a batch share the recipe, so their schedules are the same).
+"""
 
 import argparse
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,10 +19,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from lth.data import Split
-from lth.errors import UserError
 from lth.layers import CONV_OR_LINEAR
-from lth.pruning import freeze_pruned, prunable_weights, state_copy
-from lth.steps import batch_loss
+from lth.record import TrialRandom
+from lth.stack import StackedMasks, StackedModel, freeze_pruned_trials
+from lth.steps import batch_losses, sample_losses
 
 EVAL_BATCH = 1000
 WEIGHT_DECAY = 1e-4  # the original's, for every optimiser
@@ -136,87 +143,111 @@ def lr_schedule(
     return LambdaLR(optimizer, factor)
 
 
+def trial_orders(count: int, randoms: Sequence[TrialRandom], device: torch.device) -> torch.Tensor:
+    """[k, count]: each trial's permutation of the training set, drawn on the CPU from its own
+    generator (what `torch.randperm` alone draws from a run seeded as the trial), on `device`."""
+    orders = []
+    for random in randoms:
+        with random.active():
+            orders.append(torch.randperm(count))
+    return torch.stack(orders).to(device)
+
+
+def trial_batch(data: Split, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trials' own batches: index [k, B] -> normalised images [k, B, ...], labels [k, B],
+    gathered in one `Split.batch` call."""
+    k, b = index.shape
+    images, labels = data.batch(index.reshape(-1))
+    return images.view(k, b, *images.shape[1:]), labels.view(k, b)
+
+
 def train_epoch(
-    model: nn.Module,
+    stacked: StackedModel,
     data: Split,
     batch_size: int,
     optimizer: torch.optim.Optimizer,
-    criterion: nn.Module,
-    masks: list[torch.Tensor],
+    masks: StackedMasks,
+    randoms: Sequence[TrialRandom],
     *,
     compiled: bool = False,
     schedule: LambdaLR | None = None,
     skip: int = 0,
     after: tuple[int, Callable[[], None]] | None = None,
-) -> float:
-    """One pass over a fresh permutation of `data`; returns the mean training loss.
+) -> list[float]:
+    """One pass of every trial over its own fresh permutation of `data`; returns each trial's
+    mean training loss.
 
-    Each step: the batch's loss (`steps.batch_loss`: compiled with torch.compile when
-    `compiled`), its gradients through autograd, the pruned weights' gradients zeroed by
-    `masks`, the optimiser's own `step()`. Each batch is gathered from the permutation and
-    normalised (`Split.batch`). The loss is summed on the device and read once per epoch, so
+    Each step: every trial's batch loss (`steps.batch_losses`: compiled with torch.compile when
+    `compiled`), the gradients of their sum through autograd (each trial's gradient is that of its
+    own mean loss: the trials share no tensor), the pruned weights' gradients zeroed by `masks`,
+    the optimiser's own `step()`. The losses are summed on the device and read once per epoch, so
     the step never waits on the host. The last, smaller batch is kept (the original's train
     loader did not drop it). `schedule` (`lr_schedule`), if any, is stepped after every
     optimiser step.
 
     `skip`: the first `skip` batches of the permutation are not trained (the first, partial
     epoch of a level that starts inside an epoch; the loss is then the mean over the batches
-    trained). `after` = (k, call): call() once k optimiser steps of this pass are done (k from
-    1), inside the loop, with the model as that step left it.
+    trained). `after` = (n, call): call() once n optimiser steps of this pass are done (n from
+    1), inside the loop, with the trials as that step left them.
     """
-    model.train()
-    loss_of = batch_loss(model, criterion, compiled)
-    weights = prunable_weights(model)
+    if len(randoms) != stacked.trials:
+        raise ValueError(f"{len(randoms)} generators for {stacked.trials} trials")
+    stacked.train()
+    losses_of = batch_losses(stacked, compiled)
+    device = data.labels.device
     count = len(data)
-    order = torch.randperm(count, device=data.labels.device)
-    total = torch.zeros((), device=data.labels.device)
+    orders = trial_orders(count, randoms, device)
+    total = torch.zeros(stacked.trials, device=device)
     first = skip * batch_size
     at, call = after if after is not None else (-1, None)
     for step, start in enumerate(range(first, count, batch_size), start=1):
-        x, y = data.batch(order[start : start + batch_size])
+        images, labels = trial_batch(data, orders[:, start : start + batch_size])
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_of(x, y)
-        loss.backward()
-        freeze_pruned(weights, masks)
+        losses = losses_of(images, labels)
+        losses.sum().backward()
+        freeze_pruned_trials(stacked, masks)
         optimizer.step()
         if schedule is not None:
             schedule.step()
-        total += loss.detach() * y.shape[0]
+        total += losses.detach() * labels.shape[1]
         if step == at and call is not None:
             call()
-    return total.item() / (count - first)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: Split, batch_size: int = EVAL_BATCH) -> float:
-    """Test accuracy in percent over the whole split (the last partial batch included)."""
-    model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=data.labels.device)
-    for start in range(0, len(data), batch_size):
-        images, labels = data.between(start, start + batch_size)
-        correct += (model(images).argmax(dim=1) == labels).sum()
-    return 100.0 * correct.item() / len(data)
+    return [t / (count - first) for t in total.tolist()]
 
 
 @torch.no_grad()
 def loss_and_accuracy(
-    model: nn.Module, data: Split, batch_size: int = EVAL_BATCH
-) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy in percent over the whole split (validation)."""
-    model.eval()
-    loss = torch.zeros((), device=data.labels.device)
-    correct = torch.zeros((), dtype=torch.int64, device=data.labels.device)
+    stacked: StackedModel, data: Split, batch_size: int = EVAL_BATCH
+) -> tuple[list[float], list[float]]:
+    """Each trial's mean cross-entropy loss and accuracy in percent over the whole split (the
+    last partial batch included), in eval mode, every batch shared by the trials."""
+    stacked.eval()
+    device = data.labels.device
+    loss = torch.zeros(stacked.trials, device=device)
+    correct = torch.zeros(stacked.trials, dtype=torch.int64, device=device)
     for start in range(0, len(data), batch_size):
         images, labels = data.between(start, start + batch_size)
-        outputs = model(images)
-        loss += nn.functional.cross_entropy(outputs, labels, reduction="sum")
-        correct += (outputs.argmax(dim=1) == labels).sum()
-    return loss.item() / len(data), 100.0 * correct.item() / len(data)
+        logits = stacked(images, shared=True)
+        loss += sample_losses(logits, labels).sum(dim=1)
+        correct += (logits.argmax(dim=2) == labels).sum(dim=1)
+    count = len(data)
+    return [v / count for v in loss.tolist()], [100.0 * c / count for c in correct.tolist()]
+
+
+@torch.no_grad()
+def evaluate(stacked: StackedModel, data: Split, batch_size: int = EVAL_BATCH) -> list[float]:
+    """Each trial's test accuracy in percent over the whole split."""
+    stacked.eval()
+    correct = torch.zeros(stacked.trials, dtype=torch.int64, device=data.labels.device)
+    for start in range(0, len(data), batch_size):
+        images, labels = data.between(start, start + batch_size)
+        correct += (stacked(images, shared=True).argmax(dim=2) == labels).sum(dim=1)
+    return [100.0 * c / len(data) for c in correct.tolist()]
 
 
 @dataclass
 class LevelHistory:
-    """What one pruning level's training produced.
+    """What one pruning level's training produced for one trial.
 
     The best model is, without a validation set, the one of the best test accuracy (the
     original's rule); with one, the one of the minimum validation loss (the paper's early
@@ -228,15 +259,18 @@ class LevelHistory:
     one entry for each of those (end_iter - first_epoch entries; entry i is epoch
     first_epoch + i), the first of them possibly partial (its batches after step N only).
     Without rewinding, first_epoch is 0 and they have an entry for every epoch.
+
+    `failure`: why the trial stopped in this level (its loss not finite), else None; the other
+    fields then hold what it did before.
     """
 
     all_loss: np.ndarray  # mean training loss of each epoch the level trained
     all_accuracy: np.ndarray  # latest test accuracy at each of them, as the original kept it
-    best_accuracy: float
-    best_epoch: int  # epoch (from step 0) when the best model was measured: epochs done, or
+    best_accuracy: float = -1.0
+    best_epoch: int = 0  # epoch (from step 0) when the best model was measured: epochs done, or
     # first_epoch for the test at the level's start, which follows the N steps rewound to
-    best_state: dict[str, torch.Tensor]
-    final_accuracy: float  # after the last epoch
+    best_state: dict[str, torch.Tensor] | None = None
+    final_accuracy: float = 0.0  # after the last epoch
     # with a validation set only (else None): latest validation loss and accuracy at each epoch,
     # kept as all_accuracy is, and the early stop's epoch (= best_epoch) and validation figures
     all_val_loss: np.ndarray | None = None
@@ -245,79 +279,93 @@ class LevelHistory:
     val_loss: float | None = None
     val_accuracy: float | None = None
     first_epoch: int = 0  # the epoch of the level's first step
+    failure: str | None = None
 
 
 def train_level(
-    model: nn.Module,
+    stacked: StackedModel,
     train_set: Split,
     test_set: Split,
     optimizer: torch.optim.Optimizer,
-    masks: list[torch.Tensor],
+    masks: StackedMasks,
+    randoms: Sequence[TrialRandom],
     *,
     epochs: int,
     batch_size: int,
     valid_freq: int,
     print_freq: int,
     description: str = "",
-    on_epoch: Callable[..., None] | None = None,
+    on_epoch: Sequence[Callable[..., None]] | None = None,
     compiled: bool = False,
     val_set: Split | None = None,
     schedule: LambdaLR | None = None,
     start_step: int = 0,
     after_steps: tuple[int, Callable[[], None]] | None = None,
-) -> LevelHistory:
-    """Train from optimiser step `start_step` to the end of epoch `epochs`, testing before
-    training, every `valid_freq` epochs and once after.
+) -> list[LevelHistory]:
+    """Train every trial of `stacked` from optimiser step `start_step` to the end of epoch
+    `epochs`, testing before training, every `valid_freq` epochs and once after; one history per
+    trial.
 
     As in the original, the test at epoch e measures the model after e epochs of training, and
-    an epoch without a test repeats the latest accuracy. The best model's state is kept in
+    an epoch without a test repeats the latest accuracy. Each trial's best state is kept in
     memory; the caller writes it out once, at the end of the level. `compiled`: the batch loss
     goes through torch.compile (`--compile`, `steps.use_compile`). `schedule`: the level's
     learning-rate schedule (`lr_schedule`, started at `start_step` too).
 
     `start_step` = N (a level rewound to step N of level 0): the level starts in epoch
-    N // steps per epoch, whose fresh permutation it draws and trains from batch
-    N % steps per epoch on (the batches before it are not trained in that epoch), as OpenLTH
-    does with its epoch's order. `after_steps` = (n, call): call() once n optimiser steps,
-    counted from step 0 as `start_step` is, are done (level 0 keeps its rewind state so).
+    N // steps per epoch, whose fresh permutation each trial draws and trains from batch
+    N % steps per epoch on, as OpenLTH does with its epoch's order. `after_steps` = (n, call):
+    call() once n optimiser steps, counted from step 0 as `start_step` is, are done (level 0
+    keeps its rewind states so).
 
     With `val_set` (`--val_size`), every test also measures the validation loss and accuracy,
-    and the best model is the one of the minimum validation loss (the earliest on a tie);
-    `on_epoch` then gets them as the keywords `val_loss` and `val_accuracy`.
+    and a trial's best model is the one of its minimum validation loss (the earliest on a tie);
+    `on_epoch[i]` then gets them as the keywords `val_loss` and `val_accuracy`.
+
+    A trial whose training loss is not finite stops there: its history's `failure` says so in one
+    line, it is measured no more, and the others go on (its slices keep computing, unread: the
+    trials share no tensor, so they cannot reach the others).
     """
-    criterion = nn.CrossEntropyLoss()
+    k = stacked.trials
     epoch_steps = steps_per_epoch(len(train_set), batch_size)
     first_epoch, skip = divmod(start_step, epoch_steps)
     trained = epochs - first_epoch
-    all_loss = np.zeros(trained, float)
-    all_accuracy = np.zeros(trained, float)
     validating = val_set is not None
-    all_val_loss = np.zeros(trained, float) if validating else None
-    all_val_accuracy = np.zeros(trained, float) if validating else None
-    best_accuracy, best_epoch, best_state = -1.0, 0, None
-    best_val: tuple[float, float] = (math.inf, 0.0)
-    accuracy, val = 0.0, (0.0, 0.0)
+    histories = [
+        LevelHistory(
+            np.zeros(trained, float),
+            np.zeros(trained, float),
+            all_val_loss=np.zeros(trained, float) if validating else None,
+            all_val_accuracy=np.zeros(trained, float) if validating else None,
+            first_epoch=first_epoch,
+        )
+        for _ in range(k)
+    ]
+    best_val = [math.inf] * k
+    accuracy, val = [0.0] * k, [(0.0, 0.0)] * k
 
-    def consider(accuracy: float, epoch: int) -> None:
-        nonlocal best_accuracy, best_epoch, best_state
-        if accuracy > best_accuracy:
-            best_accuracy, best_epoch = accuracy, epoch
-            best_state = state_copy(model)
+    def running() -> list[int]:
+        return [i for i in range(k) if histories[i].failure is None]
 
-    def consider_validation(accuracy: float, val: tuple[float, float], epoch: int) -> None:
-        nonlocal best_accuracy, best_epoch, best_state, best_val
-        if best_state is None or val[0] < best_val[0]:
-            best_accuracy, best_epoch, best_val = accuracy, epoch, val
-            best_state = state_copy(model)
-
-    def measure(epoch: int) -> tuple[float, tuple[float, float]]:
-        accuracy = evaluate(model, test_set)
-        if val_set is None:
-            consider(accuracy, epoch)
-            return accuracy, val
-        measured = loss_and_accuracy(model, val_set)
-        consider_validation(accuracy, measured, epoch)
-        return accuracy, measured
+    def measure(epoch: int) -> tuple[list[float], list[tuple[float, float]]]:
+        accuracies = evaluate(stacked, test_set)
+        measured = val
+        if val_set is not None:
+            measured = list(zip(*loss_and_accuracy(stacked, val_set), strict=True))
+        for i in running():
+            history = histories[i]
+            if val_set is None:
+                better = accuracies[i] > history.best_accuracy
+            else:
+                better = history.best_state is None or measured[i][0] < best_val[i]
+            if better:
+                history.best_accuracy, history.best_epoch = accuracies[i], epoch
+                history.best_state = stacked.trial_state(i)
+                if val_set is not None:
+                    best_val[i] = measured[i][0]
+                    history.val_loss, history.val_accuracy = measured[i]
+                    history.early_stop_epoch = epoch
+        return accuracies, measured
 
     def within(done: int, end: int) -> tuple[int, Callable[[], None]] | None:
         """`after_steps` as train_epoch counts, if its step is among steps done+1..end."""
@@ -326,52 +374,84 @@ def train_level(
         return after_steps[0] - done, after_steps[1]
 
     bar = tqdm(range(first_epoch, epochs), desc=description, dynamic_ncols=True)
-    for i, epoch in enumerate(bar):
-        if i % valid_freq == 0:
+    for e, epoch in enumerate(bar):
+        if e % valid_freq == 0:
             accuracy, val = measure(epoch)
-        skipped = skip if i == 0 else 0
+        skipped = skip if e == 0 else 0
         done = epoch * epoch_steps + skipped
-        loss = train_epoch(
-            model,
+        losses = train_epoch(
+            stacked,
             train_set,
             batch_size,
             optimizer,
-            criterion,
             masks,
+            randoms,
             compiled=compiled,
             schedule=schedule,
             skip=skipped,
             after=within(done, (epoch + 1) * epoch_steps),
         )
-        if not math.isfinite(loss):
-            bar.close()  # so that the message starts on a line of its own
-            lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
-            raise UserError(
-                f"training diverged at epoch {epoch} ({description.strip()}): the loss is {loss};"
-                f" try a lower --lr than {lr:g}"
-            )
-        all_loss[i], all_accuracy[i] = loss, accuracy
-        if all_val_loss is not None and all_val_accuracy is not None:
-            all_val_loss[i], all_val_accuracy[i] = val
-        if on_epoch is not None:
-            if validating:
-                on_epoch(epoch, loss, accuracy, val_loss=val[0], val_accuracy=val[1])
-            else:
-                on_epoch(epoch, loss, accuracy)
+        for i in running():
+            history = histories[i]
+            if not math.isfinite(losses[i]):
+                history.failure = diverged(epoch, description, losses[i], optimizer)
+                continue
+            history.all_loss[e], history.all_accuracy[e] = losses[i], accuracy[i]
+            if history.all_val_loss is not None and history.all_val_accuracy is not None:
+                history.all_val_loss[e], history.all_val_accuracy[e] = val[i]
+            if on_epoch is not None:
+                extra = dict(val_loss=val[i][0], val_accuracy=val[i][1]) if validating else {}
+                on_epoch[i](epoch, losses[i], accuracy[i], **extra)
+        if not running():
+            break
         if epoch % print_freq == 0:
-            shown = f"Val Loss: {val[0]:.4f} " if validating else ""
             bar.set_description(
-                f"{description}Train Epoch: {epoch}/{epochs} Loss: {loss:.6f} {shown}"
-                f"Accuracy: {accuracy:.2f}% Best Accuracy: {best_accuracy:.2f}%"
+                description
+                + progress_text(
+                    epoch, epochs, histories, losses, accuracy, val if validating else None
+                )
             )
-    final_accuracy, _ = measure(epochs)
-    assert best_state is not None  # the test before the first epoch, at least, was considered
-    history = LevelHistory(
-        all_loss, all_accuracy, best_accuracy, best_epoch, best_state, final_accuracy
+    bar.close()
+    if running():
+        final, _ = measure(epochs)
+        for i in running():
+            histories[i].final_accuracy = final[i]
+    return histories
+
+
+def diverged(epoch: int, description: str, loss: float, optimizer: torch.optim.Optimizer) -> str:
+    """The one line that says a trial stopped because its loss is not finite."""
+    lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+    return (
+        f"training diverged at epoch {epoch} ({description.strip()}): the loss is {loss};"
+        f" try a lower --lr than {lr:g}"
     )
-    history.first_epoch = first_epoch
-    if validating:
-        history.all_val_loss, history.all_val_accuracy = all_val_loss, all_val_accuracy
-        history.early_stop_epoch = best_epoch
-        history.val_loss, history.val_accuracy = best_val
-    return history
+
+
+def progress_text(
+    epoch: int,
+    epochs: int,
+    histories: Sequence[LevelHistory],
+    losses: Sequence[float],
+    accuracy: Sequence[float],
+    val: Sequence[tuple[float, float]] | None,
+) -> str:
+    """The progress bar's text: the original's for one trial; for several, the mean loss and the
+    range of the running trials' accuracies."""
+    live = [i for i, history in enumerate(histories) if history.failure is None]
+    if len(histories) == 1:
+        shown = f"Val Loss: {val[0][0]:.4f} " if val is not None else ""
+        return (
+            f"Train Epoch: {epoch}/{epochs} Loss: {losses[0]:.6f} {shown}"
+            f"Accuracy: {accuracy[0]:.2f}% Best Accuracy: {histories[0].best_accuracy:.2f}%"
+        )
+
+    def span(values: list[float]) -> str:
+        return f"{min(values):.2f}-{max(values):.2f}%"
+
+    mean_loss = sum(losses[i] for i in live) / len(live)
+    return (
+        f"Train Epoch: {epoch}/{epochs} trials: {len(live)}/{len(histories)} Mean Loss:"
+        f" {mean_loss:.6f} Accuracy: {span([accuracy[i] for i in live])} Best Accuracy:"
+        f" {span([histories[i].best_accuracy for i in live])}"
+    )

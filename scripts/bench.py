@@ -62,10 +62,12 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 import archs  # noqa: E402
 import main  # noqa: E402
-from lth import data, plots  # noqa: E402
+from lth import data, plots, stack  # noqa: E402
+from lth.experiment import Trial  # noqa: E402
 from lth.initialization import initialize  # noqa: E402
 from lth.layers import CONV_OR_LINEAR  # noqa: E402
-from lth.pruning import device_masks, make_mask, prune_by_percentile  # noqa: E402
+from lth.pruning import make_mask, prune_by_percentile  # noqa: E402
+from lth.record import TrialRandom  # noqa: E402
 from lth.results import RunDir  # noqa: E402
 from lth.steps import use_compile  # noqa: E402
 from lth.train import (  # noqa: E402
@@ -87,6 +89,14 @@ CASES = (  # name, dataset (for the architecture), arch, train shape, test size,
     ("lenet5-mnist", "mnist", "lenet5", (60000, 1, 28, 28), 10000, True),
 )
 DEFAULT_LEVELS, DEFAULT_EPOCHS, DEFAULT_RATE = 35, 100, 0.2  # main.py's defaults
+# Trials trained as one batch (main.py --seed 0 1 ...): name, dataset, arch, train shape, the
+# numbers of trials, the share of the data an epoch takes (the conv nets' full epochs take
+# minutes on a CPU; the time per image does not depend on how many there are).
+BATCHED = (
+    ("fc1-mnist", "mnist", "fc1", (60000, 1, 28, 28), (1, 5, 15), 1),
+    ("conv2-cifar10", "cifar10", "conv2", (50000, 3, 32, 32), (1, 5), 10),
+    ("lenet5-mnist", "mnist", "lenet5", (60000, 1, 28, 28), (1,), 10),
+)
 
 
 def main_(argv: list[str] | None = None) -> int:
@@ -98,6 +108,7 @@ def main_(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-memory", action="store_true", help="no peak-memory run")
+    parser.add_argument("--skip-batched", action="store_true", help="no batched-trials section")
     args = parser.parse_args(argv)
     flush_denormals()  # as main.py does, before any parallel work
     if args.repeats < 3:
@@ -143,6 +154,14 @@ def main_(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
         torch.set_num_threads(threads)
+        if not args.skip_batched:
+            for name, dataset, arch, shape, counts, part in BATCHED:
+                for trials in counts:
+                    row = batched_case(
+                        name, dataset, arch, shape, trials, share * part, real, device, args.repeats
+                    )
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
         for dpi in (1200, 100):
             row = level_overhead(Path(tmp) / f"level{dpi}", dpi, device, args.repeats)
             rows.append(row)
@@ -351,15 +370,16 @@ def training_case(
     epoch_flops = step_flops * samples // BATCH
     shapes_rate = shapes_matmul_rate(layers, step_flops, device)
 
-    masks = device_masks(model, make_mask(model))
     floor = kernel_floor(model, BATCH, device)
-    optimizer = adam(model.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY)
-    criterion = nn.CrossEntropyLoss()
+    alone = stack.StackedModel([model])  # a run alone: a batch of one, the module itself
+    masks = stack.stack_masks(alone, [make_mask(model)])
+    optimizer = adam(alone.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY)
+    randoms = [TrialRandom(0)]
     cpu_times: list[float] = []
 
     def epoch() -> None:
         start = time.process_time()
-        train_epoch(model, train_set, BATCH, optimizer, criterion, masks, compiled=compiled)
+        train_epoch(alone, train_set, BATCH, optimizer, masks, randoms, compiled=compiled)
         cpu_times.append(time.process_time() - start)
 
     torch.compiler.reset()  # compile from nothing, as a new process would
@@ -368,7 +388,7 @@ def training_case(
     synchronize(device)
     first_s = time.perf_counter() - start
     epoch_times = median_time(epoch, repeats, device)
-    test_times = median_time(lambda: evaluate(model, test_set), repeats, device)
+    test_times = median_time(lambda: evaluate(alone, test_set), repeats, device)
     epoch_s = statistics.median(epoch_times)
     limit_s = epoch_flops / peak
     return {
@@ -397,6 +417,56 @@ def training_case(
     }
 
 
+def batched_case(
+    name: str,
+    dataset: str,
+    arch: str,
+    shape: tuple[int, ...],
+    trials: int,
+    share: int,
+    real: tuple | None,
+    device: torch.device,
+    repeats: int,
+) -> dict:
+    """One epoch of `trials` trials trained as one batch (lth.stack, as main.py trains them):
+    the whole batch's epoch and each trial's share of it, `per_trial_s`. One trial is a run
+    alone (the `module` path)."""
+    if real is not None and shape[1:] == (1, 28, 28):
+        train_set, source = real[0], "fashion-mnist (real)"
+    else:
+        train_set, source = random_split(shape, 10, device), "random"
+    if share > 1:
+        train_set = first_share(train_set, share)
+    modules = []
+    for trial in range(trials):
+        torch.manual_seed(trial)
+        modules.append(initialize(archs.build(dataset, arch)).to(device))
+    stacked = stack.StackedModel(modules)
+    masks = stack.stack_masks(stacked, [make_mask(m) for m in modules])
+    optimizer = adam(stacked.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY)
+    randoms = [TrialRandom(trial) for trial in range(trials)]
+
+    def epoch() -> None:
+        train_epoch(stacked, train_set, BATCH, optimizer, masks, randoms)
+
+    epoch()  # warm-up
+    epoch_times = median_time(epoch, repeats, device)
+    epoch_s = statistics.median(epoch_times)
+    return {
+        "case": f"batched-{name}",
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "data": source,
+        "samples": len(train_set),
+        "trials": trials,
+        "path": stacked.path,
+        "epoch_s": round(epoch_s, 4),
+        "epoch_s_all": [round(t, 4) for t in epoch_times],
+        "per_trial_s": round(epoch_s / trials, 4),
+        "per_trial_per_1k_samples_s": round(1000 * epoch_s / trials / len(train_set), 5),
+    }
+
+
 # --- per-level overhead -----------------------------------------------------------------------
 
 
@@ -411,7 +481,8 @@ def level_overhead(folder: Path, dpi: int, device: torch.device, repeats: int) -
     model = initialize(archs.build("mnist", "fc1")).to(device)
     progress = main.fresh_progress(model, 1000)
     run_dir = RunDir.create(str(folder), "fc1", "mnist", "lt")
-    args = argparse.Namespace(dataset="mnist", arch_type="fc1", plot_dpi=dpi, prune_type="lt")
+    experiment = argparse.Namespace(dataset="mnist", arch_type="fc1", plot_dpi=dpi)
+    trial = main.TrialRun(Trial(0, "lt"), model, TrialRandom(0), run_dir, progress)
     epochs = 100
     rng = np.random.default_rng(0)
     history = LevelHistory(
@@ -439,25 +510,27 @@ def level_overhead(folder: Path, dpi: int, device: torch.device, repeats: int) -
 
     try:
         with contextlib.redirect_stdout(io.StringIO()):
+            alone = stack.StackedModel([model])  # main.py keeps its stack from level to level
             for level in range(1, repeats + 2):  # the first level is the warm-up
                 progress.mask = timed(
                     "prune", lambda: prune_by_percentile(model, progress.mask, 10)
                 )
-                timed("rewind", lambda: main.reset_survivors(model, progress, "lt", initialize))
+                timed("rewind", lambda: main.reset_survivors(trial, initialize))
                 timed(
                     "setup",
                     lambda: (
-                        adam(model.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY),
+                        alone.load_trial(0, model.state_dict()),
+                        adam(alone.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY),
                         main.print_nonzeros(model),
-                        device_masks(model, progress.mask),
+                        stack.stack_masks(alone, [progress.mask]),
                     ),
                 )
                 comp = 100.0 * 0.9**level
                 timed(
                     "files",
                     lambda lv=level, c=comp: (
-                        main.write_level(run_dir, args, lv, c, history, model, progress, writer),
-                        run_dir.save_checkpoint(main.checkpoint(lv, model, progress)),
+                        main.write_level(experiment, trial, lv, c, history, writer),
+                        run_dir.save_checkpoint(main.checkpoint(lv, trial)),
                     ),
                 )
                 timed("plot", draw)
@@ -586,7 +659,7 @@ def table(rows: list[dict]) -> str:
         "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        if "epoch_s" in r:
+        if "step" in r:
             lines.append(
                 f"| {r['case']} | {r['threads']} | {r['data']} | {r['step']} "
                 f"| {r['compile_s']:.1f} "
@@ -595,6 +668,21 @@ def table(rows: list[dict]) -> str:
                 f"| {r['limit_s']:.3f} | {r['ratio']:.2f} | {r['shapes_gflops']:.0f} "
                 f"| {'-' if r['kernels_s'] is None else format(r['kernels_s'], '.3f')} |"
             )
+    batched = [r for r in rows if "trials" in r]
+    if batched:
+        lines += [
+            "",
+            "| batched case | threads | data | samples | trials | path | epoch s | per trial s"
+            " | per trial / one trial |",
+            "|---|---:|---|---:|---:|---|---:|---:|---:|",
+        ]
+    for r in batched:
+        one = next(b for b in batched if b["case"] == r["case"] and b["trials"] == 1)
+        lines.append(
+            f"| {r['case']} | {r['threads']} | {r['data']} | {r['samples']} | {r['trials']}"
+            f" | {r['path']} | {r['epoch_s']:.3f} | {r['per_trial_s']:.3f}"
+            f" | {r['per_trial_s'] / one['per_trial_s']:.2f} |"
+        )
     lines += [
         "",
         "| per level | total s | prune s | rewind s | setup s | files s | of which plot s |",

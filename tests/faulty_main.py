@@ -6,6 +6,8 @@ Environment:
   KILL_AT=epoch:N    SIGKILL this process after the N-th training epoch of its life (mid-level)
   KILL_AT=write:N    SIGKILL it while the N-th result file is half written (temporary name)
   KILL_AT=replace:N  SIGKILL it once the N-th result file is written, before its rename
+  KILL_AT=stage:N    SIGKILL it once the N-th checkpoint is staged (a batch's commit half done)
+  KILL_AT=commit:N   SIGKILL it once the N-th staged checkpoint is committed
   RUN_NAME=NAME      every run folder is named NAME (as if all runs started in the same second)
   BARRIER=DIR:N      once imported, wait until N processes have reached DIR (start together)
 """
@@ -41,6 +43,19 @@ def kill_at_epoch(n: int) -> None:
         return loss
 
     train.train_epoch = train_epoch
+
+
+def kill_after_call(name: str, n: int) -> None:
+    """SIGKILL after the n-th call of results.RunDir.<name>."""
+    real, calls = getattr(results.RunDir, name), [0]
+
+    def counted(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        calls[0] += 1
+        if calls[0] == n:
+            die()
+
+    setattr(results.RunDir, name, counted)
 
 
 def kill_in_write(n: int, half: bool) -> None:
@@ -92,6 +107,8 @@ def main_with_faults() -> int:
         what, n = os.environ["KILL_AT"].split(":")
         if what == "epoch":
             kill_at_epoch(int(n))
+        elif what in ("stage", "commit"):
+            kill_after_call(f"{what}_checkpoint", int(n))
         else:
             kill_in_write(int(n), half=what == "write")
     if "BARRIER" in os.environ:

@@ -33,14 +33,15 @@ def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
 def keep_checkpoints(monkeypatch, folder: Path) -> None:
     """Copy every checkpoint main.py saves to `folder/level_{k}.pth`, so that a test can put an
     older one back: the run folder as if the run had stopped after that level."""
-    real = RunDir.save_checkpoint
+    real = RunDir.commit_checkpoint
 
-    def save_checkpoint(self: RunDir, state: dict) -> None:
-        real(self, state)
-        shutil.copyfile(self.checkpoint_path(), folder / f"level_{state['level']}.pth")
+    def commit_checkpoint(self: RunDir) -> None:
+        real(self)
+        level = self.checkpoint_level()
+        shutil.copyfile(self.checkpoint_path(), folder / f"level_{level}.pth")
 
     folder.mkdir(parents=True, exist_ok=True)
-    monkeypatch.setattr(RunDir, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(RunDir, "commit_checkpoint", commit_checkpoint)
 
 
 def stopped_after(run: Path, kept: Path, level: int) -> None:

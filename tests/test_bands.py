@@ -26,7 +26,7 @@ def write_run(
     over defaults), and the files whose presence marks it complete. It started at `started`
     (default: a second of 2025 from the length of `name`)."""
     argv = [f"--{k}={v}" for k, v in flags.items() if k != "masks_from"]
-    args = cli.parse_args([*argv, f"--prune_iterations={len(rows)}"])
+    args = cli.one_trial(cli.parse_args([*argv, f"--prune_iterations={len(rows)}"]))
     cli.validate(args)
     args.masks_from = flags.get("masks_from")
     folder = root / name

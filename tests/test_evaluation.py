@@ -16,7 +16,8 @@ from torch import nn
 import archs
 from lth.data import Split
 from lth.initialization import initialize
-from lth.train import add_input_dropout, evaluate, loss_and_accuracy
+from lth.train import add_input_dropout
+from tests.solo import evaluate_alone, measures_alone
 
 COUNT = 200
 
@@ -75,9 +76,9 @@ def test_evaluation_is_in_eval_mode_and_changes_nothing(case, measure):
     model.train()  # as training leaves it
     before = {name: value.clone() for name, value in model.state_dict().items()}
     if measure == "evaluate":
-        accuracy = evaluate(model, split)
+        accuracy = evaluate_alone(model, split)
     else:
-        loss, accuracy = loss_and_accuracy(model, split)
+        loss, accuracy = measures_alone(model, split)
         with torch.no_grad():
             expected = nn.functional.cross_entropy(model.eval()(split.images), split.labels)
         assert loss == pytest.approx(expected.item(), rel=1e-5)

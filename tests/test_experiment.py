@@ -1,9 +1,9 @@
 """lth.experiment: the one definition of which runs are trials of the same experiment."""
 
 from lth import experiment, resume, runs
-from lth.cli import parse_args
+from lth.cli import one_trial, parse_args
 
-RECORDED = vars(parse_args(["--dataset", "mnist", "--arch_type", "fc1", "--seed", "3"]))
+RECORDED = vars(one_trial(parse_args(["--dataset", "mnist", "--arch_type", "fc1", "--seed", "3"])))
 
 
 def test_trials_differ_only_in_their_seed_and_mask_source():

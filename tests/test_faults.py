@@ -162,7 +162,7 @@ def test_diverging_level_0_names_the_epoch_and_suggests_a_lower_lr(tmp_path, cap
     assert "diverged at epoch 0 ([level 0])" in line and "lower --lr than 1e+30" in line
     (run,) = (tmp_path / "results").iterdir()
     left = files_under(run, skip=("tensorboard",))
-    assert left == {"args.json", "saves/fc1/mnist/initial_state_dict_lt.pth.tar"}
+    assert left == {"args.json", "failure.txt", "saves/fc1/mnist/initial_state_dict_lt.pth.tar"}
 
 
 def test_diverging_later_level_leaves_earlier_levels_intact(
@@ -172,16 +172,18 @@ def test_diverging_later_level_leaves_earlier_levels_intact(
 
     def train_epoch(*args, **kwargs):
         calls[0] += 1
-        loss = real(*args, **kwargs)
-        return float("nan") if calls[0] == 4 else loss  # level 1's second epoch
+        losses = real(*args, **kwargs)
+        return [float("nan")] * len(losses) if calls[0] == 4 else losses  # level 1's 2nd epoch
 
     monkeypatch.setattr(train, "train_epoch", train_epoch)
     line = refused(capsys, tmp_path, *FLAGS, *data)
     assert "diverged at epoch 1 ([level 1]): the loss is nan" in line and "--lr" in line
     (run,) = (tmp_path / "results").iterdir()
+    assert line.startswith(f"error: results/{run.name}: training diverged")
     left = files_under(run, skip=("tensorboard",))
-    assert left == {"args.json", "summary.csv", *LEVEL_0}
-    for name in left - {"args.json", "summary.csv"}:
+    assert left == {"args.json", "summary.csv", "failure.txt", *LEVEL_0}
+    assert (run / "failure.txt").read_text() == f"level 1: {line.split(': ', 2)[2]}\n"
+    for name in left - {"args.json", "summary.csv", "failure.txt"}:
         if not name.endswith((".pth", ".pth.tar")):
             assert (run / name).read_bytes() == (reference / name).read_bytes(), name
     summary = (reference / "summary.csv").read_text().splitlines()

@@ -17,7 +17,8 @@ from lth.pruning import (
     prunable_weights,
     prune_by_percentile,
 )
-from lth.train import add_input_dropout, train_epoch
+from lth.train import add_input_dropout
+from tests.solo import epoch_alone
 
 SPEC = DATASETS["cifar10"]
 
@@ -103,9 +104,7 @@ def test_buffers_are_saved_but_never_trained_nor_pruned():
     mask = prune_by_percentile(model, make_mask(model), 30)
     labels = torch.arange(120) % 10
     optimizer = torch.optim.SGD(model.parameters(), lr=5e-3, momentum=0.9)
-    loss = train_epoch(
-        model, Split(images, labels), 4, optimizer, nn.CrossEntropyLoss(), device_masks(model, mask)
-    )
+    loss = epoch_alone(model, Split(images, labels), 4, optimizer, device_masks(model, mask))
     assert math.isfinite(loss)
     for name, buffer in model.named_buffers():
         assert torch.equal(buffer, buffers[name]), name

@@ -9,7 +9,8 @@ from torch import nn
 import archs
 from lth.initialization import initialize, initializer
 from lth.pruning import device_masks, make_mask, prunable_weights, prune_by_percentile
-from lth.train import add_input_dropout, build_optimizer, train_epoch
+from lth.train import add_input_dropout, build_optimizer
+from tests.solo import epoch_alone
 from tests.test_pruning import random_split
 
 
@@ -61,9 +62,7 @@ def test_sgd_with_momentum_trains_and_pruned_weights_stay_zero():
     assert type(optimizer) is torch.optim.SGD
     assert optimizer.param_groups[0]["momentum"] == 0.9
     before = [p.detach().clone() for p in prunable_weights(model)]
-    train_epoch(
-        model, random_split(300), 60, optimizer, nn.CrossEntropyLoss(), device_masks(model, mask)
-    )
+    epoch_alone(model, random_split(300), 60, optimizer, device_masks(model, mask))
     for param, old, layer_mask in zip(prunable_weights(model), before, mask.values(), strict=True):
         pruned = torch.from_numpy(layer_mask) == 0
         assert torch.all(param.detach()[pruned] == 0), "a pruned weight moved under SGD"

@@ -15,9 +15,10 @@ from lth import data
 from lth.initialization import initialize
 from lth.pruning import prunable_weights
 from lth.record import seed_everything
-from lth.train import build_optimizer, evaluate, train_epoch
+from lth.train import build_optimizer
 from tests.datafiles import write_cifar_files, write_mnist_files
 from tests.resultfiles import keep_checkpoints, stopped_after
+from tests.solo import epoch_alone, evaluate_alone
 from tests.test_bad_input import check_refused
 from tests.test_main import TINY, load_dump, only_run, run_main
 
@@ -50,7 +51,7 @@ def test_rewind_state_is_the_model_after_k_epochs_and_later_levels_start_from_it
     optimizer = build_optimizer(args, model)
     ones = [torch.ones_like(p) for p in prunable_weights(model)]
     for _ in range(2):
-        train_epoch(model, train_set, 32, optimizer, nn.CrossEntropyLoss(), ones)
+        epoch_alone(model, train_set, 32, optimizer, ones)
     for name, value in model.state_dict().items():
         assert torch.equal(rewind_state[name], value), name
 
@@ -60,7 +61,7 @@ def test_rewind_state_is_the_model_after_k_epochs_and_later_levels_start_from_it
     for param, layer_mask in zip(prunable_weights(model), mask, strict=True):
         param.data.mul_(torch.from_numpy(layer_mask))
     first_accuracy = load_dump(dumps / "lt_all_accuracy_90.0.dat")[0]
-    assert first_accuracy == evaluate(model, test_set)
+    assert first_accuracy == evaluate_alone(model, test_set)
     # and trains from there to the end: the third epoch only, not three more
     assert len(load_dump(dumps / "lt_all_loss_90.0.dat")) == 1
 

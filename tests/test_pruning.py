@@ -22,7 +22,7 @@ from lth.pruning import (
     weights_left,
 )
 from lth.results import level_tag, mask_to_list
-from lth.train import train_epoch
+from tests.solo import epoch_alone
 from utils import print_nonzeros
 
 
@@ -190,9 +190,7 @@ def test_pruned_weights_stay_zero_and_every_unpruned_negative_weight_trains():
     mask = prune_by_percentile(model, make_mask(model), 50)
     before = [p.detach().clone() for p in prunable_weights(model)]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    train_epoch(
-        model, random_split(300), 60, optimizer, nn.CrossEntropyLoss(), device_masks(model, mask)
-    )
+    epoch_alone(model, random_split(300), 60, optimizer, device_masks(model, mask))
     for param, old, layer_mask in zip(prunable_weights(model), before, mask.values(), strict=True):
         new = param.detach()
         pruned = torch.from_numpy(layer_mask) == 0
@@ -207,9 +205,7 @@ def test_rewind_restores_the_initial_values_of_the_survivors():
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     mask = make_mask(model)
-    train_epoch(
-        model, random_split(120), 60, optimizer, nn.CrossEntropyLoss(), device_masks(model, mask)
-    )
+    epoch_alone(model, random_split(120), 60, optimizer, device_masks(model, mask))
     mask = prune_by_percentile(model, mask, 40)
     rewind(model, mask, initial)
     for name, param in model.named_parameters():

@@ -60,16 +60,19 @@ def temporaries(run: Path) -> list[str]:
 
 
 def checkpoints_after_each_level(monkeypatch) -> list[tuple[int, list[str]]]:
-    """(level, the files in checkpoints/) right after each level's checkpoint is saved."""
-    real, seen = RunDir.save_checkpoint, []
+    """(level, the files in checkpoints/) right after each level's checkpoint is committed."""
+    real, seen = RunDir.commit_checkpoint, []
 
-    def save_checkpoint(self: RunDir, state: dict) -> None:
-        real(self, state)
+    def commit_checkpoint(self: RunDir) -> None:
+        real(self)
         seen.append(
-            (state["level"], sorted(p.name for p in self.checkpoint_path().parent.iterdir()))
+            (
+                self.checkpoint_level(),
+                sorted(p.name for p in self.checkpoint_path().parent.iterdir()),
+            )
         )
 
-    monkeypatch.setattr(RunDir, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(RunDir, "commit_checkpoint", commit_checkpoint)
     return seen
 
 
@@ -100,12 +103,12 @@ def test_killed_anywhere_and_resumed_gives_the_files_of_an_uninterrupted_run(
     assert RunDir(run, "fc1", "mnist", "lt").checkpoint_level() == 0
     assert not (run / "saves/fc1/mnist/1_model_lt.pth.tar").exists() and not temporaries(run)
 
-    # Resumed at level 1 (file 1: args.json), killed while writing level 1's checkpoint (file
+    # Resumed at level 1 (file 1: args.json), killed while staging level 1's checkpoint (file
     # 8), its other files written: level 0's checkpoint is still whole, the only one there.
     killed = faulty_main(chain, "write:8", "--resume", str(run))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert "at level 1" in killed.stdout
-    assert temporaries(run) == ["latest"]
+    assert temporaries(run) == ["staged"]
     assert RunDir(run, "fc1", "mnist", "lt").checkpoint_level() == 0
     assert (run / "saves/fc1/mnist/1_model_lt.pth.tar").exists()
     assert (run / "dumps/lt/fc1/mnist/lt_mask_90.0.pkl").exists()
@@ -335,7 +338,7 @@ def test_resume_alone_picks_the_newest_run_with_the_same_data_arch_and_prune_typ
     made("Nov25_12-00-00_h", "2026-11-25T12:00:00", prune_type="reinit")
     (tmp_path / "Nov25_13-00-00_h").mkdir()  # no args.json: not a run
     args = argparse.Namespace(
-        dataset="mnist", arch_type="fc1", prune_type="lt", results_root=str(tmp_path)
+        dataset="mnist", arch_type="fc1", prune_type=["lt"], results_root=str(tmp_path)
     )
     assert resume.newest_matching_run(args) == tmp_path / "Nov25_11-00-00_h"
     args.arch_type = "lenet5"

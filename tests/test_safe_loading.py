@@ -18,7 +18,8 @@ import combine_plots
 import main
 from lth import resume, runs, safe_load
 from lth.errors import UserError
-from lth.record import rng_states
+from lth.experiment import Trial
+from lth.record import TrialRandom, rng_states
 from lth.results import RunDir, read_mask
 from lth.train import add_input_dropout
 from tests.datafiles import write_mnist_files
@@ -140,10 +141,12 @@ def test_the_files_this_program_writes_load(tmp_path):
     progress = {"comp": np.array([100.0]), "bestacc": np.array([90.0]), "mask": mask}
     progress |= {"tags": ["100.0"], "summary": [{"level": 0, "best_accuracy": np.float64(1)}]}
     progress |= {"initial_state": state, "rewind_state": None}
-    files.save_checkpoint(main.checkpoint(0, model, main.Progress(**progress)))
+    trial = main.TrialRun(Trial(0, "lt"), model, TrialRandom(0), files, main.Progress(**progress))
+    files.save_checkpoint(main.checkpoint(0, trial))
     checkpoint = resume.load_checkpoint(files.checkpoint_path())
     assert files.checkpoint_level() == 0
     assert checkpoint["rng"]["numpy"][1].dtype == np.uint32
+    assert checkpoint["trial_rng"]["numpy"][1].dtype == np.uint32
     assert checkpoint["progress"]["mask"]["classifier.0.weight"].dtype == np.bool_
 
 

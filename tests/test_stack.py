@@ -18,6 +18,7 @@ all but a few in ten thousand.
 import argparse
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -25,11 +26,13 @@ from torch import nn
 import archs
 from archs.models.convnet import CONV2, ConvNet
 from archs.models.resnet import ResNet20
-from lth import stack
+from lth import stack, train
 from lth.data import Split
 from lth.initialization import initialize
-from lth.pruning import device_masks, make_mask, prunable, prune_by_percentile
-from lth.train import add_input_dropout, build_optimizer, evaluate, loss_and_accuracy, train_epoch
+from lth.pruning import make_mask, prunable, prune_by_percentile
+from lth.record import TrialRandom
+from lth.steps import trial_losses
+from lth.train import add_input_dropout, build_optimizer
 
 K = 3
 BATCH = 16
@@ -39,7 +42,7 @@ NETS = {
     "conv2": (lambda: ConvNet((3, 8, 8), 10, CONV2), (3, 8, 8)),
     "resnet20": (lambda: ResNet20(3, 10, width=4, blocks=1), (3, 8, 8)),
 }
-PATHS = {"fc1": "bmm", "conv2": "vmap", "resnet20": "vmap"}
+PATHS = {"fc1": "bmm", "conv2": "vmap", "resnet20": "vmap"}  # of a stack of K > 1
 OPTIMIZERS = {
     "adam": argparse.Namespace(optimizer="adam", lr=1e-3, momentum=0.0),
     "sgd": argparse.Namespace(optimizer="sgd", lr=0.05, momentum=0.9),
@@ -73,8 +76,8 @@ def trial_modules(net: str, prune: bool = True) -> tuple[list[nn.Module], list[d
     return modules, masks
 
 
-def generators(seeds) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(seed) for seed in seeds]
+def generators(seeds) -> list[TrialRandom]:
+    return [TrialRandom(seed) for seed in seeds]
 
 
 def order_seed(trial: int) -> int:
@@ -89,24 +92,45 @@ def train_stacked(modules, masks, args, epochs, data, path="auto", trials=None):
     stacked_masks = stack.stack_masks(stacked, masks)
     gens = generators(order_seed(t) for t in trials)
     losses = [
-        stack.train_epoch(stacked, data, BATCH, optimizer, stacked_masks, gens)
+        train.train_epoch(stacked, data, BATCH, optimizer, stacked_masks, gens)
         for _ in range(epochs)
     ]
     return stacked, losses
 
 
 def train_solo(module, mask, args, epochs, data, trial):
-    """Today's path: train.train_epoch, its permutations drawn from the global generator
-    seeded as the trial's own generator is."""
+    """The textbook loop on the module itself: its permutations drawn from the global generator
+    seeded as the trial's own generator is, the pruned weights' gradients zeroed by hand."""
     module = copy.deepcopy(module)
     optimizer = build_optimizer(args, module)
-    masks = device_masks(module, mask)
+    weights = prunable(module)
     torch.manual_seed(order_seed(trial))
-    losses = [
-        train_epoch(module, data, BATCH, optimizer, nn.CrossEntropyLoss(), masks)
-        for _ in range(epochs)
-    ]
+    losses = []
+    for _ in range(epochs):
+        module.train()
+        order, total = torch.randperm(len(data)), 0.0
+        for start in range(0, len(data), BATCH):
+            x, y = data.batch(order[start : start + BATCH])
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(module(x), y)
+            loss.backward()
+            for name, weight in weights.items():
+                weight.grad.mul_(torch.from_numpy(mask[name]))
+            optimizer.step()
+            total += loss.item() * len(y)
+        losses.append(total / len(data))
     return module, losses
+
+
+@torch.no_grad()
+def solo_measures(module, data, batch_size):
+    """The textbook test pass: (mean loss, accuracy in percent) of the module in eval mode."""
+    module.eval()
+    logits = torch.cat(
+        [module(data.between(s, s + batch_size)[0]) for s in range(0, len(data), batch_size)]
+    )
+    loss = nn.functional.cross_entropy(logits, data.labels).item()
+    return loss, 100.0 * (logits.argmax(1) == data.labels).sum().item() / len(data)
 
 
 def assert_states_close(got: dict, expected: dict, optimizer: str) -> None:
@@ -190,13 +214,14 @@ def test_a_trial_s_output_is_its_module_s_output(net):
 @pytest.mark.parametrize("net", NETS)
 def test_each_trial_trains_as_alone_in_a_stack_of_one_and_through_train_epoch(net, optimizer):
     """Two epochs (6 steps, the last batch of each smaller), each trial with its own mask and
-    data order: trial i of the stack of 3 equals the same module trained in a stack of one and
-    by today's `train.train_epoch`, within rounding (the module docstring's bounds)."""
+    data order: trial i of the stack of 3 equals the same module trained in a stack of one (the
+    `module` path) and by the textbook loop, within rounding (the module docstring's bounds)."""
     modules, masks = trial_modules(net)
     args, data, epochs = OPTIMIZERS[optimizer], pixels(COUNT, NETS[net][1]), 2
     stacked, stacked_losses = train_stacked(modules, masks, args, epochs, data)
     for i in range(K):
         one, one_losses = train_stacked([modules[i]], [masks[i]], args, epochs, data, trials=[i])
+        assert one.path == "module"
         solo, solo_losses = train_solo(modules[i], masks[i], args, epochs, data, i)
         expected = solo.state_dict()
         assert_states_close(one.trial_state(0), expected, optimizer)
@@ -229,7 +254,7 @@ def test_the_epoch_reads_nothing_back_but_the_losses_once(host_reads):
     for count in (40, 80):
         reads.clear()
         gens = generators(range(K))
-        stack.train_epoch(stacked, pixels(count, (1, 28, 28)), 8, optimizer, stacked_masks, gens)
+        train.train_epoch(stacked, pixels(count, (1, 28, 28)), 8, optimizer, stacked_masks, gens)
         per_epoch.append(sorted(reads))
     assert per_epoch[0] == per_epoch[1] == ["tolist"]
 
@@ -280,14 +305,16 @@ def test_each_trial_s_evaluation_is_its_solo_evaluation(net):
     shape = NETS[net][1]
     stacked, _ = train_stacked(modules, masks, OPTIMIZERS["adam"], 1, pixels(COUNT, shape))
     test_set = pixels(70, shape, seed=1)
-    losses, accuracies = stack.loss_and_accuracy(stacked, test_set, batch_size=32)
-    assert stack.evaluate(stacked, test_set, batch_size=32) == accuracies
+    losses, accuracies = train.loss_and_accuracy(stacked, test_set, batch_size=32)
+    assert train.evaluate(stacked, test_set, batch_size=32) == accuracies
     for i in range(K):
         solo = NETS[net][0]()
         solo.load_state_dict(stacked.trial_state(i))
-        loss, accuracy = loss_and_accuracy(solo, test_set, batch_size=32)
-        assert accuracies[i] == accuracy == evaluate(solo, test_set, batch_size=32)
+        loss, accuracy = solo_measures(solo, test_set, 32)
+        assert accuracies[i] == accuracy
         assert losses[i] == pytest.approx(loss, rel=1e-5)
+        (alone,) = train.evaluate(stack.StackedModel([solo]), test_set, batch_size=32)
+        assert alone == accuracy
     assert not stacked.training
 
 
@@ -369,7 +396,7 @@ def test_the_batched_matmul_path_computes_the_vmap_path():
     x = torch.randn(K, 7, 1, 28, 28, generator=torch.Generator().manual_seed(4))
     y = torch.randint(0, 10, (K, 7), generator=torch.Generator().manual_seed(5))
     for model in (bmm, vmapped):
-        stack.trial_losses(model(x), y).sum().backward()
+        trial_losses(model(x), y).sum().backward()
     torch.testing.assert_close(bmm(x), vmapped(x), **LAST_BITS)
     torch.testing.assert_close(bmm(x[0], shared=True), vmapped(x[0], shared=True), **LAST_BITS)
     for name, p in bmm.params.items():
@@ -383,3 +410,46 @@ def test_the_batched_matmul_path_computes_the_vmap_path():
             assert_states_close(trained[0][0].trial_state(i), expected, optimizer)
         for a, b in zip(trained[0][1], trained[1][1], strict=True):
             assert a == pytest.approx(b, rel=1e-5)
+
+
+# --- (6) a stack of one is its module; a trial gone NaN reaches no other ----------------------
+
+
+def test_a_stack_of_one_is_its_module_trained_in_place():
+    modules, masks = trial_modules("conv2")
+    module = modules[0]
+    alone = stack.StackedModel([module])
+    assert alone.path == "module" and alone.net is module
+    assert list(alone.parameters()) == list(module.parameters())  # the optimiser's leaves
+    for name, p in alone.params.items():
+        assert p.shape == (1, *module.get_parameter(name).shape)
+        assert p.data_ptr() == module.get_parameter(name).data_ptr()  # a view, not a copy
+    x = torch.randn(1, 5, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    module.eval()
+    assert torch.equal(alone(x)[0], module(x[0]))
+    state = copy.deepcopy(module.state_dict())
+    with torch.no_grad():
+        module.get_parameter("features.0.weight").add_(1.0)
+    alone.load_trial(0, state)  # writes into the module itself
+    assert torch.equal(module.state_dict()["features.0.weight"], state["features.0.weight"])
+    with pytest.raises(ValueError):
+        stack.StackedModel(modules, path="module")
+
+
+@pytest.mark.parametrize("net", ["fc1", "conv2"])
+def test_a_trial_whose_weights_are_nan_leaves_the_others_as_they_train_without_it(net):
+    """Trial 1's weights set to NaN: its loss is NaN, and trials 0 and 2 train exactly as in a
+    stack where trial 1 is healthy (the trials share no tensor)."""
+    modules, masks = trial_modules(net)
+    sick = [copy.deepcopy(m) for m in modules]
+    with torch.no_grad():
+        for p in sick[1].parameters():
+            p.fill_(float("nan"))
+    data = pixels(COUNT, NETS[net][1])
+    healthy, healthy_losses = train_stacked(modules, masks, OPTIMIZERS["adam"], 2, data)
+    poisoned, poisoned_losses = train_stacked(sick, masks, OPTIMIZERS["adam"], 2, data)
+    assert all(np.isnan(losses[1]) for losses in poisoned_losses)
+    for i in (0, 2):
+        for name, value in healthy.trial_state(i).items():
+            assert torch.equal(poisoned.trial_state(i)[name], value), (i, name)
+        assert [losses[i] for losses in poisoned_losses] == [losses[i] for losses in healthy_losses]

@@ -15,9 +15,10 @@ import archs
 from lth.data import Split
 from lth.initialization import initialize
 from lth.pruning import device_masks, make_mask, prunable_weights, prune_by_percentile
-from lth.steps import COMPILE_CHOICES, batch_loss, use_compile
-from lth.train import adam, evaluate, train_epoch
+from lth.steps import COMPILE_CHOICES, batch_losses, use_compile
+from lth.train import adam
 from tests.conftest import ROOT
+from tests.solo import alone, epoch_alone, evaluate_alone
 from tests.test_train import small_split
 
 LR, WEIGHT_DECAY = 1e-3, 1e-4
@@ -145,9 +146,7 @@ def test_step_trains_as_the_plain_formulation(dataset, arch, size, compiled, fre
     masks = device_masks(fast, mask)
     for epoch in range(2):  # batches of 8 and 4: the last one has a shape of its own
         torch.manual_seed(100 + epoch)
-        fast_loss = train_epoch(
-            fast, data, 8, fast_optimizer, nn.CrossEntropyLoss(), masks, compiled=compiled
-        )
+        fast_loss = epoch_alone(fast, data, 8, fast_optimizer, masks, compiled=compiled)
         torch.manual_seed(100 + epoch)
         plain_loss = sum(plain_epoch(plain, data, 8, plain_optimizer, mask)) / len(data)
         # float32 sums on the device against float64 sums on the host; compiled, BatchNorm
@@ -233,9 +232,7 @@ def one_sgd_step(model, data, mask, compiled: bool) -> tuple[float, dict[str, to
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     torch.manual_seed(1)
     masks = device_masks(model, mask)
-    loss = train_epoch(
-        model, data, len(data), optimizer, nn.CrossEntropyLoss(), masks, compiled=compiled
-    )
+    loss = epoch_alone(model, data, len(data), optimizer, masks, compiled=compiled)
     for param, layer_mask in zip(prunable_weights(model), mask.values(), strict=True):
         assert torch.all(param.detach()[torch.from_numpy(layer_mask) == 0] == 0)
     changes = {
@@ -295,16 +292,14 @@ def test_compiled_training_compiles_once_per_batch_shape(fresh_compiler):
     model = initialize(archs.build("mnist", "fc1"))
     mask = make_mask(model)
     optimizer = adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    train_epoch(
-        model, data, 20, optimizer, nn.CrossEntropyLoss(), device_masks(model, mask), compiled=True
-    )
+    epoch_alone(model, data, 20, optimizer, device_masks(model, mask), compiled=True)
     with torch.compiler.set_stance("fail_on_recompile"):
-        evaluate(model, data, 25)
+        evaluate_alone(model, data, 25)
         mask = prune_by_percentile(model, mask, 50)
         optimizer = adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
         masks = device_masks(model, mask)
         for _ in range(2):
-            train_epoch(model, data, 20, optimizer, nn.CrossEntropyLoss(), masks, compiled=True)
+            epoch_alone(model, data, 20, optimizer, masks, compiled=True)
     for param, layer_mask in zip(prunable_weights(model), mask.values(), strict=True):
         assert torch.all(param.detach()[torch.from_numpy(layer_mask) == 0] == 0)
 
@@ -313,11 +308,11 @@ def test_compiled_training_compiles_once_per_batch_shape(fresh_compiler):
 def test_a_new_batch_shape_is_a_recompile(fresh_compiler):
     """The check above can fail: a batch size not seen before needs a graph of its own."""
     model = initialize(archs.build("mnist", "fc1")).train()
-    loss = batch_loss(model, nn.CrossEntropyLoss(), compiled=True)
+    loss = batch_losses(alone(model), compiled=True)
     data = small_split(30, (1, 28, 28))
-    loss(data.images[:20], data.labels[:20])
+    loss(data.images[None, :20], data.labels[None, :20])
     with torch.compiler.set_stance("fail_on_recompile"), pytest.raises(RuntimeError):
-        loss(data.images[:30], data.labels[:30])
+        loss(data.images[None, :30], data.labels[None, :30])
 
 
 def test_compile_choice():

@@ -8,12 +8,14 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import main
 import sweep
 from lth import cli, runs
 from lth.errors import UserError
+from lth.safe_load import load_array_list
 from tests.conftest import ROOT
 from tests.datafiles import write_mnist_files
 from tests.resultfiles import back_to_level
@@ -178,7 +180,7 @@ def test_ray_sweep_reports_a_failed_task_resumes_it_next_time_and_skips_finished
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"sweep: lt_10_seed0 was interrupted in {broken.root}: resuming it" in second.stdout
     assert f"sweep: reinit_10_seed0 finished earlier in {reinit[0].root}: skipped" in second.stdout
-    assert "sweep: 1 task(s) on Ray" in second.stdout
+    assert "sweep: 1 task(s) in 1 process(es) on Ray" in second.stdout
     assert len(runs.all_runs(results)) == 2 and runs.load_run(broken.root).complete
     log = (results / "sweep_logs" / "lt_10_seed0.log").read_text()
     assert f"resuming {broken.root} at level 0" in log
@@ -190,10 +192,10 @@ def test_ray_sweep_reports_a_failed_task_resumes_it_next_time_and_skips_finished
 
 
 def test_sweep_log_parsing_finds_the_run_folder_and_the_error(tmp_path):
-    status, folder, error = sweep.run_main(
+    status, folders, error = sweep.run_main(
         ["--dataset", "nope"], str(tmp_path), str(tmp_path / "log"), threads=1
     )
-    assert status == 2 and folder == ""
+    assert status == 2 and folders == []
     assert error.startswith("error: --dataset nope is not supported")
     assert "\n" not in error
 
@@ -297,20 +299,23 @@ def test_a_control_starts_only_after_its_lt_task_and_not_when_it_failed(tmp_path
     ran = []
 
     def fake_run_main(argv, cwd, log, threads):
-        args = cli.parse_args(argv)
+        args = cli.one_trial(cli.parse_args(argv))
         ran.append(Path(log).stem)
         if args.prune_type == "lt" and args.prune_percent == 50:
-            return 2, "", "error: something"
-        return 0, str(tmp_path / Path(log).stem), ""
+            return 2, [], "error: something"
+        return 0, [str(tmp_path / Path(log).stem)], ""
 
     monkeypatch.setattr(sweep, "run_main", fake_run_main)
-    options = control_options("--prune_percent", "20", "50", "--seed", "0")
+    options = control_options("--prune_percent", "20", "50", "--seed", "0", "--batch", "1")
     options.results_root = str(tmp_path / "results")
     tasks = sweep.make_tasks(options, [])
     sweep.run_on_ray(tasks, options, tmp_path / "logs")
     # both lt tasks start first; the control of the finished one after it, with its masks
     assert ran == ["lt_20_seed0", "lt_50_seed0", "reinit_ticket_20_seed0"]
-    assert fake.started[2][-2:] == ["--masks_from", str((tmp_path / "lt_20_seed0").resolve())]
+    control_argv = fake.started[2]
+    assert control_argv[control_argv.index("--prune_type") + 1] == "reinit"
+    masks_from = control_argv[control_argv.index("--masks_from") + 1]
+    assert masks_from == str((tmp_path / "lt_20_seed0").resolve())
     status = {t.name: (t.status, t.error) for t in tasks}
     assert status["reinit_ticket_20_seed0"] == ("done", "")
     assert status["reinit_ticket_50_seed0"] == (
@@ -339,15 +344,68 @@ def test_control_sweep_on_ray_uses_the_lt_runs_masks_and_resumes_like_every_task
         assert control.mask_path(level).read_bytes() == lt.mask_path(level).read_bytes()
     assert (results / "combined_plots" / "combined_fc1_mnist.csv").exists()
 
-    # interrupted in its last level: the next call skips the lt run and resumes the control
+    # the batch interrupted in its last level: the next call resumes both, as one process
+    back_to_level(lt.root, 0)
     back_to_level(control.root, 0)
     assert sweep.main(argv) == 0
     out = capsys.readouterr().out
-    assert f"sweep: lt_50_seed0 finished earlier in {lt.root}: skipped" in out
+    assert f"sweep: lt_50_seed0 was interrupted in {lt.root}: resuming it" in out
     assert f"sweep: reinit_ticket_50_seed0 was interrupted in {control.root}: resuming it" in out
-    assert "sweep: 1 task(s) on Ray" in out
+    assert "sweep: 2 task(s) in 1 process(es) on Ray" in out
     assert len(runs.all_runs(results)) == 2 and runs.load_run(control.root).complete
 
     assert sweep.main(argv) == 0
     out = capsys.readouterr().out
     assert "on Ray" not in out and out.count("skipped") == 2
+
+
+def test_a_sweep_of_tickets_and_controls_is_one_process_and_controls_take_their_tickets_masks(
+    tmp_path, monkeypatch, capsys
+):
+    """2 seeds x lt + reinit_ticket: one main.py process of four trials; each control is
+    `reinit --masks_from` its lt trial's folder, with that trial's mask at every level."""
+    fake = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "results"
+    argv = ["--prune_type", "lt", "reinit_ticket", "--prune_percent", "50", "--seed", "0", "1"]
+    argv += ["--results_root", str(results), "--", *tiny_flags(tmp_path)]
+    assert sweep.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "sweep: 4 task(s) in 1 process(es) on Ray" in out
+    (started,) = fake.started
+    assert started[started.index("--prune_type") :][:3] == ["--prune_type", "lt", "reinit_ticket"]
+    assert started[started.index("--seed") :][:3] == ["--seed", "0", "1"]
+    found = runs.all_runs(results)
+    assert len(found) == 4 and all(run.complete for run in found)
+    lts = {run.args["seed"]: run for run in found if run.args["prune_type"] == "lt"}
+    controls = {run.args["seed"]: run for run in found if run.args["prune_type"] == "reinit"}
+    assert lts.keys() == controls.keys() == {0, 1}
+    for seed, control in controls.items():
+        assert control.args["masks_from"] == str(lts[seed].root.resolve())
+        for level in range(2):
+            ticket = load_array_list(lts[seed].mask_path(level))
+            taken = load_array_list(control.mask_path(level))
+            assert all(np.array_equal(a, b) for a, b in zip(ticket, taken, strict=True))
+    # every task done, and a second call finds them all finished
+    assert all(
+        f"sweep: {t}_50_seed{s} done" in out for t in ("lt", "reinit_ticket") for s in (0, 1)
+    )
+    assert sweep.main(argv) == 0
+    assert capsys.readouterr().out.count("skipped") == 4
+
+
+def test_batches_hold_at_most_batch_trials_and_keep_each_control_with_its_ticket():
+    options = control_options("--prune_percent", "20", "--seed", "0", "1", "2", "--batch", "4")
+    tasks = sweep.make_tasks(options, ["--dataset", "mnist"])
+    jobs = sweep.make_jobs(tasks, options.batch)
+    assert [[t.name for t in job.tasks] for job in jobs] == [
+        ["reinit_ticket_20_seed0", "reinit_ticket_20_seed1", "lt_20_seed0", "lt_20_seed1"],
+        ["reinit_ticket_20_seed2", "lt_20_seed2"],
+    ]
+    assert all(job.after is None for job in jobs)
+    single = sweep.make_jobs(sweep.make_tasks(options, []), 1)
+    assert [len(job.tasks) for job in single] == [1] * 6
+    controls = [job for job in single if job.tasks[0].prune_type == "reinit_ticket"]
+    assert all(job.after is not None and job.after.tasks[0].prune_type == "lt" for job in controls)
+    assert [job.after.tasks[0].seed for job in controls] == [0, 1, 2]

@@ -5,15 +5,15 @@ import importlib.util
 
 import pytest
 import torch
-from torch import nn
 
 import archs
 from lth.data import Split
 from lth.initialization import initialize
 from lth.pruning import device_masks, make_mask, prune_by_percentile
-from lth.train import adam, evaluate, train_epoch
+from lth.train import adam
 from tests.conftest import ROOT
 from tests.datafiles import write_mnist_files
+from tests.solo import epoch_alone, evaluate_alone
 from tests.test_main import TINY, run_main
 
 LR, WEIGHT_DECAY = 1e-2, 1e-4
@@ -28,7 +28,7 @@ def small_split(count: int, shape: tuple[int, ...], seed: int = 0, classes: int 
 
 def test_the_step_reads_nothing_back_to_the_host(host_reads):
     """No read per step, so CUDA never waits in the loop: an epoch of 20 steps reads back what
-    one of 10 does, the summed loss alone."""
+    one of 10 does, the summed losses alone, once."""
     torch.manual_seed(0)
     model = initialize(archs.build("mnist", "fc1"))
     mask = prune_by_percentile(model, make_mask(model), 20)
@@ -39,9 +39,9 @@ def test_the_step_reads_nothing_back_to_the_host(host_reads):
     for count in (600, 1200):
         reads.clear()
         data = small_split(count, (1, 28, 28))
-        train_epoch(model, data, 60, optimizer, nn.CrossEntropyLoss(), masks)
+        epoch_alone(model, data, 60, optimizer, masks)
         per_epoch.append(sorted(reads))
-    assert per_epoch[0] == per_epoch[1] == ["item"]
+    assert per_epoch[0] == per_epoch[1] == ["tolist"]
 
 
 def load_bench():
@@ -107,11 +107,11 @@ def test_an_epoch_on_uint8_pixels_is_the_epoch_on_normalised_images():
         optimizer = adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
         masks = device_masks(model, make_mask(model))
         torch.manual_seed(1)
-        losses.append(train_epoch(model, split, 40, optimizer, nn.CrossEntropyLoss(), masks))
+        losses.append(epoch_alone(model, split, 40, optimizer, masks))
     assert losses[0] == losses[1]
     for a, b in zip(*(m.parameters() for m in models), strict=True):
         assert torch.equal(a, b)
-    assert evaluate(models[0], stored, 50) == evaluate(models[1], normalised, 50)
+    assert evaluate_alone(models[0], stored, 50) == evaluate_alone(models[1], normalised, 50)
 
 
 def test_benchmark_estimates_the_default_experiment_from_its_rows():

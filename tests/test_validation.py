@@ -15,6 +15,7 @@ from lth import data, train
 from lth.data import Split
 from lth.safe_load import load_array, load_array_list
 from tests.datafiles import write_mnist_files
+from tests.solo import evaluate_alone, measures_alone
 from tests.test_bad_input import check_refused
 from tests.test_main import TINY, load_dump, only_run, run_main
 
@@ -62,11 +63,12 @@ def test_validation_loss_is_the_mean_cross_entropy_and_accuracy_the_tests():
     split = Split(torch.randn(250, 1, 28, 28, generator=generator), torch.arange(250) % 10)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-    loss, accuracy = train.loss_and_accuracy(model, split, batch_size=100)
+    loss, accuracy = measures_alone(model, split, batch_size=100)
     with torch.no_grad():
         expected = nn.functional.cross_entropy(model(split.images), split.labels).item()
+        correct = (model(split.images).argmax(1) == split.labels).sum().item()
     assert loss == pytest.approx(expected, rel=1e-5)
-    assert accuracy == train.evaluate(model, split)
+    assert accuracy == evaluate_alone(model, split) == 100.0 * correct / len(split)
 
 
 # --- early stopping end to end, on a validation curve the test sets --------------------------
@@ -86,18 +88,19 @@ def test_early_stop_is_the_minimum_validation_loss_and_its_files_say_so(tmp_path
     trained_on: list[int] = []
     real_evaluate, real_epoch = train.evaluate, train.train_epoch
 
-    def evaluate(model, split, *args, **kwargs):
-        accuracy = real_evaluate(model, split, *args, **kwargs)
-        state = {k: v.clone() for k, v in model.state_dict().items()}
+    def evaluate(stacked, split, *args, **kwargs):
+        (accuracy,) = real_evaluate(stacked, split, *args, **kwargs)
+        state = stacked.trial_state(0)
         measured.append({"state": state, "test": accuracy})
-        return accuracy
+        return [accuracy]
 
-    def loss_and_accuracy(model, split, *args, **kwargs):
+    def loss_and_accuracy(stacked, split, *args, **kwargs):
         level, index = divmod(len(measured) - 1, 5)
         assert len(split) == 50  # measured on the model the test just measured:
-        assert all(torch.equal(measured[-1]["state"][k], v) for k, v in model.state_dict().items())
+        state = stacked.trial_state(0)
+        assert all(torch.equal(measured[-1]["state"][k], v) for k, v in state.items())
         measured[-1]["val"] = (CURVES[level][index], 10.0 * index + level)
-        return measured[-1]["val"]
+        return [measured[-1]["val"][0]], [measured[-1]["val"][1]]
 
     def train_epoch(model, split, *args, **kwargs):
         trained_on.append(len(split))
