@@ -21,7 +21,7 @@ from tqdm import tqdm
 from lth.data import Split
 from lth.layers import CONV_OR_LINEAR
 from lth.record import TrialRandom
-from lth.stack import StackedMasks, StackedModel, freeze_pruned_trials
+from lth.stack import StackedMasks, StackedModel, freeze_pruned_trials, gradient_masks
 from lth.steps import batch_losses, sample_losses
 
 EVAL_BATCH = 1000
@@ -194,6 +194,7 @@ def train_epoch(
         raise ValueError(f"{len(randoms)} generators for {stacked.trials} trials")
     stacked.train()
     losses_of = batch_losses(stacked, compiled)
+    pairs = gradient_masks(stacked, masks)
     device = data.labels.device
     count = len(data)
     orders = trial_orders(count, randoms, device)
@@ -205,7 +206,7 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         losses = losses_of(images, labels)
         losses.sum().backward()
-        freeze_pruned_trials(stacked, masks)
+        freeze_pruned_trials(pairs)
         optimizer.step()
         if schedule is not None:
             schedule.step()

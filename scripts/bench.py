@@ -109,6 +109,9 @@ def main_(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-memory", action="store_true", help="no peak-memory run")
     parser.add_argument("--skip-batched", action="store_true", help="no batched-trials section")
+    parser.add_argument(
+        "--only-batched", action="store_true", help="the batched-trials section alone"
+    )
     args = parser.parse_args(argv)
     flush_denormals()  # as main.py does, before any parallel work
     if args.repeats < 3:
@@ -133,6 +136,8 @@ def main_(argv: list[str] | None = None) -> int:
     cases = [(*case, threads) for case in CASES]
     if device.type == "cpu" and threads > 1:  # is one thread faster for a small network?
         cases += [(*CASES[0], 1), (*CASES[1], 1)]
+    if args.only_batched:
+        cases = []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         real = real_fashion_mnist(Path(tmp) / "data", device)
@@ -162,13 +167,14 @@ def main_(argv: list[str] | None = None) -> int:
                     )
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-        for dpi in (1200, 100):
+        for dpi in () if args.only_batched else (1200, 100):
             row = level_overhead(Path(tmp) / f"level{dpi}", dpi, device, args.repeats)
             rows.append(row)
             print(json.dumps(row), flush=True)
-        rows.append(default_experiment(rows, threads, use_compile("auto", device)))
-        print(json.dumps(rows[-1]), flush=True)
-        if not args.skip_memory:
+        if not args.only_batched:
+            rows.append(default_experiment(rows, threads, use_compile("auto", device)))
+            print(json.dumps(rows[-1]), flush=True)
+        if not args.skip_memory and not args.only_batched:
             row = peak_memory(Path(tmp) / "memory", args.threads, args.quick)
             rows.append(row)
             print(json.dumps(row), flush=True)
