@@ -24,6 +24,7 @@ import argparse
 import csv
 import datetime
 import json
+import math
 import os
 import re
 import shutil
@@ -249,7 +250,7 @@ def bench_table_rows(rows: list[dict], trials: tuple[int, ...]) -> list[tuple[st
                 if base is not None:
                     saved = base["epoch_s"] - row["epoch_s"]
                     pays = (
-                        f"pays back after {row['compile_s'] / saved:,.0f} epochs"
+                        f"paid back by epoch {math.ceil(row['compile_s'] / saved):,}"
                         if saved > 0
                         else "never pays back (not faster)"
                     )

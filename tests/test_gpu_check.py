@@ -72,7 +72,7 @@ def test_the_dry_run_runs_every_step_on_the_cpu_and_tables_it(tmp_path):
         assert re.search(rf"(^|; ){NUMBER} samples/s", figures), figures
         if what.endswith("compiled"):
             assert re.match(rf"compile {NUMBER} s; ", figures), figures
-            assert re.search(r"x plain, (pays back after [\d,]+ epochs|never pays back)", figures)
+            assert re.search(r"x plain, (paid back by epoch [\d,]+|never pays back)", figures)
     assert "fc1 one epoch (600 fashion-mnist" in bench[0][1]
     # batched trials, k = 1 and 2 in the dry run, per-trial epoch over the images trained
     batched = [r for r in rows if r[0] == "2 batched"]
@@ -199,7 +199,7 @@ def test_the_table_of_a_gpu_run_shows_what_decides_the_compile_default():
     fc1 = by_what["fc1 one epoch (60,000 fashion-mnist (real), batch 60), compiled"]
     assert fc1 == (
         "1.000",
-        "compile 30.0 s; 60,000 samples/s; peak 1,234 MiB; 2.00x plain, pays back after 30 epochs",
+        "compile 30.0 s; 60,000 samples/s; peak 1,234 MiB; 2.00x plain, paid back by epoch 30",
     )
     conv2 = by_what["conv2 one epoch (50,000 random, batch 60), compiled"]
     assert conv2[1].endswith("0.80x plain, never pays back (not faster)")
