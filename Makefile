@@ -44,3 +44,16 @@ bench: setup
 
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+# The GPU check (docs/gpu.md). gpu-data: the real Fashion-MNIST and this commit into gpu_data/,
+# to be carried to the GPU machine; gpu-check: there, with that machine's own python3 (no venv);
+# gpu-check-dry-run: here, the same steps on the CPU at a tiny size.
+.PHONY: gpu-data gpu-check gpu-check-dry-run
+gpu-data: data
+	bash scripts/gpu_check.sh --prepare
+
+gpu-check:
+	bash scripts/gpu_check.sh
+
+gpu-check-dry-run: setup
+	PYTHON=$(PY) bash scripts/gpu_check.sh --dry-run
