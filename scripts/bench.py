@@ -94,8 +94,8 @@ DEFAULT_LEVELS, DEFAULT_EPOCHS, DEFAULT_RATE = 35, 100, 0.2  # main.py's default
 # minutes on a CPU; the time per image does not depend on how many there are).
 BATCHED = (
     ("fc1-mnist", "mnist", "fc1", (60000, 1, 28, 28), (1, 5, 15), 1),
-    ("conv2-cifar10", "cifar10", "conv2", (50000, 3, 32, 32), (1, 5), 10),
-    ("lenet5-mnist", "mnist", "lenet5", (60000, 1, 28, 28), (1,), 10),
+    ("conv2-cifar10", "cifar10", "conv2", (50000, 3, 32, 32), (1, 5), 50),
+    ("lenet5-mnist", "mnist", "lenet5", (60000, 1, 28, 28), (1,), 50),
 )
 
 

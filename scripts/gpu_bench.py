@@ -56,8 +56,8 @@ from archs.models.resnet import ResNet20  # noqa: E402
 from archs.models.vgg import CifarVGG  # noqa: E402
 from lth import data, stack, train  # noqa: E402
 from lth.initialization import initialize  # noqa: E402
-from lth.pruning import device_masks, make_mask  # noqa: E402
-from lth.record import deterministic_algorithms  # noqa: E402
+from lth.pruning import make_mask  # noqa: E402
+from lth.record import TrialRandom, deterministic_algorithms  # noqa: E402
 
 LR = 1.2e-3
 # name -> (dataset of the architecture, data, batch size): the README's recipes' batch sizes
@@ -223,18 +223,20 @@ def release(device: torch.device) -> None:
 def solo_case(
     name: str, split: data.Split, source: str, compiled: bool, dry_run: bool
 ) -> dict[str, object]:
-    """One network trained alone by `train.train_epoch`, as main.py trains a level."""
+    """One network trained alone by `train.train_epoch` (a batch of one), as main.py trains a
+    level of a run alone."""
     device = split.labels.device
     batch = NETWORKS[name][2]
     torch.compiler.reset()  # compile from nothing, as a new process does
     before = reset_peak(device)
     model = network(name, dry_run).to(device)
-    masks = device_masks(model, make_mask(model))
-    optimizer = train.adam(model.parameters(), lr=LR, weight_decay=train.WEIGHT_DECAY)
-    criterion = nn.CrossEntropyLoss()
+    alone = stack.StackedModel([model])
+    masks = stack.stack_masks(alone, [make_mask(model)])
+    optimizer = train.adam(alone.parameters(), lr=LR, weight_decay=train.WEIGHT_DECAY)
+    randoms = [TrialRandom(0)]
 
     def epoch(on: data.Split) -> None:
-        train.train_epoch(model, on, batch, optimizer, criterion, masks, compiled=compiled)
+        train.train_epoch(alone, on, batch, optimizer, masks, randoms, compiled=compiled)
 
     warm = warmup_subset(split, batch)
     first = timed(lambda: epoch(warm), device)
@@ -254,17 +256,15 @@ def solo_case(
 def batched_epoch(
     modules: list[nn.Module], masks: list[dict], batch: int, device: torch.device
 ) -> Callable[[data.Split], list[float]]:
-    """One epoch of k trials trained as one stacked model, the way tests/test_stack.py trains
-    them (lth.stack's API: adapt here if it is renamed): a function of the split."""
+    """One epoch of k trials trained as one stacked model, as main.py trains a batch: a
+    function of the split."""
     stacked = stack.StackedModel(modules)
     optimizer = train.build_optimizer(
         argparse.Namespace(optimizer="adam", lr=LR, momentum=0.0), stacked
     )
     stacked_masks = stack.stack_masks(stacked, masks)
-    generators = [torch.Generator(device=device).manual_seed(100 + i) for i in range(len(modules))]
-    return lambda split: stack.train_epoch(
-        stacked, split, batch, optimizer, stacked_masks, generators
-    )
+    randoms = [TrialRandom(100 + i) for i in range(len(modules))]
+    return lambda split: train.train_epoch(stacked, split, batch, optimizer, stacked_masks, randoms)
 
 
 def batched_case(

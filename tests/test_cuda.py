@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import archs
 from lth.data import Split
@@ -31,9 +30,10 @@ from lth.initialization import initialize
 from lth.pruning import device_masks, make_mask, prunable_weights, prune_by_percentile
 from lth.results import RunDir
 from lth.safe_load import load_array_list
-from lth.train import adam, train_epoch
+from lth.train import adam
 from tests.conftest import REFERENCE_FLAGS, ROOT
 from tests.resultfiles import assert_same_results, files_under
+from tests.solo import epoch_alone
 from tests.test_steps import LR, WEIGHT_DECAY, assert_within_adam_steps
 from tests.test_train import small_split
 
@@ -205,10 +205,7 @@ def test_compiled_training_equals_plain_training_on_the_device(fresh_compiler):
         losses = []
         for model, optimizer, on in zip((compiled, plain), optimizers, (True, False), strict=True):
             torch.manual_seed(100 + epoch)
-            loss = train_epoch(
-                model, data, 32, optimizer, nn.CrossEntropyLoss(), masks, compiled=on
-            )
-            losses.append(loss)
+            losses.append(epoch_alone(model, data, 32, optimizer, masks, compiled=on))
         assert losses[0] == pytest.approx(losses[1], rel=1e-3)
     assert_within_adam_steps(compiled.cpu(), plain.cpu(), steps=4)
     for param, layer_mask in zip(prunable_weights(compiled), mask.values(), strict=True):

@@ -42,7 +42,10 @@ NETS = {
     "conv2": (lambda: ConvNet((3, 8, 8), 10, CONV2), (3, 8, 8)),
     "resnet20": (lambda: ResNet20(3, 10, width=4, blocks=1), (3, 8, 8)),
 }
-PATHS = {"fc1": "bmm", "conv2": "vmap", "resnet20": "vmap"}  # of a stack of K > 1
+PATHS = {"fc1": "bmm", "conv2": "loop", "resnet20": "loop"}  # auto, K > 1, on the CPU
+# every net on its auto path, and the conv nets on vmap too (what auto picks on a GPU)
+NET_PATHS = [(net, "auto") for net in ("fc1", "conv2", "resnet20")]
+NET_PATHS += [("conv2", "vmap"), ("resnet20", "vmap")]
 OPTIMIZERS = {
     "adam": argparse.Namespace(optimizer="adam", lr=1e-3, momentum=0.0),
     "sgd": argparse.Namespace(optimizer="sgd", lr=0.05, momentum=0.9),
@@ -211,14 +214,15 @@ def test_a_trial_s_output_is_its_module_s_output(net):
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-@pytest.mark.parametrize("net", NETS)
-def test_each_trial_trains_as_alone_in_a_stack_of_one_and_through_train_epoch(net, optimizer):
+@pytest.mark.parametrize("net, path", NET_PATHS)
+def test_each_trial_trains_as_alone_in_a_stack_of_one_and_through_train_epoch(net, path, optimizer):
     """Two epochs (6 steps, the last batch of each smaller), each trial with its own mask and
     data order: trial i of the stack of 3 equals the same module trained in a stack of one (the
     `module` path) and by the textbook loop, within rounding (the module docstring's bounds)."""
     modules, masks = trial_modules(net)
     args, data, epochs = OPTIMIZERS[optimizer], pixels(COUNT, NETS[net][1]), 2
-    stacked, stacked_losses = train_stacked(modules, masks, args, epochs, data)
+    stacked, stacked_losses = train_stacked(modules, masks, args, epochs, data, path=path)
+    assert stacked.path == (PATHS[net] if path == "auto" else path)
     for i in range(K):
         one, one_losses = train_stacked([modules[i]], [masks[i]], args, epochs, data, trials=[i])
         assert one.path == "module"
@@ -297,13 +301,15 @@ def test_apply_masks_zeroes_each_trial_s_own_pruned_weights():
 # --- (4) evaluation per trial ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("net", NETS)
-def test_each_trial_s_evaluation_is_its_solo_evaluation(net):
+@pytest.mark.parametrize("net, path", NET_PATHS)
+def test_each_trial_s_evaluation_is_its_solo_evaluation(net, path):
     """After training (BatchNorm's running statistics moved), each trial's accuracy and loss in
     eval mode are those of its state loaded into a solo module."""
     modules, masks = trial_modules(net)
     shape = NETS[net][1]
-    stacked, _ = train_stacked(modules, masks, OPTIMIZERS["adam"], 1, pixels(COUNT, shape))
+    stacked, _ = train_stacked(
+        modules, masks, OPTIMIZERS["adam"], 1, pixels(COUNT, shape), path=path
+    )
     test_set = pixels(70, shape, seed=1)
     losses, accuracies = train.loss_and_accuracy(stacked, test_set, batch_size=32)
     assert train.evaluate(stacked, test_set, batch_size=32) == accuracies
@@ -318,9 +324,10 @@ def test_each_trial_s_evaluation_is_its_solo_evaluation(net):
     assert not stacked.training
 
 
-def test_batch_norm_trains_on_batch_statistics_and_tests_on_running_ones():
+@pytest.mark.parametrize("path", ["loop", "vmap"])
+def test_batch_norm_trains_on_batch_statistics_and_tests_on_running_ones(path):
     modules, _ = trial_modules("resnet20", prune=False)
-    stacked = stack.StackedModel(modules)
+    stacked = stack.StackedModel(modules, path=path)
     x = torch.randn(K, 6, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     before = stacked.buffers_by_name["bn.running_mean"].clone()
     stacked.train()
@@ -339,13 +346,14 @@ def test_batch_norm_trains_on_batch_statistics_and_tests_on_running_ones():
         torch.testing.assert_close(stacked(x)[i], module(x[i]), **LAST_BITS)
 
 
-def test_dropout_draws_for_each_trial_and_takes_the_vmap_path():
-    """--dropout's hooks: fc1 is then no plain chain; in training each trial drops its own
-    inputs, in eval mode none."""
+@pytest.mark.parametrize("path", ["auto", "vmap"])
+def test_dropout_draws_for_each_trial_and_leaves_the_chain(path):
+    """--dropout's hooks: fc1 is then no plain chain (on the CPU it takes the loop); in training
+    each trial drops its own inputs, in eval mode none."""
     modules, _ = trial_modules("fc1", prune=False)
     same = [add_input_dropout(copy.deepcopy(modules[0]), 0.5) for _ in range(K)]
-    stacked = stack.StackedModel(same)
-    assert stacked.path == "vmap"
+    stacked = stack.StackedModel(same, path=path)
+    assert stacked.path == ("loop" if path == "auto" else path)
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(3))
     stacked.train()
     out = stacked(x, shared=True)
