@@ -674,6 +674,8 @@ def table(rows: list[dict]) -> str:
                 f"| {r['limit_s']:.3f} | {r['ratio']:.2f} | {r['shapes_gflops']:.0f} "
                 f"| {'-' if r['kernels_s'] is None else format(r['kernels_s'], '.3f')} |"
             )
+    if not any("step" in r for r in rows):
+        lines = []
     batched = [r for r in rows if "trials" in r]
     if batched:
         lines += [
@@ -689,11 +691,12 @@ def table(rows: list[dict]) -> str:
             f" | {r['path']} | {r['epoch_s']:.3f} | {r['per_trial_s']:.3f}"
             f" | {r['per_trial_s'] / one['per_trial_s']:.2f} |"
         )
-    lines += [
-        "",
-        "| per level | total s | prune s | rewind s | setup s | files s | of which plot s |",
-    ]
-    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    if any("level_s" in r for r in rows):
+        lines += [
+            "",
+            "| per level | total s | prune s | rewind s | setup s | files s | of which plot s |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
     for r in rows:
         if "level_s" in r:
             lines.append(
