@@ -1,8 +1,6 @@
 """One model trained alone through the project's one training path (a stack of one trains the
 module itself): what the tests of single networks call instead of a solo loop of their own."""
 
-import weakref
-
 import torch
 from torch import nn
 
@@ -21,27 +19,29 @@ def epoch_alone(
     **options,
 ) -> float:
     """One `train.train_epoch` of `model` alone (in place; `optimizer` over its parameters),
-    `masks` aligned with its prunable weights, its data order drawn from the process's generators
-    as a run alone draws it (the trial's generators are the process's, and left where the epoch
-    leaves them); returns the mean loss."""
+    `masks` aligned with its prunable weights; returns the mean loss.
+
+    Its draws are those of a textbook loop run from the process's generators: the data order
+    from their state now, dropout after it (the process's generators are moved past the order's
+    draw first, as `torch.randperm` there would move them)."""
     by_name = {name: m.unsqueeze(0) for name, m in zip(prunable(model), masks, strict=True)}
     random = TrialRandom.from_state(TrialRandom.process_states())
+    torch.randperm(len(data))  # the process's generator where the textbook loop's order left it
     (loss,) = train.train_epoch(
         alone(model), data, batch_size, optimizer, by_name, [random], **options
     )
-    TrialRandom.restore_process(random.state())
     return loss
 
 
-_STACKS: "weakref.WeakKeyDictionary[nn.Module, stack.StackedModel]" = weakref.WeakKeyDictionary()
+_LAST: list[stack.StackedModel] = []  # the newest stack only: it holds its model
 
 
 def alone(model: nn.Module) -> stack.StackedModel:
-    """The stack of one that trains `model` itself, the same object for every call (so that a
-    compiled loss is reused, as main.py reuses its stack from level to level)."""
-    if model not in _STACKS:
-        _STACKS[model] = stack.StackedModel([model])
-    return _STACKS[model]
+    """The stack of one that trains `model` itself, the same object for calls in a row on one
+    model (so that a compiled loss is reused, as main.py reuses its stack from level to level)."""
+    if not _LAST or _LAST[0].net is not model:
+        _LAST[:] = [stack.StackedModel([model])]
+    return _LAST[0]
 
 
 def evaluate_alone(model: nn.Module, data: Split, batch_size: int = train.EVAL_BATCH) -> float:
