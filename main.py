@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "\ninterrupted: finished levels are kept; `python main.py --resume` with the same"
-            " --dataset, --arch_type and --prune_type continues the newest such run",
+            "\ninterrupted: finished levels are kept; `python main.py --resume RUN_DIR` (any run"
+            " folder of the batch) continues it, alone the newest run of that --dataset,"
+            " --arch_type and --prune_type",
             file=sys.stderr,
         )
         return 130
@@ -152,28 +153,12 @@ def run(args: argparse.Namespace, explicit: set[str]) -> list[str]:
     batch = [build_trial(experiment, trial, loaded.train, init, device) for trial in trials]
     check_memory(experiment, batch, loaded.train, device)
     if resumed is not None:  # before anything is written
-        rewinds_late = cli.rewind_step(experiment, epoch_steps) > 0
-        for trial_run, run_dir, saved in zip(
-            batch, resumed.run_dirs, resumed.checkpoints, strict=True
-        ):
-            trial_run.run_dir = run_dir
-            if saved is not None:
-                classes = saved_model_classes(trial_run.model)
-                whole = resume.whole_checkpoint(saved, run_dir, rewinds_late, classes)
-                restore_trial(trial_run, whole)
+        restore_batch(batch, resumed, cli.rewind_step(experiment, epoch_steps) > 0)
     for trial_run in batch:
         if trial_run.trial.masks_from is not None:
             check_saved_masks(trial_run.model, trial_run.trial.masks_from, experiment)
     if experiment.pretrain == "zae":
-        for trial_run in batch:
-            if trial_run.progress is None:
-                with trial_run.random.active():
-                    pretrain_zae(
-                        trial_run.model,
-                        loaded.train.images,
-                        epochs=experiment.pretrain_epochs,
-                        batch_size=experiment.batch_size,
-                    )
+        pretrain(batch, experiment, loaded.train)
 
     start = 0 if resumed is None else resumed.start
     if resumed is None:
@@ -197,6 +182,29 @@ def run(args: argparse.Namespace, explicit: set[str]) -> list[str]:
     for trial_run in batch:
         print(f"\nresults: {trial_run.run_dir.root}\nplots: {trial_run.run_dir.plots}")
     return [f"{t.run_dir.root}: {t.failure}" for t in batch if t.failure is not None]
+
+
+def restore_batch(batch: list[TrialRun], resumed: resume.Resumed, rewinds_late: bool) -> None:
+    """Each trial of a resumed batch back in its folder and, where it has a checkpoint, where
+    that left it (its initial and rewind states read from their result files)."""
+    for trial_run, run_dir, saved in zip(batch, resumed.run_dirs, resumed.checkpoints, strict=True):
+        trial_run.run_dir = run_dir
+        if saved is not None:
+            classes = saved_model_classes(trial_run.model)
+            restore_trial(trial_run, resume.whole_checkpoint(saved, run_dir, rewinds_late, classes))
+
+
+def pretrain(batch: list[TrialRun], experiment: Experiment, train_set: data.Split) -> None:
+    """`--pretrain zae` of every trial starting afresh, each from its own generators."""
+    for trial_run in batch:
+        if trial_run.progress is None:
+            with trial_run.random.active():
+                pretrain_zae(
+                    trial_run.model,
+                    train_set.images,
+                    epochs=experiment.pretrain_epochs,
+                    batch_size=experiment.batch_size,
+                )
 
 
 def describe_batch(args: argparse.Namespace, explicit: set[str]) -> tuple[Experiment, list[Trial]]:
