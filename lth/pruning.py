@@ -5,7 +5,7 @@ one entry per prunable weight tensor, in `named_parameters()` order. Only the we
 and Conv layers are prunable; biases, BatchNorm parameters and buffers never are. (The result
 files hold the original's positional list instead: `results.mask_to_list` and
 `results.mask_from_list` convert at that boundary.) Masks are computed on the host once per
-level; the training step uses device copies (`device_masks`).
+level; the training step uses device copies beside the weights (`stack.stack_masks`).
 
 Layer-wise pruning (the default) is the original's rule: per layer, the threshold is
 `np.percentile` of the surviving weights' magnitudes and the survivors strictly below it go.
@@ -206,14 +206,3 @@ def device_masks(model: nn.Module, mask: Mask) -> list[torch.Tensor]:
     return [
         torch.from_numpy(mask[name]).to(p.device, p.dtype) for name, p in prunable(model).items()
     ]
-
-
-def freeze_pruned(weights: list[nn.Parameter], masks: list[torch.Tensor]) -> None:
-    """Zero the gradients of pruned weights so they receive no update, whatever their sign.
-
-    With zero gradients and zero weights, Adam's moments and its L2 weight decay stay zero
-    too, so a pruned weight stays exactly 0. A weight without a gradient is left alone.
-    """
-    for weight, mask in zip(weights, masks, strict=True):
-        if weight.grad is not None:
-            weight.grad.mul_(mask)

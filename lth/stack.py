@@ -160,10 +160,6 @@ class StackedModel(nn.Module):
         state = self.net.state_dict()
         return {name: self.stacked(value)[i].clone() for name, value in state.items()}
 
-    def unstack(self) -> list[dict[str, torch.Tensor]]:
-        """Every trial's state_dict, in trial order."""
-        return [self.trial_state(i) for i in range(self.trials)]
-
     @torch.no_grad()
     def load_trial(self, i: int, state: Mapping[str, torch.Tensor]) -> None:
         """Write one trial's state_dict (the original module's names and shapes) into its slice:
@@ -283,14 +279,6 @@ def stack_masks(stacked: StackedModel, masks: Sequence[Mask]) -> StackedMasks:
         name: torch.from_numpy(np.stack([mask[name] for mask in masks])).to(p.device, p.dtype)
         for name, p in weights.items()
     }
-
-
-@torch.no_grad()
-def apply_masks(stacked: StackedModel, masks: StackedMasks) -> None:
-    """Zero every trial's pruned weights in place."""
-    params = stacked.params
-    for name, mask in masks.items():
-        params[name].mul_(mask)
 
 
 def gradient_masks(

@@ -175,7 +175,6 @@ def test_each_trial_of_a_stack_starts_bit_identical_to_its_module(net):
             assert torch.equal(state[name], expected[name]), name
         solo = NETS[net][0]()
         solo.load_state_dict(state)  # loadable into the solo module, strictly
-    assert [s.keys() for s in stacked.unstack()] == [m.state_dict().keys() for m in modules]
 
 
 def test_a_stack_copies_its_trials_and_writes_one_trial_at_a_time():
@@ -280,22 +279,6 @@ def test_pruned_weights_stay_exactly_zero_with_a_mask_per_trial(net):
             weight, keep = params[name][i], torch.from_numpy(mask[name])
             assert torch.all(weight[keep == 0] == 0), (i, name)
             assert torch.all(weight[keep == 1] != 0), (i, name)  # the survivors trained
-
-
-def test_apply_masks_zeroes_each_trial_s_own_pruned_weights():
-    modules, _ = trial_modules("conv2", prune=False)
-    stacked = stack.StackedModel(modules)
-    masks = []
-    for trial, module in enumerate(modules):
-        masks.append(prune_by_percentile(copy.deepcopy(module), make_mask(module), 30.0 + trial))
-    stacked_masks = stack.stack_masks(stacked, masks)
-    assert stacked_masks.keys() == masks[0].keys()
-    stack.apply_masks(stacked, stacked_masks)
-    for i, mask in enumerate(masks):
-        state = stacked.trial_state(i)
-        for name, keep in mask.items():
-            expected = modules[i].state_dict()[name] * torch.from_numpy(keep)
-            assert torch.equal(state[name], expected)
 
 
 # --- (4) evaluation per trial ----------------------------------------------------------------
