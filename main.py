@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 import archs
 from lth import cli, data, memory, plots, resume, runs, stack
 from lth.errors import UserError, one_line
-from lth.experiment import Experiment, Trial
+from lth.experiment import AT_INIT, KEEP_TRAINED, Experiment, Trial
 from lth.initialization import Initializer, initializer
 from lth.pretrain import pretrain_zae
 from lth.pruning import (
@@ -55,6 +55,7 @@ from lth.record import (
     with_resume,
 )
 from lth.results import RunDir, level_tag, read_mask
+from lth.saliency import at_init_mask, level_counts
 from lth.steps import use_compile
 from lth.train import (
     EVAL_BATCH,
@@ -373,12 +374,14 @@ def run_level(
 
     Level 0 trains every step and keeps each trial's state after the rewind step N
     (`cli.rewind_step`) when N > 0. Every later level is reset to step N (its initial weights
-    when N is 0) and trains from step N to the end, with a fresh optimiser and the learning-rate
-    schedule continued at step N (restarted when N is 0, as in the paper; as OpenLTH when N > 0).
-    A control takes its ticket's mask of the level, so tickets are pruned first.
+    when N is 0; `lrr` and `finetune` keep their trained weights) and trains from step N to the
+    end, with a fresh optimiser and the learning-rate schedule continued at step N (restarted
+    when N is 0, as in the paper; as OpenLTH when N > 0); `finetune` trains at the schedule's
+    final rate (cli.trains_apart keeps it from sharing a batch with a schedule of its own). A
+    control takes its ticket's mask of the level, so tickets are pruned first.
     """
     for trial_run in sorted(running, key=lambda t: t.trial.ticket is not None):
-        trial_run.progress.mask = prune(trial_run, experiment, level, batch)
+        trial_run.progress.mask = prune(trial_run, experiment, level, batch, loaded.train)
         if level > 0:
             reset_survivors(trial_run, init)
     running = [t for t in running if t.failure is None]
@@ -389,6 +392,7 @@ def run_level(
     epoch_steps = steps_per_epoch(len(loaded.train), experiment.batch_size)
     rewind_at = cli.rewind_step(experiment, epoch_steps)
     start = 0 if level == 0 else rewind_at  # level 0 runs whole; N = 0: no rewind state kept
+    finetuning = level > 0 and any(t.trial.prune_type == "finetune" for t in running)
     keep = (rewind_at, rewind_keeper(running, stacked)) if level == 0 else None
     optimizer = build_optimizer(experiment, stacked)
     schedule = lr_schedule(
@@ -398,6 +402,7 @@ def run_level(
         gamma=1.0 if experiment.lr_gamma is None else experiment.lr_gamma,  # None: no drops
         epoch_steps=epoch_steps,
         start_step=start,
+        hold_at=experiment.end_iter * epoch_steps - 1 if finetuning else None,
     )
 
     print(f"\n--- Pruning Level [0:{level}/{experiment.prune_iterations}]: ---")
@@ -460,11 +465,19 @@ def commit_checkpoints(level: int, running: list[TrialRun]) -> None:
         trial_run.run_dir.commit_checkpoint()
 
 
-def prune(trial_run: TrialRun, experiment: Experiment, level: int, batch: list[TrialRun]) -> Mask:
-    """One level's mask: dense at level 0; by magnitude; at random with the same per-layer
-    counts (`random`, from the trial's own generator); or, for a control, by nothing of its own:
-    the mask its ticket has for `level` (from memory for a ticket in the batch, else the mask
-    that --masks_from run saved for it)."""
+def prune(
+    trial_run: TrialRun,
+    experiment: Experiment,
+    level: int,
+    batch: list[TrialRun],
+    train_set: data.Split,
+) -> Mask:
+    """One level's mask: dense at level 0; by magnitude (`lt`, `lrr`, `finetune`); at random
+    with the same per-layer counts (`random`, from the trial's own generator); by the scores of
+    a method of pruning at initialisation (`snip`, `grasp`, `synflow`: the initial network pruned
+    to the level's counts, its sample drawn from the trial's own generator); or, for a control,
+    by nothing of its own: the mask its ticket has for `level` (from memory for a ticket in the
+    batch, else the mask that --masks_from run saved for it)."""
     trial, model, mask = trial_run.trial, trial_run.model, trial_run.progress.mask
     if trial.ticket is not None:
         ticket = batch[trial.ticket]
@@ -482,16 +495,28 @@ def prune(trial_run: TrialRun, experiment: Experiment, level: int, batch: list[T
         return saved
     if level == 0:
         return mask
+    rates = {
+        "scope": experiment.prune_scope,
+        "output_percent": experiment.prune_percent_output,
+        "conv_percent": experiment.prune_percent_conv,
+    }
+    if trial.prune_type in AT_INIT:
+        counts = level_counts(model, level, experiment.prune_percent, **rates)
+        with trial_run.random.active():
+            new_mask = at_init_mask(
+                trial.prune_type,
+                model,
+                trial_run.progress.initial_state,
+                counts,
+                train_set,
+                experiment.batch_size,
+                data.DATASETS[experiment.dataset].num_classes,
+            )
+        apply_mask(model, new_mask)
+        return new_mask
     how = prune_at_random if trial.prune_type == "random" else prune_by_percentile
     with trial_run.random.active():
-        return how(
-            model,
-            mask,
-            experiment.prune_percent,
-            scope=experiment.prune_scope,
-            output_percent=experiment.prune_percent_output,
-            conv_percent=experiment.prune_percent_conv,
-        )
+        return how(model, mask, experiment.prune_percent, **rates)
 
 
 def saved_mask(model: nn.Module, masks_from: str, level: int) -> Mask:
@@ -509,9 +534,12 @@ def check_saved_masks(model: nn.Module, masks_from: str, experiment: Experiment)
 
 def reset_survivors(trial_run: TrialRun, init: Initializer) -> None:
     """`lt` and `random` rewind the survivors to their initial values (or, with --rewind_iter
-    or --rewind_epoch, to those after that many steps or epochs of level 0); `reinit` draws new
-    random ones from the trial's own generator."""
+    or --rewind_epoch, to those after that many steps or epochs of level 0), as the methods of
+    pruning at initialisation do; `reinit` draws new random ones from the trial's own
+    generator; `lrr` and `finetune` keep the trained ones (pruned in place by `prune`)."""
     model, progress = trial_run.model, trial_run.progress
+    if trial_run.trial.prune_type in KEEP_TRAINED:
+        return
     if trial_run.trial.prune_type == "reinit":
         model.load_state_dict(progress.initial_state)  # buffers (BatchNorm statistics) too
         device = next(model.parameters()).device

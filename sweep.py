@@ -266,12 +266,17 @@ def batches(
     types: tuple[str, ...], seeds: list, percent: float, by_task: dict, batch: int | None
 ) -> list[Job]:
     """The jobs of the new tasks of `types` x `seeds` at `percent`."""
-    together = [t for t in types if t != CONTROL or "lt" in types]
+    args = by_task[(types[0], percent, seeds[0])].args  # the recipe is the same for all
+
+    def shares(prune_type: str) -> bool:
+        return (prune_type != CONTROL or "lt" in types) and not cli.trains_apart(prune_type, args)
+
+    together = [t for t in types if shares(t)]
     if batch is not None and batch < len(together):  # one prune type per process
         groups = [[t] for t in together]
     else:
         groups = [together]
-    alone = [t for t in types if t not in together]  # controls whose lt ran earlier
+    alone = [t for t in types if t not in together]  # controls whose lt ran earlier, finetune
     groups += [[t] for t in alone]
     jobs = []
     for group in groups:

@@ -10,13 +10,18 @@ from typing import NoReturn
 import archs
 from lth import data
 from lth.errors import UserError, one_line
-from lth.experiment import COMPILE_CHOICES, CONTROL
+from lth.experiment import AT_INIT, COMPILE_CHOICES, CONTROL, KEEP_TRAINED, REWOUND
 from lth.initialization import INIT_SCHEMES
 
-PRUNE_TYPES = ("lt", "reinit", "random")
+PRUNE_TYPES = ("lt", "reinit", "random", *KEEP_TRAINED, *AT_INIT)
 PRUNE_SCOPES = ("layer", "global")
 PRETRAINING = ("none", "zae")
 OPTIMIZERS = ("adam", "sgd")
+REWIND_REFUSAL = {
+    "reinit": "reinit draws new weights",
+    **{kind: f"{kind} keeps the trained weights" for kind in KEEP_TRAINED},
+    **{kind: f"{kind} trains the pruned initial network" for kind in AT_INIT},
+}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -205,7 +210,19 @@ def trial_specs(args: argparse.Namespace) -> list[tuple[str, int | None]]:
                 f"--prune_type {prune_type} is not supported; choose one of:"
                 f" {', '.join((*PRUNE_TYPES, CONTROL))}"
             )
+    apart = [t for t in types if trains_apart(t, args)]
+    if apart and len(types) > 1:
+        raise UserError(
+            f"--prune_type {apart[0]} trains at the final rate of the --warmup_iters/--lr_drops"
+            " schedule, which the other prune types follow: run it in a batch of its own"
+        )
     return [(prune_type, seed) for prune_type in types for seed in seeds]
+
+
+def trains_apart(prune_type: str, args: argparse.Namespace) -> bool:
+    """Whether `prune_type` cannot share a batch (whose trials share one learning-rate
+    schedule) with other prune types: `finetune` under a schedule that is not constant."""
+    return prune_type == "finetune" and (args.warmup_iters > 0 or args.lr_drops is not None)
 
 
 def trial_namespace(
@@ -311,9 +328,10 @@ def _validate_beyond_original(args: argparse.Namespace) -> None:
             " of them (--rewind_epoch K is --rewind_iter K x steps per epoch)"
         )
     for name in ("rewind_epoch", "rewind_iter"):
-        if getattr(args, name) > 0 and args.prune_type == "reinit":
+        if getattr(args, name) > 0 and args.prune_type not in REWOUND:
             raise UserError(
-                f"--{name} applies to --prune_type lt or random; reinit draws new weights"
+                f"--{name} applies to --prune_type {' or '.join(REWOUND)}, not"
+                f" {args.prune_type}: {REWIND_REFUSAL[args.prune_type]}"
             )
     if args.masks_from is not None and args.prune_type != "reinit":
         raise UserError(

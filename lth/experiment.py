@@ -21,6 +21,15 @@ COMPILE_CHOICES = ("auto", "on", "off")  # steps.use_compile says what each mean
 # The paper's control as a prune type of a batch: reinit with the masks of the batch's lt trial of
 # the same seed (recorded as prune type reinit, --masks_from that trial's folder).
 CONTROL = "reinit_ticket"
+# Prune types that keep the trained survivors from level to level instead of rewinding them
+# (Renda et al. 2020): learning-rate rewinding restarts the schedule, fine-tuning trains at its
+# final rate.
+KEEP_TRAINED = ("lrr", "finetune")
+# Pruning at initialisation (lth.saliency): each level prunes the initial network by the method's
+# scores to the density the magnitude rule reaches at that level, and trains it from there.
+AT_INIT = ("snip", "grasp", "synflow")
+# The prune types that rewind to --rewind_iter / --rewind_epoch.
+REWOUND = ("lt", "random")
 
 # Flags that do not change what a run computes: where it reads and writes, how it reports, the
 # device it runs on, and --compile (which changes the rounding of float sums only). A resume may

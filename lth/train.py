@@ -117,6 +117,7 @@ def lr_schedule(
     gamma: float,
     epoch_steps: int,
     start_step: int = 0,
+    hold_at: int | None = None,
 ) -> LambdaLR | None:
     """A fresh schedule for one level's optimiser (`--warmup_iters`, `--lr_drops`,
     `--lr_gamma`), stepped once after each optimiser step; None (a constant rate, the
@@ -126,14 +127,15 @@ def lr_schedule(
     `start_step` of the schedule (`lr_factor(start_step + i)` for its i-th step): 0 restarts it,
     as the paper does; a level rewound to step N of level 0 (--rewind_iter) continues it there,
     as OpenLTH does. The constructor sets the rate of the first step; nothing warns, since the
-    scheduler is stepped only after the optimiser.
+    scheduler is stepped only after the optimiser. `hold_at`: every step at the rate of that
+    step of the schedule instead (`finetune`: its last step's).
     """
     if warmup_iters == 0 and not drops:
         return None
 
     def factor(step: int) -> float:
         return lr_factor(
-            start_step + step,
+            start_step + step if hold_at is None else hold_at,
             warmup_iters=warmup_iters,
             drops=drops,
             gamma=gamma,

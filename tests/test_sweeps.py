@@ -409,3 +409,17 @@ def test_batches_hold_at_most_batch_trials_and_keep_each_control_with_its_ticket
     controls = [job for job in single if job.tasks[0].prune_type == "reinit_ticket"]
     assert all(job.after is not None and job.after.tasks[0].prune_type == "lt" for job in controls)
     assert [job.after.tasks[0].seed for job in controls] == [0, 1, 2]
+
+
+def test_finetune_under_a_schedule_runs_in_a_batch_of_its_own():
+    """Its trials train at the schedule's final rate, the others follow the schedule."""
+    options = sweep.build_parser().parse_args(
+        ["--prune_percent", "20", "--prune_type", "lt", "finetune", "lrr", "--seed", "0", "1"]
+    )
+    scheduled = sweep.make_jobs(sweep.make_tasks(options, ["--lr_drops", "1"]), None)
+    assert [[t.name for t in job.tasks] for job in scheduled] == [
+        ["lt_20_seed0", "lt_20_seed1", "lrr_20_seed0", "lrr_20_seed1"],
+        ["finetune_20_seed0", "finetune_20_seed1"],
+    ]
+    constant = sweep.make_jobs(sweep.make_tasks(options, []), None)
+    assert [len(job.tasks) for job in constant] == [6]
