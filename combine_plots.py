@@ -131,7 +131,35 @@ def combine(group: list[runs.Run], out: Path, dpi: int, best_epoch: bool = False
         written.append(path)
     table = out / f"combined_{arch}_{dataset}.csv"
     write_table(table, [row for t in trials for row in t.rows()])
+    print(accuracy_table(trials))
     return [*written, table]
+
+
+def accuracy_table(trials: list[runs.Trials]) -> str:
+    """The figure's lines as text: per level the weights left and each line's mean accuracy,
+    with the trials' minimum and maximum; one row per line and level where the lines' weights
+    left differ."""
+
+    def cell(t: runs.Trials, level: int) -> str:
+        column = t.accuracy[:, level]
+        spread = f" ({column.min():.2f}-{column.max():.2f})" if len(column) > 1 else ""
+        return f"{column.mean():.2f}{spread}"
+
+    first = trials[0].weights_left
+    if all(np.array_equal(t.weights_left, first) for t in trials):
+        columns = ["level", "weights_left", *(t.label for t in trials)]
+        rows = [
+            {"level": level, "weights_left": left} | {t.label: cell(t, level) for t in trials}
+            for level, left in enumerate(first)
+        ]
+    else:
+        columns = ["line", "level", "weights_left", "accuracy"]
+        rows = [
+            {"line": t.label, "level": level, "weights_left": left, "accuracy": cell(t, level)}
+            for t in trials
+            for level, left in enumerate(t.weights_left)
+        ]
+    return runs.table(rows, columns)
 
 
 def axis_labels(early_stop: set[bool]) -> tuple[str, str]:

@@ -181,3 +181,28 @@ def test_not_a_run_and_incomplete_run_are_one_line_errors(made, tmp_path, capsys
 
     assert combine_plots.main(["--results_root", str(tmp_path / "empty")]) == 2
     assert "no complete run there" in capsys.readouterr().err
+
+
+def test_the_lines_are_printed_as_a_table_of_accuracy_by_level(made, tmp_path, capsys):
+    """One row per level: weights left and each line's accuracy where the lines share their
+    weights left; one row per line and level where they do not."""
+    same = [made["lt20"], made["reinit20"]]
+    assert combine_plots.main([*map(str, same), "--out", str(tmp_path / "a"), "--dpi", "20"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    header = next(i for i, text in enumerate(printed) if text.startswith("level"))
+    assert printed[header].split()[:2] == ["level", "weights_left"]
+    for level, row in enumerate(runs.load_run(made["lt20"]).summary()):
+        cells = printed[header + 1 + level].split()
+        reinit = runs.load_run(made["reinit20"]).summary()[level]
+        assert cells == [
+            str(level),
+            str(row["weights_left"]),
+            f"{row['best_accuracy']:.2f}",
+            f"{reinit['best_accuracy']:.2f}",
+        ]
+    mixed = [made["lt20"], made["lt50"]]
+    assert combine_plots.main([*map(str, mixed), "--out", str(tmp_path / "b"), "--dpi", "20"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    header = next(i for i, text in enumerate(printed) if text.startswith("line"))
+    assert printed[header].split() == ["line", "level", "weights_left", "accuracy"]
+    assert len(printed) - header - 1 >= 2 + 3  # 2 levels of lt20, 3 of lt50
