@@ -5,7 +5,6 @@ import math
 import re
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import NoReturn
 
 import archs
@@ -366,8 +365,8 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError(f"--gpu must be a device index such as 0 or 1, got {args.gpu!r}")
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise UserError(f"--seed must be in 0..{2**32 - 1}, got {args.seed}")
-    if args.data_source is not None and not Path(args.data_source).is_dir():
-        raise UserError(f"--data_source {args.data_source} is not a folder")
+    if args.data_source is not None:
+        data.check_source(args.dataset, args.data_source)
     _validate_beyond_original(args)
 
 

@@ -409,3 +409,17 @@ def test_batches_hold_at_most_batch_trials_and_keep_each_control_with_its_ticket
     controls = [job for job in single if job.tasks[0].prune_type == "reinit_ticket"]
     assert all(job.after is not None and job.after.tasks[0].prune_type == "lt" for job in controls)
     assert [job.after.tasks[0].seed for job in controls] == [0, 1, 2]
+
+
+def test_a_sweep_refuses_a_data_source_without_the_files_before_any_task(
+    tmp_path, capsys, mnist_data
+):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    results = tmp_path / "r"
+    argv = ["--seed", "0", "--results_root", str(results), "--", mnist_data[1]]
+    assert sweep.main([*argv, "--data_source", str(elsewhere)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --data_source {elsewhere} has none of the files of mnist: ")
+    assert err.count("\n") == 1 and "train-images-idx3-ubyte" in err
+    assert not results.exists()
