@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lth import plots, runs
-from lth.cli import OneLineParser
+from lth.cli import OneDefaultFormatter, OneLineParser, flag_group
 from lth.errors import UserError, one_line
 from lth.results import atomic_write, save_png
 
@@ -33,23 +33,37 @@ TABLE_FIELDS = ["line", "level", "weights_left", "trials", "measure"] + [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """combine_plots.py's arguments, one --help heading per purpose."""
     parser = OneLineParser(
         prog="combine_plots.py",
         description="Draw the accuracy-vs-weights-left lines of several runs in one figure.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=OneDefaultFormatter,
     )
-    add = parser.add_argument
+    for add_arguments in COMBINE_FLAG_GROUPS:
+        add_arguments(parser)
+    return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which runs are compared."""
+    add = flag_group(parser, "runs")
     add(
         "run_dirs",
         nargs="*",
         metavar="RUN_DIR",
-        help="runs to compare (default: see --results_root)",
+        help="runs to compare, of one arch and dataset (default: those --results_root picks)",
     )
     add(
         "--results_root",
         default="results",
-        help="without RUN_DIRs: compare the newest complete run of each prune type for each arch/dataset here",
+        help="without RUN_DIRs: compare the newest complete run of each prune type for each"
+        " arch/dataset here",
     )
+
+
+def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is drawn, how finely, and where it goes."""
+    add = flag_group(parser, "figures")
     add("--dpi", default=1200, type=int, help="resolution of the figures (as main.py's --plot_dpi)")
     add(
         "--best_epoch",
@@ -59,9 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--out",
         default=None,
-        help="folder for the figures (default: combined_plots/ beside the runs)",
+        help="folder for the figures and tables (default: combined_plots/ beside the runs)",
     )
-    return parser
+
+
+# The --help headings in their order; a new argument goes into the helper of its purpose.
+COMBINE_FLAG_GROUPS = (add_run_arguments, add_figure_arguments)
 
 
 def main(argv: list[str] | None = None) -> int:

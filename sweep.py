@@ -56,14 +56,31 @@ class Task:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """sweep.py's own flags, one --help heading per purpose; main.py's come after `--`."""
     parser = cli.OneLineParser(
         prog="sweep.py",
         description="Run the cross product of prune percents, prune types and seeds on Ray.",
         usage="sweep.py [options] -- [main.py flags]",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="After `--`: main.py's flags (main.py --help) for every task, checked as main.py"
+        " checks them.",
+        formatter_class=cli.OneDefaultFormatter,
     )
-    add = parser.add_argument
-    add("--prune_percent", nargs="+", type=float, default=[10.0], metavar="P")
+    for add_flags in SWEEP_FLAG_GROUPS:
+        add_flags(parser)
+    return parser
+
+
+def add_grid_flags(parser: argparse.ArgumentParser) -> None:
+    """The values swept: one task per prune percent, prune type and seed."""
+    add = cli.flag_group(parser, "the grid", "one task per prune percent, prune type and seed")
+    add(
+        "--prune_percent",
+        nargs="+",
+        type=float,
+        default=[10.0],
+        metavar="P",
+        help="main.py's --prune_percent of the tasks",
+    )
     add(
         "--prune_type",
         nargs="+",
@@ -72,8 +89,29 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"any of: {', '.join(PRUNE_TYPES)}; {CONTROL} is the paper's control: reinit with"
         " the masks of the lt run of the same percent and seed (needs lt in the same sweep)",
     )
-    add("--seed", nargs="+", type=int, default=[None], metavar="SEED", help="default: random")
-    add("--results_root", default="results", help="where every run folder goes (shared storage)")
+    add(
+        "--seed",
+        nargs="+",
+        type=int,
+        default=[None],
+        metavar="SEED",
+        help="main.py's --seed of the tasks (default: random, recorded in each run)",
+    )
+
+
+def add_results_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the runs, their logs and the combined plots go."""
+    add = cli.flag_group(parser, "results")
+    add(
+        "--results_root",
+        default="results",
+        help="where every run folder, sweep_logs/ and combined_plots/ go (shared storage)",
+    )
+
+
+def add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    """The Ray cluster and what each main.py process takes of it."""
+    add = cli.flag_group(parser, "Ray and batches")
     add("--address", default=None, help="join this Ray cluster (default: a local Ray instance)")
     add("--num_cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     add("--cpus_per_run", type=float, default=1, help="CPUs Ray reserves for each run")
@@ -85,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="at most N trials in one main.py process (default: every task of a prune percent)",
     )
-    return parser
+
+
+# The --help headings in their order; a new flag goes into the helper of its purpose.
+SWEEP_FLAG_GROUPS = (add_grid_flags, add_results_flags, add_ray_flags)
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:

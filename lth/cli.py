@@ -4,7 +4,7 @@ import argparse
 import math
 import re
 import sys
-from pathlib import Path
+from collections.abc import Callable
 from typing import NoReturn
 
 import archs
@@ -31,19 +31,62 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
+DEFAULT_TEXT = "(default:"
+
+
+class OneDefaultFormatter(argparse.HelpFormatter):
+    """Help that ends each flag's line in one default text: the flag's own `(default: ...)` where
+    its help gives one, else its default value (a list as its items, a switch as on or off).
+
+    A default of None stands for something different from flag to flag (a random seed, "as
+    --prune_percent", nothing), so such a flag says what in its help; argparse's own
+    ArgumentDefaultsHelpFormatter would add a second "(default: None)".
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if DEFAULT_TEXT in text or action.default in (None, argparse.SUPPRESS):
+            return text
+        return f"{text} {DEFAULT_TEXT} {_shown(action.default)})"
+
+
+def _shown(default: object) -> str:
+    if isinstance(default, list):
+        text = " ".join(str(item) for item in default)
+    elif isinstance(default, bool):
+        text = "on" if default else "off"
+    else:
+        text = str(default)
+    return text.replace("%", "%%")  # argparse %-formats help strings
+
+
+def flag_group(
+    parser: argparse.ArgumentParser, title: str, description: str | None = None
+) -> Callable[..., argparse.Action]:
+    """The `add_argument` of a new heading in --help."""
+    return parser.add_argument_group(title, description).add_argument
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """main.py's flags: the original's first, then ours by purpose, one --help heading each."""
     parser = OneLineParser(
         prog="main.py",
         description="Find lottery tickets by iterative magnitude pruning.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=OneDefaultFormatter,
     )
-    add = parser.add_argument
-    # The original's flags: same names, types and defaults.
-    add("--lr", default=1.2e-3, type=float, help="learning rate (every level, level 0 too)")
-    add("--batch_size", default=60, type=int)
+    for add_flags in MAIN_FLAG_GROUPS:
+        add_flags(parser)
+    return parser
+
+
+def add_original_flags(parser: argparse.ArgumentParser) -> None:
+    """The original runner's flags: same names, types and defaults (README: two types differ)."""
+    add = flag_group(parser, "the original's flags", "the original runner's names and defaults")
+    add("--lr", default=1.2e-3, type=float, help="learning rate, at every level (level 0 too)")
+    add("--batch_size", default=60, type=int, help="training batch size")
     add("--start_iter", default=0, type=int, help="first level to run; needs --resume")
     add("--end_iter", default=100, type=int, help="epochs of training per level")
-    add("--print_freq", default=1, type=int, help="describe the progress bar every N epochs")
+    add("--print_freq", default=1, type=int, help="refresh the progress bar's text every N epochs")
     add("--valid_freq", default=1, type=int, help="test every N epochs")
     add(
         "--resume",
@@ -51,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         const="latest",
         default=None,
         metavar="RUN_DIR",
-        help="continue an interrupted run: its folder, or alone for the newest matching run",
+        help="continue an interrupted run: its folder, or alone the newest run of the same"
+        " --dataset, --arch_type and --prune_type (default: off, a new run)",
     )
     add(
         "--prune_type",
@@ -59,39 +103,66 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="TYPE",
         help=f"one of: {', '.join(PRUNE_TYPES)}; several (and {CONTROL}: reinit with the masks of"
-        " the lt trial of its seed, from memory) train together as one batch with every --seed",
+        " the lt trial of its seed) train together as one batch with every --seed",
     )
-    add("--gpu", default="0", type=str, help="index of the CUDA device to use")
+    add("--gpu", default="0", type=str, help="index of the CUDA device (without CUDA: the CPU)")
     add("--dataset", default="mnist", type=str, help=f"one of: {', '.join(sorted(data.DATASETS))}")
-    add("--arch_type", default="fc1", type=str, help="architecture (see README for each dataset)")
+    add("--arch_type", default="fc1", type=str, help="the network (README: those of each dataset)")
     add("--prune_percent", default=10, type=float, help="percent of survivors pruned per level")
     add("--prune_iterations", default=35, type=int, help="number of levels (level 0 is dense)")
-    # New flags.
-    add("--data_dir", default="../data", help="where data sets live, in torchvision's layout")
-    add("--data_source", default=None, metavar="DIR", help="folder with the original data files")
+
+
+def add_protocol_flags(parser: argparse.ArgumentParser) -> None:
+    """What the paper's experiments add to a run: seeds, a validation set, the control."""
+    add = flag_group(parser, "the paper's protocol")
     add(
         "--seed",
         default=[None],
         nargs="+",
         type=int,
         metavar="SEED",
-        help="random seed of a trial (default: a random one, recorded); several seeds train"
-        " together as one batch, one run folder each",
-    )
-    add("--plot_dpi", default=1200, type=int, help="resolution of the saved figures")
-    add("--results_root", default="results", help="where run folders are created")
-    add(
-        "--init",
-        default=None,
-        help=f"one of: {', '.join(INIT_SCHEMES)}; None means xavier, or data for fclin",
+        help="seed of every generator of a trial; several train together as one batch, one run"
+        " folder each (default: a random seed, printed and recorded)",
     )
     add(
-        "--rewind_epoch",
+        "--val_size",
         default=0,
         type=int,
-        metavar="K",
-        help="lt and random rewind to the weights after K epochs of level 0 (--rewind_iter"
-        " K x steps per epoch)",
+        metavar="N",
+        help="hold out N training images (a fixed draw) for validation and stop early at the"
+        " minimum validation loss; 0: none, the best test accuracy as the original",
+    )
+    add(
+        "--masks_from",
+        default=None,
+        metavar="RUN_DIR",
+        help="reinit only: level k trains the mask that lt run saved for level k with freshly"
+        " drawn weights, the paper's control (default: none, reinit prunes itself)",
+    )
+
+
+def add_pruning_flags(parser: argparse.ArgumentParser) -> None:
+    """How much is pruned where, and what the survivors are rewound to."""
+    add = flag_group(parser, "pruning and rewinding")
+    add(
+        "--prune_scope",
+        default="layer",
+        help=f"one of: {', '.join(PRUNE_SCOPES)} (global: one magnitude ranking across the layers"
+        " of one rate)",
+    )
+    add(
+        "--prune_percent_output",
+        default=None,
+        type=float,
+        metavar="P",
+        help="percent of the output layer's survivors pruned per level (default: --prune_percent)",
+    )
+    add(
+        "--prune_percent_conv",
+        default=None,
+        type=float,
+        metavar="P",
+        help="percent of each conv layer's survivors pruned per level (default: --prune_percent)",
     )
     add(
         "--rewind_iter",
@@ -99,47 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="lt and random rewind to the weights after N optimiser steps of level 0 and train"
-        " each later level from step N to the end",
-    )
-    add("--prune_scope", default="layer", help=f"one of: {', '.join(PRUNE_SCOPES)}")
-    add(
-        "--prune_percent_output",
-        default=None,
-        type=float,
-        metavar="P",
-        help="percent of the output layer's survivors pruned per level; None means --prune_percent",
+        " each later level from step N on; 0: the initial weights",
     )
     add(
-        "--prune_percent_conv",
+        "--rewind_epoch",
+        default=0,
+        type=int,
+        metavar="K",
+        help="as --rewind_iter K x steps per epoch (give one of the two)",
+    )
+
+
+def add_optimisation_flags(parser: argparse.ArgumentParser) -> None:
+    """The initial weights, the optimiser and its learning-rate schedule, dropout."""
+    add = flag_group(parser, "optimisation")
+    add(
+        "--init",
         default=None,
-        type=float,
-        metavar="P",
-        help="percent of each conv layer's survivors pruned per level; None means --prune_percent",
+        help=f"one of: {', '.join(INIT_SCHEMES)} (default: xavier; data for fclin)",
     )
     add("--optimizer", default="adam", help=f"one of: {', '.join(OPTIMIZERS)}")
     add("--momentum", default=0.0, type=float, help="momentum of --optimizer sgd")
-    add("--dropout", default=0.0, type=float, help="dropout rate on every layer's input")
-    add(
-        "--fclin_depth",
-        default=None,
-        type=int,
-        help="fclin only: number of 4000-wide layers; None means 4 (2: the shorter net)",
-    )
-    add("--pretrain", default="none", help="fclin only: zae, autoencoder pre-training")
-    add(
-        "--pretrain_epochs",
-        default=None,
-        type=int,
-        help="epochs of --pretrain zae per hidden layer; None means 10",
-    )
-    add(
-        "--val_size",
-        default=0,
-        type=int,
-        metavar="N",
-        help="hold out N training images (a fixed draw) for validation; early stopping at the"
-        " minimum validation loss (0: none, the best test accuracy as the original)",
-    )
     add(
         "--warmup_iters",
         default=0,
@@ -151,29 +202,72 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr_drops",
         default=None,
         metavar="E1,E2,...",
-        help="epochs of every level at which the learning rate is multiplied by --lr_gamma",
+        help="epochs of every level after which the learning rate is multiplied by --lr_gamma"
+        " (default: none, a constant rate)",
     )
     add(
         "--lr_gamma",
         default=None,
         type=float,
         metavar="G",
-        help="factor of each --lr_drops drop; None means 0.1",
+        help="factor of each --lr_drops drop (default: 0.1 with --lr_drops)",
+    )
+    add("--dropout", default=0.0, type=float, help="dropout rate on every layer's input")
+
+
+def add_network_flags(parser: argparse.ArgumentParser) -> None:
+    """Options of one network (--arch_type), refused with the others."""
+    add = flag_group(parser, "networks")
+    add(
+        "--fclin_depth",
+        default=None,
+        type=int,
+        help="fclin only: number of 4000-wide layers, 2 for the shorter net (default: 4)",
     )
     add(
-        "--masks_from",
-        default=None,
-        metavar="RUN_DIR",
-        help="reinit only: level k uses the mask that lt run saved for level k, with freshly drawn"
-        " weights (the paper's random-reinitialisation control)",
+        "--pretrain",
+        default="none",
+        help=f"fclin only: one of: {', '.join(PRETRAINING)} (zae: autoencoder pre-training)",
     )
+    add(
+        "--pretrain_epochs",
+        default=None,
+        type=int,
+        help="epochs of --pretrain zae per hidden layer (default: 10)",
+    )
+
+
+def add_run_management_flags(parser: argparse.ArgumentParser) -> None:
+    """Where a run reads and writes, and how fast: flags that change no result (a resume may
+    change them)."""
+    add = flag_group(parser, "run management")
+    add("--data_dir", default="../data", help="where data sets live, in torchvision's layout")
+    add(
+        "--data_source",
+        default=None,
+        metavar="DIR",
+        help="folder with the data set's original files, checked and imported into --data_dir"
+        " (default: none, the files in --data_dir, else found or downloaded)",
+    )
+    add("--results_root", default="results", help="where run folders are created")
+    add("--plot_dpi", default=1200, type=int, help="resolution of the saved figures")
     add(
         "--compile",
         default="auto",
         help=f"one of: {', '.join(COMPILE_CHOICES)}; torch.compile of the model and loss in"
         " training (auto: where measured to pay back, so far nowhere)",
     )
-    return parser
+
+
+# The --help headings in their order; a new flag goes into the helper of its purpose.
+MAIN_FLAG_GROUPS = (
+    add_original_flags,
+    add_protocol_flags,
+    add_pruning_flags,
+    add_optimisation_flags,
+    add_network_flags,
+    add_run_management_flags,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -288,8 +382,8 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError(f"--gpu must be a device index such as 0 or 1, got {args.gpu!r}")
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise UserError(f"--seed must be in 0..{2**32 - 1}, got {args.seed}")
-    if args.data_source is not None and not Path(args.data_source).is_dir():
-        raise UserError(f"--data_source {args.data_source} is not a folder")
+    if args.data_source is not None:
+        data.check_source(args.dataset, args.data_source)
     _validate_beyond_original(args)
 
 

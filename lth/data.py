@@ -5,7 +5,8 @@ Files reach --data_dir in one of four ways, tried in this order: already there; 
 --data_source; imported from an archive already in --data_dir (MNIST `.gz` files in `raw/`, the
 CIFAR `.tar.gz`) or, for Fashion-MNIST, from Debian's dataset-fashion-mnist package; downloaded by
 torchvision. Every import is checked first and written under temporary names that are renamed into
-place, so several processes can import the same data set into the same folder at once.
+place, so several processes can import the same data set into the same folder at once. A
+--data_source must hold the files whenever it is given, even when --data_dir already has them.
 """
 
 import contextlib
@@ -180,6 +181,8 @@ def load(
         raise UserError(f"--dataset {dataset} is not supported; choose one of: {choices}")
     spec = DATASETS[dataset]
     root = Path(data_dir)
+    if data_source is not None:
+        check_source(dataset, data_source)
     try:
         _ensure_files(spec, root, None if data_source is None else Path(data_source))
     except OSError as error:  # a --data_dir that is a file, read-only, or an unreadable source
@@ -192,6 +195,24 @@ def load(
             " can write and --data_source one it can read"
         ) from None
     return _split(spec, root, True, device), _split(spec, root, False, device)
+
+
+def check_source(dataset: str, data_source: str) -> None:
+    """UserError unless the folder `data_source` holds the original files of `dataset` that an
+    import reads. Checked whenever --data_source is given, even when --data_dir already has the
+    data set, so that a wrong folder is never accepted in silence; the files' content is checked
+    when they are imported."""
+    spec = DATASETS[dataset]
+    source, where = Path(data_source), f"--data_source {data_source}"
+    try:
+        if not source.is_dir():
+            raise UserError(f"{where} is not a folder")
+        if spec.is_idx:
+            _idx_originals(spec, source, where)
+        else:
+            _cifar_original(spec, source, where)
+    except OSError as error:  # a folder this user cannot list
+        raise UserError(f"{where} cannot be read ({error.strerror or error})") from None
 
 
 def hold_out(train_set: Split, n: int, min_train: int = 1) -> tuple[Split, Split]:
@@ -378,6 +399,12 @@ def _idx_originals(spec: DatasetSpec, source: Path, where: str) -> dict[str, Pat
         nested = originals(source / spec.folder)
         if len(nested) == len(spec.files):
             return nested
+        if not found and not nested:
+            names = ", ".join(f"{name}(.gz)" for name in spec.files)
+            raise UserError(
+                f"{where} has none of the files of {spec.name}: looked for {names}"
+                f" in {source} and {source / spec.folder}"
+            )
         missing = ", ".join(name for name in spec.files if name not in found)
         raise UserError(f"{where}: missing {missing} (as .gz archives or decompressed)")
     return found
@@ -491,7 +518,8 @@ def _cifar_original(spec: DatasetSpec, source: Path, where: str) -> Path:
             missing = ", ".join(name for name in spec.files if not (folder / name).is_file())
             raise UserError(f"{where}: missing {missing} in {folder}")
     raise UserError(
-        f"{where}: no {spec.archive} and no {spec.folder} folder with {', '.join(spec.files)}"
+        f"{where} has none of the files of {spec.name}: looked for {spec.archive}, or"
+        f" {', '.join(spec.files)} in {source} and {source / spec.folder}"
     )
 
 

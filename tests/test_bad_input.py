@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import main
+from lth import data
 from tests.conftest import ROOT
 from tests.datafiles import write_mnist_files
 
@@ -104,3 +105,38 @@ def test_data_dir_that_is_a_file_is_one_line(tmp_path, capsys, mnist_source):
         str(not_a_folder),
     )
     assert not_a_folder.read_text() == "a file where the data folder should be"
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*"))
+
+
+def test_data_source_without_the_files_is_refused_even_with_the_data_in_data_dir(
+    tmp_path, capsys, mnist_data
+):
+    data_dir = Path(mnist_data[1].removeprefix("--data_dir="))  # holds the imported data set
+    before = files_under(data_dir)
+    elsewhere = tmp_path / "elsewhere"  # a folder of other files, as /etc
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("no data set here")
+    line = check_refused(
+        tmp_path,
+        capsys,
+        [f"--data_source={elsewhere}", f"--data_dir={data_dir}", "--dataset=mnist"],
+        f"--data_source {elsewhere} has none of the files of mnist",
+        *(f"{name}(.gz)" for name in data.IDX_FILES),
+    )
+    assert line.startswith("error: ")
+    assert files_under(data_dir) == before
+    assert sorted(tmp_path.iterdir()) == [elsewhere]  # no run folder, nothing else written
+
+
+def test_data_source_with_the_files_still_runs_with_the_data_in_data_dir(
+    tmp_path, capsys, mnist_data, mnist_source
+):
+    results = tmp_path / "results"
+    flags = [*mnist_data, f"--results_root={results}", "--seed=0", "--plot_dpi=20"]
+    flags += ["--prune_iterations=1", "--end_iter=1", "--batch_size=60"]
+    assert str(mnist_source) in flags[0]
+    assert main.main(flags) == 0, capsys.readouterr().err
+    assert len(list(results.rglob("args.json"))) == 1

@@ -335,3 +335,50 @@ def test_a_successful_download_is_imported(tmp_path, monkeypatch):
     assert len(calls) == 1 and train.images.shape == (20, 1, 28, 28)
     assert sorted(p.name for p in root.iterdir()) == ["MNIST"]
     assert sorted(p.name for p in (root / "MNIST" / "raw").iterdir()) == sorted(data.IDX_FILES)
+
+
+@pytest.mark.parametrize("dataset", ["fashionmnist", "cifar100"])
+def test_a_data_source_without_the_files_names_the_flag_the_folder_and_the_files(tmp_path, dataset):
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "readme.txt").write_text("no data set here")
+    with pytest.raises(UserError) as raised:
+        data.check_source(dataset, str(source))
+    message = str(raised.value)
+    spec = data.DATASETS[dataset]
+    assert message.startswith(f"--data_source {source} has none of the files of {dataset}: ")
+    assert "\n" not in message and str(source / spec.folder) in message
+    assert all(name in message for name in spec.files)
+    assert spec.is_idx or spec.archive in message
+
+
+def test_a_data_source_is_checked_even_when_data_dir_has_the_data(tmp_path):
+    source = write_mnist_files(tmp_path / "source", n_train=10, n_test=5)
+    root = tmp_path / "data"
+    data.load("mnist", str(root), str(source), CPU)
+    imported = sorted(root.rglob("*"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(UserError, match=f"--data_source {elsewhere} has none of the files"):
+        data.load("mnist", str(root), str(elsewhere), CPU)
+    (source / "t10k-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(UserError, match=r"--data_source .*: missing t10k-images-idx3-ubyte"):
+        data.load("mnist", str(root), str(source), CPU)
+    with pytest.raises(UserError, match=r"--data_source .* is not a folder"):
+        data.load("mnist", str(root), str(source / "train-images-idx3-ubyte.gz"), CPU)
+    assert sorted(root.rglob("*")) == imported  # nothing written
+    assert len(data.load("mnist", str(root), None, CPU)[0]) == 10
+
+
+@pytest.mark.parametrize("layout", ["flat", "nested", "cifar folder", "cifar archive"])
+def test_a_data_source_with_the_files_passes_the_check(tmp_path, layout):
+    if layout == "flat":
+        data.check_source("mnist", str(write_mnist_files(tmp_path / "s", n_train=10, n_test=5)))
+    elif layout == "nested":  # torchvision's layout under the folder
+        write_mnist_files(tmp_path / "s" / "MNIST" / "raw", n_train=10, n_test=5, gz=False)
+        data.check_source("mnist", str(tmp_path / "s"))
+    else:
+        source = write_cifar_files(
+            tmp_path / "s", n_train=10, n_test=5, tar=layout == "cifar archive"
+        )
+        data.check_source("cifar10", str(source))

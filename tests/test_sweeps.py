@@ -423,3 +423,17 @@ def test_finetune_under_a_schedule_runs_in_a_batch_of_its_own():
     ]
     constant = sweep.make_jobs(sweep.make_tasks(options, []), None)
     assert [len(job.tasks) for job in constant] == [6]
+
+
+def test_a_sweep_refuses_a_data_source_without_the_files_before_any_task(
+    tmp_path, capsys, mnist_data
+):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    results = tmp_path / "r"
+    argv = ["--seed", "0", "--results_root", str(results), "--", mnist_data[1]]
+    assert sweep.main([*argv, "--data_source", str(elsewhere)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --data_source {elsewhere} has none of the files of mnist: ")
+    assert err.count("\n") == 1 and "train-images-idx3-ubyte" in err
+    assert not results.exists()
