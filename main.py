@@ -434,6 +434,7 @@ def run_level(
             description=f"[level {level}] ",
             on_epoch=[epoch_hook(writer, experiment, level) for writer in opened],
             compiled=use_compile(experiment.compile, loaded.train.labels.device),
+            augmented=experiment.augment,
             val_set=loaded.val,
             schedule=schedule,
             start_step=start,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 import archs
-from lth import data
+from lth import augment, data
 from lth.errors import UserError, one_line
 from lth.experiment import AT_INIT, COMPILE_CHOICES, CONTROL, KEEP_TRAINED, REWOUND
 from lth.initialization import INIT_SCHEMES
@@ -224,6 +224,7 @@ def add_network_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="fclin only: number of 4000-wide layers, 2 for the shorter net (default: 4)",
     )
+    add("--augment", action="store_true", help="CIFAR only: random crops and flips in training")
     add(
         "--pretrain",
         default="none",
@@ -443,6 +444,11 @@ def _validate_beyond_original(args: argparse.Namespace) -> None:
         raise UserError(f"--momentum applies to --optimizer sgd, not {args.optimizer}")
     _rate(args, "dropout")
     _one_of(args, "compile", COMPILE_CHOICES)
+    if args.augment and args.dataset not in augment.DATASETS:
+        raise UserError(
+            f"--augment applies to --dataset {' or '.join(augment.DATASETS)} (random crops and"
+            f" flips of their 32x32 images), not {args.dataset}"
+        )
     if args.fclin_depth is not None and not fclin:
         raise UserError(f"--fclin_depth applies to --arch_type fclin, not {args.arch_type}")
     if fclin:

@@ -19,7 +19,7 @@ import struct
 import tarfile
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,10 +93,18 @@ class Split:
         """All images, normalised (a new float32 tensor the size of the split, for uint8)."""
         return self._normalised(self.stored)
 
-    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The normalised images and the labels at `index` (a 1-D index tensor on the device)."""
-        images = self._normalised(self.stored.index_select(0, index))
-        return images, self.labels.index_select(0, index)
+    def batch(
+        self,
+        index: torch.Tensor,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised images and the labels at `index` (a 1-D index tensor on the device);
+        `transform` (augmentation), if any, maps the stored pixels [N, C, H, W] before they are
+        normalised."""
+        pixels = self.stored.index_select(0, index)
+        if transform is not None:
+            pixels = transform(pixels)
+        return self._normalised(pixels), self.labels.index_select(0, index)
 
     def subset(self, index: torch.Tensor) -> "Split":
         """A new split of the images at `index` (a 1-D index tensor), on the same device and

@@ -46,6 +46,16 @@ TRIAL_FIELDS = ("seed", "masks_from")
 # `--resume` without a folder takes the newest run with these of the command line.
 RESUME_LOOKUP = ("dataset", "arch_type", "prune_type")
 
+# Recipe flags added after runs were recorded, each with the value that a run recorded before it
+# existed ran.
+ADDED_LATER = {"augment": False}
+
+
+def recorded_args(record: Mapping) -> dict:
+    """The arguments of a run's args.json `record`, with the value of each flag of ADDED_LATER
+    it predates: so an older run resumes, groups and matches as the same run recorded now."""
+    return {**ADDED_LATER, **record["args"]}
+
 
 def is_control(args: Mapping) -> bool:
     """Whether the run is the random-reinitialisation control (`--masks_from`)."""
@@ -102,6 +112,7 @@ class Experiment:
     warmup_iters: int
     lr_drops: str | None
     lr_gamma: float | None
+    augment: bool
     compile: str
 
     @classmethod

@@ -24,7 +24,15 @@ from torch import nn
 
 from lth import runs
 from lth.errors import UserError
-from lth.experiment import CONTROL, NEUTRAL, NOT_RECORDED, RESUME_LOOKUP, Experiment, Trial
+from lth.experiment import (
+    CONTROL,
+    NEUTRAL,
+    NOT_RECORDED,
+    RESUME_LOOKUP,
+    Experiment,
+    Trial,
+    recorded_args,
+)
 from lth.results import RunDir, mask_from_bool, mask_to_bool
 from lth.safe_load import load_torch
 
@@ -69,9 +77,10 @@ def read_record(folder: Path) -> dict:
 
 
 def current_args(record: dict) -> dict:
-    """The run's arguments as its latest resume left them: the recorded ones, with the new
-    values of the result-neutral flags each resume changed."""
-    args = dict(record["args"])
+    """The run's arguments as its latest resume left them: the recorded ones (a flag added
+    since at the value the run ran, `experiment.recorded_args`), with the new values of the
+    result-neutral flags each resume changed."""
+    args = recorded_args(record)
     for entry in record.get("resumes", []):
         args.update({name: new for name, (_, new) in entry["changed"].items()})
     return args

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lth.errors import UserError
-from lth.experiment import BOOKKEEPING, is_control, recipe
+from lth.experiment import BOOKKEEPING, is_control, recipe, recorded_args
 from lth.results import RunDir, level_tag
 from lth.safe_load import Refused, load_array
 
@@ -37,7 +37,7 @@ EARLY_STOP = ("test_accuracy", "early_stop_epoch")
 @dataclass
 class Run:
     root: Path
-    args: dict  # the arguments recorded in args.json
+    args: dict  # the arguments recorded in args.json (experiment.recorded_args)
     started: str  # ISO time the run was created
 
     @property
@@ -111,7 +111,7 @@ def read_run(folder: Path | str) -> Run | None:
     folder = Path(folder)
     try:
         record = json.loads((folder / "args.json").read_text())
-        return Run(folder, record["args"], record.get("started", ""))
+        return Run(folder, recorded_args(record), record.get("started", ""))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

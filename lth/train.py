@@ -8,6 +8,7 @@ for all of them (the trials of a batch share the recipe, so their schedules are 
 """
 
 import argparse
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
+from lth import augment
 from lth.data import Split
 from lth.layers import CONV_OR_LINEAR
 from lth.record import TrialRandom
@@ -155,11 +157,30 @@ def trial_orders(count: int, randoms: Sequence[TrialRandom], device: torch.devic
     return torch.stack(orders).to(device)
 
 
-def trial_batch(data: Split, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def trial_augmentations(
+    count: int, randoms: Sequence[TrialRandom], device: torch.device
+) -> torch.Tensor:
+    """[k, count, 3]: each trial's crop and flip (`augment.draw`) of each position of its epoch,
+    drawn on the CPU from its own generator after its permutation (`trial_orders`), on `device`
+    (once per epoch, so a step reads nothing from the host)."""
+    draws = []
+    for random in randoms:
+        with random.active():
+            draws.append(augment.draw(count))
+    return torch.stack(draws).to(device)
+
+
+def trial_batch(
+    data: Split, index: torch.Tensor, draws: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The trials' own batches: index [k, B] -> normalised images [k, B, ...], labels [k, B],
-    gathered in one `Split.batch` call."""
+    gathered in one `Split.batch` call; with `draws` [k, B, 3] (`trial_augmentations` of those
+    positions), each image cropped and flipped before it is normalised."""
     k, b = index.shape
-    images, labels = data.batch(index.reshape(-1))
+    transform = None
+    if draws is not None:
+        transform = functools.partial(augment.augmented, draws=draws.reshape(k * b, 3))
+    images, labels = data.batch(index.reshape(-1), transform)
     return images.view(k, b, *images.shape[1:]), labels.view(k, b)
 
 
@@ -172,6 +193,7 @@ def train_epoch(
     randoms: Sequence[TrialRandom],
     *,
     compiled: bool = False,
+    augmented: bool = False,
     schedule: LambdaLR | None = None,
     skip: int = 0,
     after: tuple[int, Callable[[], None]] | None = None,
@@ -185,7 +207,8 @@ def train_epoch(
     the optimiser's own `step()`. The losses are summed on the device and read once per epoch, so
     the step never waits on the host. The last, smaller batch is kept (the original's train
     loader did not drop it). `schedule` (`lr_schedule`), if any, is stepped after every
-    optimiser step.
+    optimiser step. `augmented` (`--augment`): every training image is cropped and flipped
+    (`augment`), each trial drawing its epoch's crops and flips after its permutation.
 
     `skip`: the first `skip` batches of the permutation are not trained (the first, partial
     epoch of a level that starts inside an epoch; the loss is then the mean over the batches
@@ -200,11 +223,15 @@ def train_epoch(
     device = data.labels.device
     count = len(data)
     orders = trial_orders(count, randoms, device)
+    draws = trial_augmentations(count, randoms, device) if augmented else None
     total = torch.zeros(stacked.trials, device=device)
     first = skip * batch_size
     at, call = after if after is not None else (-1, None)
     for step, start in enumerate(range(first, count, batch_size), start=1):
-        images, labels = trial_batch(data, orders[:, start : start + batch_size])
+        window = slice(start, start + batch_size)
+        images, labels = trial_batch(
+            data, orders[:, window], None if draws is None else draws[:, window]
+        )
         optimizer.zero_grad(set_to_none=True)
         losses = losses_of(images, labels)
         losses.sum().backward()
@@ -300,6 +327,7 @@ def train_level(
     description: str = "",
     on_epoch: Sequence[Callable[..., None]] | None = None,
     compiled: bool = False,
+    augmented: bool = False,
     val_set: Split | None = None,
     schedule: LambdaLR | None = None,
     start_step: int = 0,
@@ -312,8 +340,10 @@ def train_level(
     As in the original, the test at epoch e measures the model after e epochs of training, and
     an epoch without a test repeats the latest accuracy. Each trial's best state is kept in
     memory; the caller writes it out once, at the end of the level. `compiled`: the batch loss
-    goes through torch.compile (`--compile`, `steps.use_compile`). `schedule`: the level's
-    learning-rate schedule (`lr_schedule`, started at `start_step` too).
+    goes through torch.compile (`--compile`, `steps.use_compile`). `augmented` (`--augment`):
+    the training images are cropped and flipped (`train_epoch`); the test and validation images
+    never are. `schedule`: the level's learning-rate schedule (`lr_schedule`, started at
+    `start_step` too).
 
     `start_step` = N (a level rewound to step N of level 0): the level starts in epoch
     N // steps per epoch, whose fresh permutation each trial draws and trains from batch
@@ -390,6 +420,7 @@ def train_level(
             masks,
             randoms,
             compiled=compiled,
+            augmented=augmented,
             schedule=schedule,
             skip=skipped,
             after=within(done, (epoch + 1) * epoch_steps),

@@ -7,7 +7,8 @@ Usage: python scripts/bench.py [--quick] [--repeats N] [--threads N] [--device c
 Training cases (batch 60, the default): fc1 on mnist-shaped data (60000 x 1x28x28), fc1 on
 cifar10-shaped data (50000 x 3x32x32) and lenet5 on mnist-shaped data, each with the plain step
 and with its model and loss compiled (`torch.compile`, what `--compile on` does; `compile_s` is
-the first epoch's time beyond a later one's, the compiling). Each compiled case starts from an
+the first epoch's time beyond a later one's, the compiling), and fc1 on cifar10-shaped data with
+`--augment`'s crops and flips too (step `plain augmented`). Each compiled case starts from an
 empty compile cache, as a new process does. Mnist-shaped cases use the real Fashion-MNIST when
 Debian's copy is installed, random data of the same shape otherwise; the cifar10-shaped case
 always uses random data. The `data` field says which. The timing does not depend on the values,
@@ -80,13 +81,15 @@ from lth.train import (  # noqa: E402
 )
 
 BATCH = 60
-CASES = (  # name, dataset (for the architecture), arch, train shape, test size, compiled
-    ("fc1-mnist", "mnist", "fc1", (60000, 1, 28, 28), 10000, False),
-    ("fc1-mnist", "mnist", "fc1", (60000, 1, 28, 28), 10000, True),
-    ("fc1-cifar10", "cifar10", "fc1", (50000, 3, 32, 32), 10000, False),
-    ("fc1-cifar10", "cifar10", "fc1", (50000, 3, 32, 32), 10000, True),
-    ("lenet5-mnist", "mnist", "lenet5", (60000, 1, 28, 28), 10000, False),
-    ("lenet5-mnist", "mnist", "lenet5", (60000, 1, 28, 28), 10000, True),
+CASES = (  # name, dataset (for the architecture), arch, train shape, test size, compiled,
+    # augmented (--augment)
+    ("fc1-mnist", "mnist", "fc1", (60000, 1, 28, 28), 10000, False, False),
+    ("fc1-mnist", "mnist", "fc1", (60000, 1, 28, 28), 10000, True, False),
+    ("fc1-cifar10", "cifar10", "fc1", (50000, 3, 32, 32), 10000, False, False),
+    ("fc1-cifar10", "cifar10", "fc1", (50000, 3, 32, 32), 10000, True, False),
+    ("fc1-cifar10", "cifar10", "fc1", (50000, 3, 32, 32), 10000, False, True),
+    ("lenet5-mnist", "mnist", "lenet5", (60000, 1, 28, 28), 10000, False, False),
+    ("lenet5-mnist", "mnist", "lenet5", (60000, 1, 28, 28), 10000, True, False),
 )
 DEFAULT_LEVELS, DEFAULT_EPOCHS, DEFAULT_RATE = 35, 100, 0.2  # main.py's defaults
 # Trials trained as one batch (main.py --seed 0 1 ...): name, dataset, arch, train shape, the
@@ -141,7 +144,7 @@ def main_(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         real = real_fashion_mnist(Path(tmp) / "data", device)
-        for name, dataset, arch, shape, test_count, compiled, case_threads in cases:
+        for name, dataset, arch, shape, test_count, compiled, augmented, case_threads in cases:
             torch.set_num_threads(case_threads)
             row = training_case(
                 name,
@@ -155,6 +158,7 @@ def main_(argv: list[str] | None = None) -> int:
                 device,
                 peak,
                 args.repeats,
+                augmented,
             )
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -358,6 +362,7 @@ def training_case(
     device: torch.device,
     peak: float,
     repeats: int,
+    augmented: bool = False,
 ) -> dict:
     torch.manual_seed(0)
     model = initialize(archs.build(dataset, arch)).to(device)
@@ -385,7 +390,16 @@ def training_case(
 
     def epoch() -> None:
         start = time.process_time()
-        train_epoch(alone, train_set, BATCH, optimizer, masks, randoms, compiled=compiled)
+        train_epoch(
+            alone,
+            train_set,
+            BATCH,
+            optimizer,
+            masks,
+            randoms,
+            compiled=compiled,
+            augmented=augmented,
+        )
         cpu_times.append(time.process_time() - start)
 
     torch.compiler.reset()  # compile from nothing, as a new process would
@@ -402,7 +416,7 @@ def training_case(
         "device": str(device),
         "threads": torch.get_num_threads(),
         "data": source,
-        "step": "compiled" if compiled else "plain",
+        "step": ("compiled" if compiled else "plain") + (" augmented" if augmented else ""),
         "samples": samples,
         "batch_size": BATCH,
         "epoch_s": round(epoch_s, 4),
