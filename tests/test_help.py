@@ -85,6 +85,7 @@ DEFAULTS = {
         "lr_gamma": None,
         "masks_from": None,
         "compile": "auto",
+        "augment": False,
     },
     "sweep.py": {
         "prune_percent": [10.0],
