@@ -10,16 +10,20 @@ its percent and seed, taken from memory when both are in one batch (else `--mask
 task's folder, once it has finished). A task's earlier run is the newest run there whose
 args.json records the same experiment (every argument but those in experiment.BOOKKEEPING): a
 complete one is skipped, an interrupted one resumed with `main.py --resume` (with the rest of its
-batch). So calling the sweep again with the same arguments finishes what is left. Ray is optional
+batch). So calling the sweep again with the same arguments finishes what is left. A job whose
+node (or Ray worker) dies is started again by the sweep itself, at most RESTARTS times: with
+`--resume` of the folders it had made, so it goes on from its last finished level. Ray is optional
 (requirements-ray.txt); it is imported only when there is a task to run.
 """
 
 import argparse
+import fcntl
 import itertools
 import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +36,9 @@ SWEPT = ("prune_type", "prune_percent", "seed", "results_root")
 NOT_ALLOWED = SWEPT + ("resume", "start_iter")
 CONTROL = experiment.CONTROL  # reinit with the masks of the lt task of its percent and seed
 PRUNE_TYPES = (*cli.PRUNE_TYPES, CONTROL)
+LOST = ("NodeDiedError", "WorkerCrashedError")  # ray.exceptions: a job's node or worker died
+RESTARTS = 3  # times the sweep starts a lost job again (Ray itself retries none: max_retries=0)
+FOLDER_WAIT = 120  # seconds a restarted job waits for the lost process to let go of its folder
 
 
 @dataclass(eq=False)
@@ -223,7 +230,8 @@ def run_main(argv: list[str], cwd: str, log: str, threads: int) -> tuple[int, li
     Returns its exit status, the run folders it printed (one per trial, in the batch's order)
     and, when it failed, its last error line.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    # unbuffered: the log names the run folders as soon as they exist, even if the run is lost
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         status = subprocess.run(
@@ -234,14 +242,50 @@ def run_main(argv: list[str], cwd: str, log: str, threads: int) -> tuple[int, li
             env=env,
             preexec_fn=stop_with_parent,
         ).returncode
-    lines = [line.strip() for line in re.split(r"[\r\n]+", Path(log).read_text(errors="replace"))]
-    folders = [m.group(1) for line in lines if (m := re.match(r"run folder: (.+)", line))]
-    folders += [m.group(1) for line in lines if (m := re.match(r"resuming (.+) at level", line))]
+    lines, folders = read_log(log)
     error = ""
     if status != 0:
         errors = [line for line in lines if line.startswith(("error:", "main.py: error:"))]
         error = (errors or [line for line in lines if line] or [f"exit status {status}"])[-1]
     return status, folders, error
+
+
+def read_log(log: str) -> tuple[list[str], list[str]]:
+    """A main.py log's lines and the run folders it printed (made, then resumed)."""
+    lines = [line.strip() for line in re.split(r"[\r\n]+", Path(log).read_text(errors="replace"))]
+    folders = [m.group(1) for line in lines if (m := re.match(r"run folder: (.+)", line))]
+    folders += [m.group(1) for line in lines if (m := re.match(r"resuming (.+) at level", line))]
+    return lines, folders
+
+
+def run_again(argv: list[str], cwd: str, log: str, threads: int) -> tuple[int, list[str], str]:
+    """run_main for a job whose process was lost: a resume first waits, at most FOLDER_WAIT
+    seconds, until no process holds the run folder's lock (results.RunDir.locked). Ray may report
+    a node dead before its processes have ended, and shared storage may keep a dead machine's
+    lock a while (NFSv4: 90 s)."""
+    if argv[:1] == ["--resume"]:
+        wait_for_folder(argv[1], FOLDER_WAIT)
+    return run_main(argv, cwd, log, threads)
+
+
+def wait_for_folder(folder: str, seconds: float) -> None:
+    """Return once `folder` is not locked, or after `seconds` (main.py then says it is in use)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return  # main.py --resume says what is wrong with it
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.5)
+    finally:
+        os.close(descriptor)  # releases the lock, for main.py to take
 
 
 @dataclass(eq=False)
@@ -253,6 +297,7 @@ class Job:
     tasks: list[Task]
     argv: list[str]
     after: "Job | None" = None
+    lost: int = 0  # times its process was lost with its node or worker
 
     def outcome(self, status: int, folders: list[str], error: str) -> None:
         """Each task's status: `failed` when its folder says why it stopped (failure.txt), or
@@ -268,6 +313,19 @@ class Job:
                 task.status, task.error = "done", ""
             else:
                 task.status, task.error = "failed", error or f"exit status {status}"
+
+    def restart(self, log: Path) -> None:
+        """After its process was lost: the job resumes the folders the lost process made (its
+        log names them; `--resume` of one resumes the whole batch), or, when it made none yet,
+        starts afresh."""
+        self.lost += 1
+        if self.argv[:1] == ["--resume"] or not log.exists():
+            return
+        folders = read_log(str(log))[1]
+        if folders:
+            for task, folder in zip(self.tasks, folders, strict=False):
+                task.run_dir = folder
+            self.argv = ["--resume", folders[0]]
 
 
 def make_jobs(tasks: list[Task], batch: int | None) -> list[Job]:
@@ -386,15 +444,20 @@ def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> No
         where = "start a local Ray instance" if local else f"join --address {options.address}"
         raise UserError(f"cannot {where}: {error}".splitlines()[0]) from None
     try:
-        remote = ray.remote(run_main).options(
-            num_cpus=options.cpus_per_run, num_gpus=options.gpus_per_run
-        )
+        # no retries by Ray: it would run a lost job's first command again, into new folders
+        resources = {"num_cpus": options.cpus_per_run, "num_gpus": options.gpus_per_run}
+        remote = ray.remote(run_main).options(**resources, max_retries=0)
+        again = ray.remote(run_again).options(**resources, max_retries=0)
+        errors = getattr(ray, "exceptions", None)
+        lost = tuple(getattr(errors, name) for name in LOST if hasattr(errors, name))
         threads = max(1, int(options.cpus_per_run))
         pending = {}
 
         def start(job: Job) -> None:
-            log = str(logs / f"{job.name}.log")
-            pending[remote.remote(job.argv, os.getcwd(), log, threads)] = job
+            log = logs / f"{job.name}.log"
+            log.unlink(missing_ok=True)  # a log there now is this job's, when it is lost
+            run = again if job.lost else remote
+            pending[run.remote(job.argv, os.getcwd(), str(log), threads)] = job
 
         waiting = [job for job in jobs if job.after is not None]
         for job in jobs:
@@ -409,7 +472,17 @@ def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> No
             job = pending.pop(ready)
             try:
                 status, folders, error = ray.get(ready)
-            except Exception as failure:  # the job itself died (worker lost, node down)
+            except lost as failure:  # its node or worker died: start it again, resuming it
+                if job.lost < RESTARTS:
+                    job.restart(logs / f"{job.name}.log")
+                    for task in job.tasks:
+                        again_in = f"resuming {task.run_dir}" if task.run_dir else "starting again"
+                        name = type(failure).__name__
+                        print(f"sweep: {task.name} lost ({name}): {again_in}", flush=True)
+                    start(job)
+                    continue
+                status, folders, error = -1, [], f"{type(failure).__name__}: {failure}"
+            except Exception as failure:  # the job itself died
                 status, folders, error = -1, [], f"{type(failure).__name__}: {failure}"
             job.outcome(status, folders, error)
             for task in job.tasks:

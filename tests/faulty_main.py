@@ -8,6 +8,8 @@ Environment:
   KILL_AT=replace:N  SIGKILL it once the N-th result file is written, before its rename
   KILL_AT=stage:N    SIGKILL it once the N-th checkpoint is staged (a batch's commit half done)
   KILL_AT=commit:N   SIGKILL it once the N-th staged checkpoint is committed
+  HANG_AT=commit:N:FILE  once the N-th staged checkpoint is committed, write this process's id
+                     to FILE and wait to be killed (at most HANG_LIMIT s, then exit with status 3)
   RUN_NAME=NAME      every run folder is named NAME (as if all runs started in the same second)
   BARRIER=DIR:N      once imported, wait until N processes have reached DIR (start together)
 """
@@ -25,6 +27,8 @@ from lth import (
     results,  # noqa: E402
     train,  # noqa: E402
 )
+
+HANG_LIMIT = 120
 
 
 def die() -> None:
@@ -56,6 +60,24 @@ def kill_after_call(name: str, n: int) -> None:
             die()
 
     setattr(results.RunDir, name, counted)
+
+
+def hang_after_commit(n: int, mark: Path) -> None:
+    """After the n-th committed checkpoint: FILE names this process, which then hangs."""
+    real, calls = results.RunDir.commit_checkpoint, [0]
+
+    def commit_checkpoint(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        calls[0] += 1
+        if calls[0] == n:
+            sys.stdout.flush()
+            written = mark.with_name(f"{mark.name}.tmp")
+            written.write_text(str(os.getpid()))
+            written.replace(mark)
+            time.sleep(HANG_LIMIT)
+            os._exit(3)
+
+    results.RunDir.commit_checkpoint = commit_checkpoint
 
 
 def kill_in_write(n: int, half: bool) -> None:
@@ -111,6 +133,10 @@ def main_with_faults() -> int:
             kill_after_call(f"{what}_checkpoint", int(n))
         else:
             kill_in_write(int(n), half=what == "write")
+    if "HANG_AT" in os.environ:
+        what, n, mark = os.environ["HANG_AT"].split(":", 2)
+        assert what == "commit", os.environ["HANG_AT"]
+        hang_after_commit(int(n), Path(mark))
     if "BARRIER" in os.environ:
         folder, count = os.environ["BARRIER"].rsplit(":", 1)
         wait_for_others(Path(folder), int(count))
