@@ -93,6 +93,23 @@ def best_epoch_vs_weights(
     return fig
 
 
+def error_along_path(lines: Lines, dataset: str, arch_type: str) -> Figure:
+    """Test error along the straight line between two trained copies of a subnetwork (the
+    instability analysis), against the interpolation weight alpha; one line per (label, alphas,
+    errors) or `Line`."""
+    fig, ax = plt.subplots()
+    for line in [Line(*line) for line in lines]:
+        ax.plot(line.x, line.y, marker=".", label=line.label)
+    ax.set_title(f"Test Error Between Two Trained Copies ({dataset},{arch_type})")
+    ax.set_xlabel("alpha: the network (1 - alpha) w1 + alpha w2")
+    ax.set_ylabel("test error (%)")
+    ax.set_xlim(0, 1)
+    ax.legend()
+    ax.grid(color="gray")
+    fig.tight_layout()
+    return fig
+
+
 def against_weights(lines: Lines) -> tuple[Figure, Axes]:
     """Axes with one line per (label, weights left, values) or `Line`, its band shaded; see
     accuracy_vs_weights."""
