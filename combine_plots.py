@@ -11,7 +11,8 @@ a line `left out: RUN (...)`. Runs that stopped early on a validation set (summa
 `test_accuracy` and `early_stop_epoch`) are drawn by their early-stop figures.
 Writes `combined_{arch}_{dataset}.png` (and, with --best_epoch, `combined_{arch}_{dataset}_best_epoch.png`)
 and the table of the lines, `combined_{arch}_{dataset}.csv`, into `combined_plots/` beside the
-runs, or into --out.
+runs, or into --out. With --layers also `combined_{arch}_{dataset}_layers.png` and `.csv`: the
+share of each layer's weights kept at each level, one panel per line, from the runs' mask files.
 """
 
 import argparse
@@ -21,9 +22,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
-from lth import plots, runs
-from lth.cli import OneDefaultFormatter, OneLineParser, flag_group
+import archs
+from lth import layer_shares, plots, runs
+from lth.cli import OneDefaultFormatter, OneLineParser, arch_options, flag_group
 from lth.errors import UserError, one_line
 from lth.results import atomic_write, save_png
 
@@ -70,6 +74,7 @@ def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also draw the early-stopping epoch vs weights left",
     )
+    add("--layers", action="store_true", help="also draw each layer's share of weights kept")
     add(
         "--out",
         default=None,
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"--results_root {args.results_root}: no complete run there")
             out = Path(args.out) if args.out else Path(args.results_root) / "combined_plots"
         for group in groups:
-            announce(combine(group, out, args.dpi, args.best_epoch))
+            announce(combine(group, out, args.dpi, args.best_epoch, args.layers))
     except UserError as error:
         print(f"error: {one_line(str(error))}", file=sys.stderr)
         return 2
@@ -119,15 +124,20 @@ def check_same_experiment(group: list[runs.Run]) -> list[runs.Run]:
     return group
 
 
-def combine(group: list[runs.Run], out: Path, dpi: int, best_epoch: bool = False) -> list[Path]:
+def combine(
+    group: list[runs.Run], out: Path, dpi: int, best_epoch: bool = False, layers: bool = False
+) -> list[Path]:
     """Draw the group's figures into `out`, each experiment's trials as one line with its band,
     and write their table; return the paths written. Prints a line for each run left out as
-    the same trial as a newer one (runs.distinct_trials)."""
+    the same trial as a newer one (runs.distinct_trials). `layers`: also the share of each
+    layer kept (`combined_{arch}_{dataset}_layers.png` and `.csv`), every mask read before
+    anything is written."""
     arch, dataset = group[0].args["arch_type"], group[0].args["dataset"]
     kept, left_out = runs.distinct_trials(group)
     for duplicate in left_out:
         print(f"left out: {duplicate}")
     trials = runs.trials(kept)
+    shares = [layer_shares.LayerShares.of(t, network_layout) for t in trials] if layers else []
     accuracy_label, epoch_label = axis_labels({t.early_stop for t in trials})
     accuracy = [line(t, t.accuracy) for t in trials]
     figures = [
@@ -140,6 +150,11 @@ def combine(group: list[runs.Run], out: Path, dpi: int, best_epoch: bool = False
         epochs = [line(t, t.epoch) for t in trials]
         figure = plots.best_epoch_vs_weights(epochs, dataset, arch, epoch_label)
         figures.append((f"combined_{arch}_{dataset}_best_epoch.png", figure))
+    if shares:
+        panels = [(s.label, s.weights_left, s.lines()) for s in shares]
+        figures.append(
+            (f"combined_{arch}_{dataset}_layers.png", plots.layer_shares(panels, dataset, arch))
+        )
     written = []
     for name, figure in figures:
         path = out / name
@@ -149,7 +164,12 @@ def combine(group: list[runs.Run], out: Path, dpi: int, best_epoch: bool = False
     table = out / f"combined_{arch}_{dataset}.csv"
     write_table(table, [row for t in trials for row in t.rows()])
     print(accuracy_table(trials))
-    return [*written, table]
+    written.append(table)
+    if shares:
+        written.append(out / f"combined_{arch}_{dataset}_layers.csv")
+        rows = [row for s in shares for row in s.rows()]
+        write_table(written[-1], rows, layer_shares.TABLE_FIELDS)
+    return written
 
 
 def accuracy_table(trials: list[runs.Trials]) -> str:
@@ -201,13 +221,24 @@ def line(trials: runs.Trials, values: np.ndarray) -> plots.Line:
     return plots.Line(trials.label, trials.weights_left, values.mean(axis=0), low, high)
 
 
-def write_table(path: Path, rows: list[dict]) -> None:
-    """`combined_{arch}_{dataset}.csv`: one row per line and level (TABLE_FIELDS)."""
+def write_table(path: Path, rows: list[dict], fields: list[str] = TABLE_FIELDS) -> None:
+    """`combined_{arch}_{dataset}.csv`: one row per line and level (TABLE_FIELDS); or another
+    table of `fields`."""
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=TABLE_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+
+
+def network_layout(run: runs.Run) -> nn.Module:
+    """The run's network on the meta device: its layer names and shapes, no memory, no data."""
+    with torch.device("meta"):
+        return archs.build(
+            run.args["dataset"],
+            run.args["arch_type"],
+            **arch_options(argparse.Namespace(**run.args)),
+        )
 
 
 def announce(paths: list[Path]) -> None:

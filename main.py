@@ -62,9 +62,8 @@ from lth.train import (
     InputDropout,
     LevelHistory,
     add_input_dropout,
-    build_optimizer,
     flush_denormals,
-    lr_schedule,
+    level_optimizer,
     steps_per_epoch,
     train_level,
 )
@@ -394,12 +393,10 @@ def run_level(
     start = 0 if level == 0 else rewind_at  # level 0 runs whole; N = 0: no rewind state kept
     finetuning = level > 0 and any(t.trial.prune_type == "finetune" for t in running)
     keep = (rewind_at, rewind_keeper(running, stacked)) if level == 0 else None
-    optimizer = build_optimizer(experiment, stacked)
-    schedule = lr_schedule(
-        optimizer,
-        warmup_iters=experiment.warmup_iters,
+    optimizer, schedule = level_optimizer(
+        experiment,
+        stacked,
         drops=cli.lr_drop_epochs(experiment),
-        gamma=1.0 if experiment.lr_gamma is None else experiment.lr_gamma,  # None: no drops
         epoch_steps=epoch_steps,
         start_step=start,
         hold_at=experiment.end_iter * epoch_steps - 1 if finetuning else None,

@@ -93,6 +93,51 @@ def best_epoch_vs_weights(
     return fig
 
 
+def error_along_path(lines: Lines, dataset: str, arch_type: str) -> Figure:
+    """Test error along the straight line between two trained copies of a subnetwork (the
+    instability analysis), against the interpolation weight alpha; one line per (label, alphas,
+    errors) or `Line`."""
+    fig, ax = plt.subplots()
+    for line in [Line(*line) for line in lines]:
+        ax.plot(line.x, line.y, marker=".", label=line.label)
+    ax.set_title(f"Test Error Between Two Trained Copies ({dataset},{arch_type})")
+    ax.set_xlabel("alpha: the network (1 - alpha) w1 + alpha w2")
+    ax.set_ylabel("test error (%)")
+    ax.set_xlim(0, 1)
+    ax.legend()
+    ax.grid(color="gray")
+    fig.tight_layout()
+    return fig
+
+
+def layer_shares(
+    panels: Sequence[tuple[str, np.ndarray, Lines]], dataset: str, arch_type: str
+) -> Figure:
+    """The share of each layer's weights kept against the weights left in all, one panel per
+    (title, weights left at each level, one line per layer with its band), side by side; the
+    whole network's share dashed in each. Levels are evenly spaced, as in AccuracyVsWeights."""
+    fig, axes = plt.subplots(
+        1, len(panels), sharey=True, squeeze=False, figsize=(1 + 4.5 * len(panels), 4.8)
+    )
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (title, left, lines) in zip(axes[0], panels, strict=True):
+        positions = np.arange(len(left))
+        for i, line in enumerate(Line(*line) for line in lines):
+            ax.plot(positions, line.y, marker=".", c=colors[i % 10], label=line.label)
+            shade(ax, positions, line, colors[i % 10])
+        ax.plot(positions, left, c="black", linestyle="--", label="all layers")
+        ax.set_xticks(positions, [f"{c:g}" for c in left], rotation="vertical")
+        ax.set_title(title)
+        ax.set_xlabel("Unpruned Weights Percentage")
+        ax.set_ylim(0, 100)
+        ax.grid(color="gray")
+        ax.legend(fontsize="small")
+    axes[0][0].set_ylabel("weights of the layer kept (%)")
+    fig.suptitle(f"Weights Kept per Layer ({dataset},{arch_type})")
+    fig.tight_layout()
+    return fig
+
+
 def against_weights(lines: Lines) -> tuple[Figure, Axes]:
     """Axes with one line per (label, weights left, values) or `Line`, its band shaded; see
     accuracy_vs_weights."""

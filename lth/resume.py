@@ -146,9 +146,10 @@ def finished_levels(run_dir: RunDir) -> int:
     return level + 1
 
 
-def load_verified(path: Path, what: str, classes: Iterable[type] = ()) -> Any:
+def load_verified(path: Path, what: str, classes: Iterable[type] = (), hint: str = RESTART) -> Any:
     """A result file read back by `safe_load.load_torch` (tensors, plain values, numpy arrays of
-    numbers and instances of `classes` only), its damage a UserError naming it.
+    numbers and instances of `classes` only), its damage a UserError naming it, ending with
+    `hint` (what the user can do).
 
     torch.load does not check the checksums its zip format stores, so a file with flipped bytes
     in a tensor would load silently: every member's CRC is checked first.
@@ -157,15 +158,15 @@ def load_verified(path: Path, what: str, classes: Iterable[type] = ()) -> Any:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
         if damaged is not None:
-            raise UserError(f"{what} {path} is corrupt ({damaged} fails its checksum); {RESTART}")
+            raise UserError(f"{what} {path} is corrupt ({damaged} fails its checksum); {hint}")
         return load_torch(path, what, classes)
     except UserError:
         raise
     except FileNotFoundError:
-        raise UserError(f"{what} {path} is missing; {RESTART}") from None
+        raise UserError(f"{what} {path} is missing; {hint}") from None
     except Exception as error:  # any unzipping or unpickling fault means the file is damaged
         raise UserError(
-            f"{what} {path} is corrupt or truncated ({type(error).__name__}); {RESTART}"
+            f"{what} {path} is corrupt or truncated ({type(error).__name__}); {hint}"
         ) from None
 
 
@@ -206,11 +207,14 @@ def whole_checkpoint(
     return {**state, "progress": progress}
 
 
-def saved_state(path: Path, what: str, classes: Iterable[type]) -> dict[str, torch.Tensor]:
-    """The state of a model that results.RunDir.save_model saved whole (a model of `classes`)."""
-    model = load_verified(path, what, classes)
+def saved_state(
+    path: Path, what: str, classes: Iterable[type], hint: str = RESTART
+) -> dict[str, torch.Tensor]:
+    """The state of a model that results.RunDir.save_model saved whole (a model of `classes`);
+    a UserError ending with `hint` when the file is missing, damaged or not a model."""
+    model = load_verified(path, what, classes, hint)
     if not isinstance(model, nn.Module):
-        raise UserError(f"{what} {path} holds a {type(model).__name__}, not a model; {RESTART}")
+        raise UserError(f"{what} {path} holds a {type(model).__name__}, not a model; {hint}")
     return model.state_dict()
 
 

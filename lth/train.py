@@ -147,6 +147,28 @@ def lr_schedule(
     return LambdaLR(optimizer, factor)
 
 
+def level_optimizer(
+    recipe: argparse.Namespace,
+    model: nn.Module,
+    *,
+    drops: list[int],
+    epoch_steps: int,
+    start_step: int,
+) -> tuple[torch.optim.Optimizer, LambdaLR | None]:
+    """A level's fresh optimiser (`build_optimizer`) and its learning-rate schedule
+    (`lr_schedule`, `drops` the epochs of --lr_drops) whose first step is step `start_step`."""
+    optimizer = build_optimizer(recipe, model)
+    schedule = lr_schedule(
+        optimizer,
+        warmup_iters=recipe.warmup_iters,
+        drops=drops,
+        gamma=1.0 if recipe.lr_gamma is None else recipe.lr_gamma,  # None: no drops
+        epoch_steps=epoch_steps,
+        start_step=start_step,
+    )
+    return optimizer, schedule
+
+
 def trial_orders(count: int, randoms: Sequence[TrialRandom], device: torch.device) -> torch.Tensor:
     """[k, count]: each trial's permutation of the training set, drawn on the CPU from its own
     generator (what `torch.randperm` alone draws from a run seeded as the trial), on `device`."""

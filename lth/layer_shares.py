@@ -1,0 +1,115 @@
+"""Where the weights go: the share of each layer's weights a run's masks keep, level by level.
+
+Magnitude pruning with one rate per layer keeps every layer at the same share; a global ranking,
+or a method that scores weights otherwise, can empty a layer long before the others, and the
+network then fails there. The counts come from each run's saved mask files (read by
+`results.read_mask`, the safe loader), one entry per Linear and Conv weight. For the trials of
+one experiment (`runs.Trials`) each layer's count is their mean, with its minimum and maximum.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from lth.errors import UserError
+from lth.experiment import is_control
+from lth.results import read_mask
+from lth.runs import Run, Trials
+
+Counts = dict[str, tuple[int, int]]  # layer -> (weights kept, weights in all)
+
+TABLE_FIELDS = ["line", "prune_type", "level", "weights_left", "layer", "trials", "total"] + [
+    f"{what}_{stat}" for what in ("kept", "share") for stat in ("mean", "min", "max")
+]
+
+
+def layer_name(parameter: str) -> str:
+    """A weight's layer, as its module is named (`classifier.0` for `classifier.0.weight`)."""
+    return parameter.removesuffix(".weight")
+
+
+def run_counts(run: Run, network: nn.Module, levels: int) -> list[Counts]:
+    """Each of the run's first `levels` levels: every prunable layer's kept and total weights,
+    from the mask file the run saved for the level (`network`: the run's network, whose layer
+    names and shapes the file's entries stand for; on the meta device is enough). UserError
+    naming the run when a mask file is missing, or one that `read_mask` refuses."""
+    counts = []
+    for level in range(levels):
+        path = run.mask_path(level)
+        if not path.is_file():
+            raise UserError(
+                f"{run.root} has no mask file for level {level} ({path}): the share of each"
+                " layer kept is read from a run's masks"
+            )
+        mask = read_mask(path, network)
+        counts.append({layer_name(n): (int(m.sum()), int(m.size)) for n, m in mask.items()})
+    return counts
+
+
+def prune_type(args: dict) -> str:
+    """The run's prune type as the figures name it (the control: `reinit with lt masks`)."""
+    return f"{args['prune_type']} with lt masks" if is_control(args) else str(args["prune_type"])
+
+
+@dataclass
+class LayerShares:
+    """The trials of one experiment, level by level: each layer's kept weights in every trial."""
+
+    label: str
+    prune_type: str
+    weights_left: np.ndarray  # percent of the prunable weights left at each level
+    layers: list[str]
+    kept: np.ndarray  # [trials, levels, layers]
+    total: np.ndarray  # [layers]
+
+    @classmethod
+    def of(cls, trials: Trials, network_of: Callable[[Run], nn.Module]) -> "LayerShares":
+        """`network_of(run)`: the run's network (its layer names and shapes)."""
+        levels = len(trials.weights_left)
+        per_run = [run_counts(run, network_of(run), levels) for run in trials.runs]
+        layers = list(per_run[0][0])
+        kept = np.array([[[c[layer][0] for layer in layers] for c in run] for run in per_run])
+        total = np.array([per_run[0][0][layer][1] for layer in layers])
+        return cls(
+            trials.label, prune_type(trials.runs[0].args), trials.weights_left, layers, kept, total
+        )
+
+    @property
+    def share(self) -> np.ndarray:
+        """[trials, levels, layers]: percent of each layer's weights kept."""
+        return 100 * self.kept / self.total
+
+    def rows(self) -> list[dict]:
+        """One row per level and layer (TABLE_FIELDS): the weights in the layer, and the mean,
+        minimum and maximum over the trials of those kept and of their share (percent)."""
+        rows = []
+        for level, left in enumerate(self.weights_left):
+            for index, layer in enumerate(self.layers):
+                row = {"line": self.label, "prune_type": self.prune_type, "level": level}
+                row |= {"weights_left": float(left), "layer": layer, "trials": len(self.kept)}
+                row |= {"total": int(self.total[index])}
+                for what, values in (("kept", self.kept), ("share", self.share)):
+                    column = values[:, level, index]
+                    for stat in ("mean", "min", "max"):
+                        # to 6 decimals: no float noise such as 33.33333333333333 in the table
+                        row[f"{what}_{stat}"] = round(float(getattr(column, stat)()), 6)
+                rows.append(row)
+        return rows
+
+    def lines(self) -> list[tuple]:
+        """One line per layer against the weights left: the mean share kept, with the band from
+        its minimum to its maximum where there are several trials (plots.Line's fields)."""
+        share = self.share
+        several = len(share) > 1
+        return [
+            (
+                layer,
+                self.weights_left,
+                share[:, :, i].mean(axis=0),
+                share[:, :, i].min(axis=0) if several else None,
+                share[:, :, i].max(axis=0) if several else None,
+            )
+            for i, layer in enumerate(self.layers)
+        ]
