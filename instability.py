@@ -24,7 +24,7 @@ from torch import nn
 
 from lth import cli, plots, runs
 from lth.errors import UserError, one_line
-from lth.experiment import Experiment
+from lth.experiment import KEEP_TRAINED, Experiment
 from lth.initialization import initializer
 from lth.instability import (
     POINTS,
@@ -91,16 +91,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# The prune types whose levels do not start from a state of level 0, and what they start from.
+NO_REWIND_POINT = {
+    "reinit": "its levels train new random weights",
+    **{kind: "its levels go on from the weights the level before trained" for kind in KEEP_TRAINED},
+}
+
+
 def analyse(args: argparse.Namespace) -> None:
     """Every check before any training; the files only once every level is measured."""
     check_flags(args)
     run = runs.read_run(args.run_dir)
     if run is None:
         raise UserError(f"{args.run_dir} is not a run folder (no readable args.json)")
-    if run.args.get("prune_type") == "reinit":
+    prune_type = run.args.get("prune_type")
+    if prune_type in NO_REWIND_POINT:
         raise UserError(
-            f"{run.root} is a --prune_type reinit run: its levels train new random weights, so it"
-            " has no rewind point to train copies from; analyse an lt or random run"
+            f"{run.root} is a --prune_type {prune_type} run: {NO_REWIND_POINT[prune_type]}, so"
+            " it has no rewind point to train copies from; analyse an lt, random, snip, grasp or"
+            " synflow run"
         )
     recipe = recorded_recipe(run, args)
     levels = chosen_levels(run, args.levels)

@@ -154,9 +154,11 @@ def level_optimizer(
     drops: list[int],
     epoch_steps: int,
     start_step: int,
+    hold_at: int | None = None,
 ) -> tuple[torch.optim.Optimizer, LambdaLR | None]:
     """A level's fresh optimiser (`build_optimizer`) and its learning-rate schedule
-    (`lr_schedule`, `drops` the epochs of --lr_drops) whose first step is step `start_step`."""
+    (`lr_schedule`, `drops` the epochs of --lr_drops) whose first step is step `start_step`, or
+    held at the rate of step `hold_at`."""
     optimizer = build_optimizer(recipe, model)
     schedule = lr_schedule(
         optimizer,
@@ -165,6 +167,7 @@ def level_optimizer(
         gamma=1.0 if recipe.lr_gamma is None else recipe.lr_gamma,  # None: no drops
         epoch_steps=epoch_steps,
         start_step=start_step,
+        hold_at=hold_at,
     )
     return optimizer, schedule
 

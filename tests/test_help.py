@@ -103,6 +103,7 @@ DEFAULTS = {
         "results_root": "results",
         "dpi": 1200,
         "best_epoch": False,
+        "layers": False,
         "out": None,
     },
 }

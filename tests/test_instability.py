@@ -229,6 +229,13 @@ def test_bad_input_is_one_line_and_writes_nothing(reference_run, tmp_path, capsy
     assert files_under(run) == before
 
     record = json.loads((run / "args.json").read_text())
+    record["args"]["prune_type"] = "lrr"  # goes on from trained weights: no rewind point
+    (run / "args.json").write_text(json.dumps(record))
+    assert instability.main([str(run)]) == 2
+    error = capsys.readouterr().err
+    assert "--prune_type lrr run: its levels go on from the weights" in error, error
+
+    record = json.loads((run / "args.json").read_text())
     record["args"]["prune_type"] = "reinit"
     (run / "args.json").write_text(json.dumps(record))
     result = subprocess.run(
