@@ -139,6 +139,12 @@ def add_protocol_flags(parser: argparse.ArgumentParser) -> None:
         help="reinit only: level k trains the mask that lt run saved for level k with freshly"
         " drawn weights, the paper's control (default: none, reinit prunes itself)",
     )
+    add(
+        "--augment",
+        action="store_true",
+        help="CIFAR only: random 4-pixel crops and flips of the training images, as the paper"
+        " trained VGG-19 and ResNet-20",
+    )
 
 
 def add_pruning_flags(parser: argparse.ArgumentParser) -> None:
@@ -224,7 +230,6 @@ def add_network_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="fclin only: number of 4000-wide layers, 2 for the shorter net (default: 4)",
     )
-    add("--augment", action="store_true", help="CIFAR only: random crops and flips in training")
     add(
         "--pretrain",
         default="none",

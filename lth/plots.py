@@ -110,17 +110,23 @@ def error_along_path(lines: Lines, dataset: str, arch_type: str) -> Figure:
     return fig
 
 
+PANELS_PER_ROW = 4
+
+
 def layer_shares(
     panels: Sequence[tuple[str, np.ndarray, Lines]], dataset: str, arch_type: str
 ) -> Figure:
     """The share of each layer's weights kept against the weights left in all, one panel per
-    (title, weights left at each level, one line per layer with its band), side by side; the
-    whole network's share dashed in each. Levels are evenly spaced, as in AccuracyVsWeights."""
+    (title, weights left at each level, one line per layer with its band), at most
+    PANELS_PER_ROW in a row; the whole network's share dashed in each. Levels are evenly spaced,
+    as in AccuracyVsWeights."""
+    columns = min(PANELS_PER_ROW, len(panels))
+    rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(
-        1, len(panels), sharey=True, squeeze=False, figsize=(1 + 4.5 * len(panels), 4.8)
+        rows, columns, sharey=True, squeeze=False, figsize=(1 + 4.5 * columns, 4.8 * rows)
     )
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (title, left, lines) in zip(axes[0], panels, strict=True):
+    for ax, (title, left, lines) in zip(axes.flat, panels, strict=False):
         positions = np.arange(len(left))
         for i, line in enumerate(Line(*line) for line in lines):
             ax.plot(positions, line.y, marker=".", c=colors[i % 10], label=line.label)
@@ -132,7 +138,10 @@ def layer_shares(
         ax.set_ylim(0, 100)
         ax.grid(color="gray")
         ax.legend(fontsize="small")
-    axes[0][0].set_ylabel("weights of the layer kept (%)")
+    for ax in axes.flat[len(panels) :]:
+        ax.remove()
+    for row in axes:
+        row[0].set_ylabel("weights of the layer kept (%)")
     fig.suptitle(f"Weights Kept per Layer ({dataset},{arch_type})")
     fig.tight_layout()
     return fig

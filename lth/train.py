@@ -172,27 +172,31 @@ def level_optimizer(
     return optimizer, schedule
 
 
-def trial_orders(count: int, randoms: Sequence[TrialRandom], device: torch.device) -> torch.Tensor:
-    """[k, count]: each trial's permutation of the training set, drawn on the CPU from its own
-    generator (what `torch.randperm` alone draws from a run seeded as the trial), on `device`."""
-    orders = []
+def trial_draws(
+    randoms: Sequence[TrialRandom], draw: Callable[[], torch.Tensor], device: torch.device
+) -> torch.Tensor:
+    """[k, ...]: `draw()` once per trial, on the CPU from the trial's own generator, stacked and
+    moved to `device` in one copy."""
+    draws = []
     for random in randoms:
         with random.active():
-            orders.append(torch.randperm(count))
-    return torch.stack(orders).to(device)
+            draws.append(draw())
+    return torch.stack(draws).to(device)
+
+
+def trial_orders(count: int, randoms: Sequence[TrialRandom], device: torch.device) -> torch.Tensor:
+    """[k, count]: each trial's permutation of the training set (what `torch.randperm` alone
+    draws from a run seeded as the trial), on `device`."""
+    return trial_draws(randoms, lambda: torch.randperm(count), device)
 
 
 def trial_augmentations(
     count: int, randoms: Sequence[TrialRandom], device: torch.device
 ) -> torch.Tensor:
     """[k, count, 3]: each trial's crop and flip (`augment.draw`) of each position of its epoch,
-    drawn on the CPU from its own generator after its permutation (`trial_orders`), on `device`
-    (once per epoch, so a step reads nothing from the host)."""
-    draws = []
-    for random in randoms:
-        with random.active():
-            draws.append(augment.draw(count))
-    return torch.stack(draws).to(device)
+    drawn after its permutation (`trial_orders`), on `device` (once per epoch, so a step reads
+    nothing from the host)."""
+    return trial_draws(randoms, lambda: augment.draw(count), device)
 
 
 def trial_batch(
