@@ -388,9 +388,9 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError(f"--gpu must be a device index such as 0 or 1, got {args.gpu!r}")
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise UserError(f"--seed must be in 0..{2**32 - 1}, got {args.seed}")
-    if args.data_source is not None:
-        data.check_source(args.dataset, args.data_source)
     _validate_beyond_original(args)
+    if args.data_source is not None:  # last: every flag's own fault is named before the files
+        data.check_source(args.dataset, args.data_source)
 
 
 def _one_of(args: argparse.Namespace, name: str, choices: tuple[str, ...]) -> None:

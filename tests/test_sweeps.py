@@ -274,7 +274,8 @@ def test_control_tasks_run_reinit_and_pair_with_the_lt_task_of_their_percent_and
         (
             ["--prune_type", "lottery"],
             [],
-            "--prune_type lottery is not supported; choose any of: lt, reinit, random, reinit_ticket",
+            "--prune_type lottery is not supported; choose any of: lt, reinit, random, lrr,"
+            " finetune, snip, grasp, synflow, reinit_ticket",
         ),
         (
             ["--prune_type", "lt", "reinit_ticket"],
