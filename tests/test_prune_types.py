@@ -3,6 +3,7 @@ rewinding and fine-tuning keep the trained survivors, the methods of pruning at 
 train the pruned initial network, each level at the magnitude rule's counts."""
 
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,11 @@ import main
 from lth import runs
 from lth.pruning import percentile_prune
 from lth.safe_load import load_array_list
+from tests.resultfiles import assert_same_results
 from tests.test_bad_input import check_refused
+from tests.test_batch import by_trial
 from tests.test_main import TINY, run_main
+from tests.test_resume import faulty_main
 
 LR = 1e-3
 EPOCH_STEPS = 4  # 120 training images in batches of 32
@@ -147,3 +151,24 @@ def test_pruning_at_initialization_trains_the_initial_network_pruned_to_the_leve
 )
 def test_prune_types_refuse_what_they_cannot_do(tmp_path, capsys, mnist_data, flags, words):
     check_refused(tmp_path, capsys, [*TINY, *flags, *mnist_data], *words)
+
+
+def test_a_batch_of_the_new_prune_types_killed_and_resumed_ends_as_if_uninterrupted(
+    tmp_path, mnist_data
+):
+    """Killed in the first epoch of level 2, then resumed: `lrr` goes on from the trained weights
+    its checkpoint holds, `snip` and `synflow` score the initial network again from the trial's
+    generator as the checkpoint left it; every file equals the uninterrupted batch's."""
+    flags = [*TINY, "--prune_percent=30", "--prune_iterations=3", *mnist_data]
+    flags += ["--prune_type", "lrr", "snip", "synflow", "--seed", "3"]
+    for name in ("reference", "chain"):
+        (tmp_path / name).mkdir()
+    assert run_main(tmp_path / "reference", *flags) == 0
+    killed = faulty_main(tmp_path / "chain", "epoch:5", *flags)  # 2 epochs a level
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    chain, reference = by_trial(tmp_path / "chain"), by_trial(tmp_path / "reference")
+    assert sorted(chain) == sorted(reference) == [("lrr", 3), ("snip", 3), ("synflow", 3)]
+    assert {runs.read_run(run).files.checkpoint_level() for run in chain.values()} == {1}
+    assert run_main(tmp_path / "chain", "--resume", str(chain[("snip", 3)])) == 0
+    for key, run in reference.items():
+        assert_same_results(chain[key], run)
