@@ -16,8 +16,6 @@ share of each layer's weights kept at each level, one panel per line, from the r
 """
 
 import argparse
-import csv
-import io
 import sys
 from pathlib import Path
 
@@ -29,7 +27,7 @@ import archs
 from lth import layer_shares, plots, runs
 from lth.cli import OneDefaultFormatter, OneLineParser, arch_options, flag_group
 from lth.errors import UserError, one_line
-from lth.results import atomic_write, save_png
+from lth.results import save_png, write_csv
 
 TABLE_FIELDS = ["line", "level", "weights_left", "trials", "measure"] + [
     f"{what}_{stat}" for what in ("accuracy", "epoch") for stat in ("mean", "min", "max")
@@ -162,13 +160,13 @@ def combine(
         plots.close(figure)
         written.append(path)
     table = out / f"combined_{arch}_{dataset}.csv"
-    write_table(table, [row for t in trials for row in t.rows()])
+    write_csv(table, TABLE_FIELDS, [row for t in trials for row in t.rows()])
     print(accuracy_table(trials))
     written.append(table)
     if shares:
         written.append(out / f"combined_{arch}_{dataset}_layers.csv")
         rows = [row for s in shares for row in s.rows()]
-        write_table(written[-1], rows, layer_shares.TABLE_FIELDS)
+        write_csv(written[-1], layer_shares.TABLE_FIELDS, rows)
     return written
 
 
@@ -219,16 +217,6 @@ def line(trials: runs.Trials, values: np.ndarray) -> plots.Line:
         return plots.Line(trials.label, trials.weights_left, values[0])
     low, high = values.min(axis=0), values.max(axis=0)
     return plots.Line(trials.label, trials.weights_left, values.mean(axis=0), low, high)
-
-
-def write_table(path: Path, rows: list[dict], fields: list[str] = TABLE_FIELDS) -> None:
-    """`combined_{arch}_{dataset}.csv`: one row per line and level (TABLE_FIELDS); or another
-    table of `fields`."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
 def network_layout(run: runs.Run) -> nn.Module:

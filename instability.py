@@ -35,12 +35,11 @@ from lth.instability import (
     copy_seeds,
     errors_along_path,
     train_copies,
-    write_record,
     write_tables,
 )
 from lth.pruning import Mask, weights_left
 from lth.record import choose_seed, deterministic_algorithms, run_record
-from lth.results import read_mask, save_png
+from lth.results import read_mask, save_png, write_json
 from lth.resume import saved_state
 from lth.train import flush_denormals, steps_per_epoch
 from main import Data, build_model, load_data, saved_model_classes, select_device
@@ -141,7 +140,7 @@ def analyse(args: argparse.Namespace) -> None:
     )
     save_png(figure, outputs.figure, recipe.plot_dpi)
     plots.close(figure)
-    write_record(outputs.record, analysis_record(args, run, levels, seed, rewind_at, device))
+    write_json(outputs.record, analysis_record(args, run, levels, seed, rewind_at, device))
     for result in results:
         print(result.verdict())
     if replaced:

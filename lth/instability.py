@@ -12,9 +12,6 @@ after level 0. The command is `instability.py`.
 """
 
 import copy
-import csv
-import io
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +26,7 @@ from lth.errors import UserError
 from lth.experiment import Experiment
 from lth.pruning import Mask, rewind
 from lth.record import TrialRandom, seed_everything
-from lth.results import atomic_write
+from lth.results import write_csv
 from lth.stack import StackedModel, stack_masks
 from lth.steps import use_compile
 from lth.train import evaluate, level_optimizer, steps_per_epoch, train_level
@@ -241,21 +238,6 @@ class Outputs:
         return [path for path in self.all() if path.exists()]
 
 
-def write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
-    """A CSV table with a header line, written atomically."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
-
-
 def write_tables(outputs: Outputs, results: Sequence[PathErrors]) -> None:
     write_csv(outputs.points, POINT_FIELDS, [row for r in results for row in r.point_rows()])
     write_csv(outputs.barriers, BARRIER_FIELDS, [r.barrier_row() for r in results])
-
-
-def write_record(path: Path, record: dict) -> None:
-    """The analysis's record (record.run_record: its arguments, seeds, versions), as JSON."""
-    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))

@@ -14,9 +14,8 @@ import numpy as np
 from torch import nn
 
 from lth.errors import UserError
-from lth.experiment import is_control
 from lth.results import read_mask
-from lth.runs import Run, Trials
+from lth.runs import Run, Trials, describe
 
 Counts = dict[str, tuple[int, int]]  # layer -> (weights kept, weights in all)
 
@@ -50,7 +49,7 @@ def run_counts(run: Run, network: nn.Module, levels: int) -> list[Counts]:
 
 def prune_type(args: dict) -> str:
     """The run's prune type as the figures name it (the control: `reinit with lt masks`)."""
-    return f"{args['prune_type']} with lt masks" if is_control(args) else str(args["prune_type"])
+    return describe(args, ["prune_type"])
 
 
 @dataclass

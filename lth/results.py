@@ -81,6 +81,21 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         raise
 
 
+def write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
+    """A CSV table of `fields` with a header line, written atomically."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+
+
+def write_json(path: Path, content: dict) -> None:
+    """`content` as indented JSON with sorted keys, written atomically."""
+    text = json.dumps(content, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def save_png(figure: Figure, path: Path, dpi: int) -> None:
     """`figure` as a PNG at `path`, written atomically."""
     atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=dpi))
@@ -236,8 +251,7 @@ class RunDir:
         save_png(figure, path, dpi)
 
     def write_json(self, name: str, content: dict) -> None:
-        text = json.dumps(content, indent=2, sort_keys=True) + "\n"
-        atomic_write(self.root / name, lambda f: f.write(text.encode()))
+        write_json(self.root / name, content)
 
     def write_summary(self, rows: list[dict]) -> None:
         """`summary.csv`: one row per finished level (see SUMMARY_FIELDS), and the columns of
@@ -245,11 +259,7 @@ class RunDir:
         fields = SUMMARY_FIELDS
         if rows and VALIDATION_FIELDS[0] in rows[0]:
             fields = SUMMARY_FIELDS + VALIDATION_FIELDS
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write(self.root / "summary.csv", lambda f: f.write(text.getvalue().encode()))
+        write_csv(self.root / "summary.csv", fields, rows)
 
     def stage_checkpoint(self, state: dict) -> None:
         """Write `state` (a dict with its "level") as the staged checkpoint: the first half of a

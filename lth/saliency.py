@@ -178,7 +178,7 @@ def synflow_mask(
     of its n weights by the scores of the network pruned so far."""
     scored = copy.deepcopy(model).double().eval()
     weights = prunable(scored)
-    sizes = {tuple(layers): sum(weights[name].numel() for name in layers) for layers, _ in counts}
+    sizes = [sum(weights[name].numel() for name in layers) for layers, _ in counts]
     mask = {name: np.ones(tuple(w.shape), dtype=np.float32) for name, w in weights.items()}
     for r in range(1, rounds + 1):
         apply_mask(scored, mask)
@@ -187,8 +187,8 @@ def synflow_mask(
             gone = torch.from_numpy(layer_mask == 0).to(scores[name].device)
             scores[name] = scores[name].masked_fill(gone, -math.inf)
         target = [
-            (layers, round(sizes[tuple(layers)] * (kept / sizes[tuple(layers)]) ** (r / rounds)))
-            for layers, kept in counts
+            (layers, round(n * (kept / n) ** (r / rounds)))
+            for (layers, kept), n in zip(counts, sizes, strict=True)
         ]
         mask = keep_highest(scores, target)
     return mask
