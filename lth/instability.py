@@ -121,8 +121,9 @@ def train_copies(
     """One copy of `model` per seed, each at the state `start` with `mask` applied, trained
     together as one batch (one copy: alone) from optimiser step `start_step` to the end of the
     recipe's last epoch: the run's optimiser, learning rate and schedule (`drops`: the epochs of
-    its --lr_drops) started at `start_step`, each copy with the data order of its own
-    `TrialRandom(seed)`. Returns each copy's state at the end of training (not its best).
+    its --lr_drops) started at `start_step`, with its --augment, each copy with the data order
+    of its own `TrialRandom(seed)`. Returns each copy's state at the end of training (not its
+    best).
 
     The batch's shared draws (dropout) start from the first seed, as a batch's in main.py.
     UserError when a copy's loss stops being finite.
@@ -151,6 +152,7 @@ def train_copies(
         print_freq=recipe.print_freq,
         description=description,
         compiled=use_compile(recipe.compile, train_set.labels.device),
+        augmented=recipe.augment,
         schedule=schedule,
         start_step=start_step,
     )

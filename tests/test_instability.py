@@ -3,6 +3,7 @@ copies trained as one batch against each copy alone, and instability.py on tiny 
 
 import argparse
 import csv
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from torch import nn
 
 import instability
 import main
+from lth import instability as instability_engine
 from lth import runs
 from lth.data import Split
 from lth.initialization import initializer
@@ -244,3 +246,32 @@ def test_bad_input_is_one_line_and_writes_nothing(reference_run, tmp_path, capsy
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1 and "--prune_type reinit run" in result.stderr
     assert files_under(run) == before and not (run / "instability").exists()
+
+
+def test_the_copies_train_with_the_runs_augmentation(reference_run, monkeypatch):
+    """A run made with --augment has its copies' training images cropped and flipped too, as
+    its levels' were (the recipe's `augment` reaches train_level); without it, not."""
+    run, recipe, loaded, model, start = recipe_of(reference_run)
+    mask = read_mask(run.mask_path(1), model)
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["augmented"])
+        raise StopIteration  # the flag is all this test needs
+
+    monkeypatch.setattr(instability_engine, "train_level", recording)
+    for augment in (True, False):
+        changed = dataclasses.replace(recipe, augment=augment)
+        with pytest.raises(StopIteration):
+            train_copies(
+                model,
+                start,
+                mask,
+                [3, 4],
+                changed,
+                loaded.train,
+                loaded.test,
+                start_step=0,
+                drops=[],
+            )
+    assert seen == [True, False]
