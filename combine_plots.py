@@ -157,7 +157,7 @@ def combine(
     for name, figure in figures:
         path = out / name
         save_png(figure, path, dpi)
-        plots.close(figure)
+        plots.close(figure, dpi)
         written.append(path)
     table = out / f"combined_{arch}_{dataset}.csv"
     write_csv(table, TABLE_FIELDS, [row for t in trials for row in t.rows()])

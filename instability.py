@@ -139,7 +139,7 @@ def analyse(args: argparse.Namespace) -> None:
         recipe.arch_type,
     )
     save_png(figure, outputs.figure, recipe.plot_dpi)
-    plots.close(figure)
+    plots.close(figure, recipe.plot_dpi)
     write_json(outputs.record, analysis_record(args, run, levels, seed, rewind_at, device))
     for result in results:
         print(result.verdict())

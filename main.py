@@ -622,7 +622,7 @@ def write_level(
         first_epoch=history.first_epoch + 1,
     )
     run_dir.save_figure(figure, run_dir.loss_plot_path(tag), experiment.plot_dpi)
-    plots.close(figure)
+    plots.close(figure, experiment.plot_dpi)
 
     progress.summary.append(summary_row(level, left, comp, history))
     run_dir.write_summary(progress.summary)
@@ -662,7 +662,7 @@ def write_final(experiment: Experiment, trial_run: TrialRun) -> None:
         experiment.arch_type,
     )
     run_dir.save_figure(figure, run_dir.accuracy_plot_path(), experiment.plot_dpi)
-    plots.close(figure)
+    plots.close(figure, experiment.plot_dpi)
 
 
 def checkpoint(level: int, trial_run: TrialRun) -> dict:

@@ -46,9 +46,27 @@ TRIAL_FIELDS = ("seed", "masks_from")
 # `--resume` without a folder takes the newest run with these of the command line.
 RESUME_LOOKUP = ("dataset", "arch_type", "prune_type")
 
-# Recipe flags added after runs were recorded, each with the value that a run recorded before it
-# existed ran.
-ADDED_LATER = {"augment": False}
+# Recipe flags added after the first release, which recorded only the original's flags, each
+# with the value that a run recorded before it existed ran (the value a default run records now).
+ADDED_LATER = {
+    "prune_scope": "layer",
+    "prune_percent_output": None,
+    "prune_percent_conv": None,
+    "rewind_iter": 0,
+    "rewind_epoch": 0,
+    "init": "xavier",
+    "optimizer": "adam",
+    "momentum": 0.0,
+    "dropout": 0.0,
+    "fclin_depth": None,
+    "pretrain": "none",
+    "pretrain_epochs": None,
+    "val_size": 0,
+    "warmup_iters": 0,
+    "lr_drops": None,
+    "lr_gamma": None,
+    "augment": False,
+}
 
 
 def recorded_args(record: Mapping) -> dict:

@@ -198,11 +198,3 @@ def reinitialize(model: nn.Module, mask: Mask, init: Callable[[nn.Module], objec
     """Random re-initialisation (`reinit`): fresh random weights, then the mask applied."""
     init(model)
     apply_mask(model, mask)
-
-
-def device_masks(model: nn.Module, mask: Mask) -> list[torch.Tensor]:
-    """The mask as tensors beside the weights they freeze, a list aligned with
-    `prunable_weights(model)` (built once per level)."""
-    return [
-        torch.from_numpy(mask[name]).to(p.device, p.dtype) for name, p in prunable(model).items()
-    ]

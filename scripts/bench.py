@@ -77,6 +77,7 @@ from lth.train import (  # noqa: E402
     adam,
     evaluate,
     flush_denormals,
+    steps_per_epoch,
     train_epoch,
 )
 
@@ -316,27 +317,47 @@ def shapes_matmul_rate(layers: list[tuple], flops: int, device: torch.device) ->
     return flops * loops / statistics.median(times)
 
 
-def kernel_floor(model: nn.Module, batch: int, device: torch.device) -> float | None:
+def kernel_floor(
+    model: nn.Module, batch: int, device: torch.device, trials: int = 1
+) -> float | None:
     """Seconds per step of the bare kernels a step of a Linear stack needs at this batch size,
     each timed alone and warm: forward, weight-gradient and input-gradient matmuls of every
     layer, and the fused Adam update of all parameters (`optimizer.step()`). What a step would
-    cost with no other work at all; None for models with other prunable layers than Linear."""
+    cost with no other work at all; None for models with other prunable layers than Linear.
+
+    `trials` > 1: the step of that many trials stacked as `lth.stack`'s `bmm` path computes it
+    (one batched product per layer, features first) and one Adam over the stacked parameters;
+    1: the module's own products."""
     layers = [m for m in model.modules() if isinstance(m, CONV_OR_LINEAR)]
     if not all(type(m) is nn.Linear and m.bias is not None for m in layers):
         return None
     generator = torch.Generator().manual_seed(0)
     kernels: list[Callable[[], object]] = []
+    weights = []
     for i, layer in enumerate(layers):
-        x = torch.randn(batch, layer.in_features, generator=generator).to(device)
-        g = torch.randn(batch, layer.out_features, generator=generator).to(device)
-        w, b = layer.weight.detach(), layer.bias.detach()
-        kernels.append(lambda x=x, w=w, b=b: torch.addmm(b, x, w.t()))
-        kernels.append(lambda x=x, g=g: torch.mm(g.t(), x))
+        out_features, in_features = layer.weight.shape
+        if trials == 1:
+            x = torch.randn(batch, in_features, generator=generator).to(device)
+            g = torch.randn(batch, out_features, generator=generator).to(device)
+            w, b = layer.weight.detach(), layer.bias.detach()
+            kernels.append(lambda x=x, w=w, b=b: torch.addmm(b, x, w.t()))
+            kernels.append(lambda x=x, g=g: torch.mm(g.t(), x))
+            if i > 0:
+                kernels.append(lambda g=g, w=w: torch.mm(g, w))
+            continue
+        x = torch.randn(trials, in_features, batch, generator=generator).to(device)
+        g = torch.randn(trials, out_features, batch, generator=generator).to(device)
+        w = layer.weight.detach().expand(trials, -1, -1).clone()
+        b = layer.bias.detach().expand(trials, -1).clone()
+        weights += [w, b]
+        kernels.append(lambda x=x, w=w, b=b: torch.baddbmm(b.unsqueeze(2), w, x))
+        kernels.append(lambda x=x, g=g: torch.bmm(g, x.transpose(1, 2)))
         if i > 0:
-            kernels.append(lambda g=g, w=w: torch.mm(g, w))
-    copy = deepcopy(model)  # the update, as the step makes it, on a copy of the weights
-    optimizer = adam(copy.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY)
-    for p in copy.parameters():
+            kernels.append(lambda g=g, w=w: torch.bmm(w.transpose(1, 2), g))
+    # the update, as the step makes it, on a copy of the weights
+    updated = list(deepcopy(model).parameters()) if trials == 1 else weights
+    optimizer = adam(updated, lr=1.2e-3, weight_decay=WEIGHT_DECAY)
+    for p in updated:
         p.grad = torch.randn_like(p) * 1e-3
     kernels.append(optimizer.step)
     loops = 50
@@ -472,6 +493,8 @@ def batched_case(
     epoch()  # warm-up
     epoch_times = median_time(epoch, repeats, device)
     epoch_s = statistics.median(epoch_times)
+    floor = kernel_floor(modules[0], BATCH, device, trials) if stacked.path != "loop" else None
+    steps = steps_per_epoch(len(train_set), BATCH)
     return {
         "case": f"batched-{name}",
         "device": str(device),
@@ -484,6 +507,7 @@ def batched_case(
         "epoch_s_all": [round(t, 4) for t in epoch_times],
         "per_trial_s": round(epoch_s / trials, 4),
         "per_trial_per_1k_samples_s": round(1000 * epoch_s / trials / len(train_set), 5),
+        "kernels_per_trial_s": None if floor is None else round(floor * steps / trials, 4),
     }
 
 
@@ -526,7 +550,7 @@ def level_overhead(folder: Path, dpi: int, device: torch.device, repeats: int) -
     def draw() -> None:
         figure = plots.loss_vs_accuracy(history.all_loss, history.all_accuracy, "mnist", "fc1")
         figure.savefig(io.BytesIO(), format="png", dpi=dpi)
-        plots.close(figure)
+        plots.close(figure, dpi)
 
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -695,15 +719,16 @@ def table(rows: list[dict]) -> str:
         lines += [
             "",
             "| batched case | threads | data | samples | trials | path | epoch s | per trial s"
-            " | per trial / one trial |",
-            "|---|---:|---|---:|---:|---|---:|---:|---:|",
+            " | per trial / one trial | kernels per trial s |",
+            "|---|---:|---|---:|---:|---|---:|---:|---:|---:|",
         ]
     for r in batched:
         one = next(b for b in batched if b["case"] == r["case"] and b["trials"] == 1)
         lines.append(
             f"| {r['case']} | {r['threads']} | {r['data']} | {r['samples']} | {r['trials']}"
             f" | {r['path']} | {r['epoch_s']:.3f} | {r['per_trial_s']:.3f}"
-            f" | {r['per_trial_s'] / one['per_trial_s']:.2f} |"
+            f" | {r['per_trial_s'] / one['per_trial_s']:.2f}"
+            f" | {'-' if r['kernels_per_trial_s'] is None else r['kernels_per_trial_s']} |"
         )
     if any("level_s" in r for r in rows):
         lines += [

@@ -6,8 +6,16 @@ from torch import nn
 
 from lth import stack, train
 from lth.data import Split
-from lth.pruning import prunable
+from lth.pruning import Mask, prunable
 from lth.record import TrialRandom
+
+
+def device_masks(model: nn.Module, mask: Mask) -> list[torch.Tensor]:
+    """The mask as tensors beside the weights they freeze, a list aligned with
+    `prunable_weights(model)`: what `epoch_alone` takes."""
+    return [
+        torch.from_numpy(mask[name]).to(p.device, p.dtype) for name, p in prunable(model).items()
+    ]
 
 
 def epoch_alone(

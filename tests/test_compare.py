@@ -121,7 +121,7 @@ def test_given_runs_are_labelled_by_what_differs(made, tmp_path, capsys):
         [100, 80],
         [100, 50, 25],
     ]
-    plots.close(figure)
+    plots.close(figure, 100)
 
     out = tmp_path / "figures"
     argv = [str(made[n]) for n in ("lt20", "reinit20", "lt50")]

@@ -27,13 +27,13 @@ import torch
 import archs
 from lth.data import Split
 from lth.initialization import initialize
-from lth.pruning import device_masks, make_mask, prunable_weights, prune_by_percentile
+from lth.pruning import make_mask, prunable_weights, prune_by_percentile
 from lth.results import RunDir
 from lth.safe_load import load_array_list
 from lth.train import adam
 from tests.conftest import REFERENCE_FLAGS, ROOT
 from tests.resultfiles import assert_same_results, files_under
-from tests.solo import epoch_alone
+from tests.solo import device_masks, epoch_alone
 from tests.test_steps import LR, WEIGHT_DECAY, assert_within_adam_steps
 from tests.test_train import small_split
 

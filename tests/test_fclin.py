@@ -11,14 +11,13 @@ import archs
 from archs.models.fclin import FCLin, RowStandardize, principal_components, standardize_rows
 from lth.data import DATASETS, Split
 from lth.pruning import (
-    device_masks,
     make_mask,
     prunable,
     prunable_weights,
     prune_by_percentile,
 )
 from lth.train import add_input_dropout
-from tests.solo import epoch_alone
+from tests.solo import device_masks, epoch_alone
 
 SPEC = DATASETS["cifar10"]
 

@@ -8,9 +8,9 @@ from torch import nn
 
 import archs
 from lth.initialization import initialize, initializer
-from lth.pruning import device_masks, make_mask, prunable_weights, prune_by_percentile
+from lth.pruning import make_mask, prunable_weights, prune_by_percentile
 from lth.train import add_input_dropout, build_optimizer
-from tests.solo import epoch_alone
+from tests.solo import device_masks, epoch_alone
 from tests.test_pruning import random_split
 
 

@@ -11,7 +11,6 @@ import archs
 from lth.data import Split
 from lth.initialization import initialize
 from lth.pruning import (
-    device_masks,
     make_mask,
     prunable,
     prunable_weights,
@@ -22,7 +21,7 @@ from lth.pruning import (
     weights_left,
 )
 from lth.results import level_tag, mask_to_list
-from tests.solo import epoch_alone
+from tests.solo import device_masks, epoch_alone
 from utils import print_nonzeros
 
 

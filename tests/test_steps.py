@@ -14,11 +14,11 @@ from torchvision.models import DenseNet
 import archs
 from lth.data import Split
 from lth.initialization import initialize
-from lth.pruning import device_masks, make_mask, prunable_weights, prune_by_percentile
+from lth.pruning import make_mask, prunable_weights, prune_by_percentile
 from lth.steps import COMPILE_CHOICES, batch_losses, use_compile
 from lth.train import adam
 from tests.conftest import ROOT
-from tests.solo import alone, epoch_alone, evaluate_alone
+from tests.solo import alone, device_masks, epoch_alone, evaluate_alone
 from tests.test_train import small_split
 
 LR, WEIGHT_DECAY = 1e-3, 1e-4

@@ -9,11 +9,11 @@ import torch
 import archs
 from lth.data import Split
 from lth.initialization import initialize
-from lth.pruning import device_masks, make_mask, prune_by_percentile
+from lth.pruning import make_mask, prune_by_percentile
 from lth.train import adam
 from tests.conftest import ROOT
 from tests.datafiles import write_mnist_files
-from tests.solo import epoch_alone, evaluate_alone
+from tests.solo import device_masks, epoch_alone, evaluate_alone
 from tests.test_main import TINY, run_main
 
 LR, WEIGHT_DECAY = 1e-2, 1e-4
