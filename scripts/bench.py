@@ -703,7 +703,7 @@ def table(rows: list[dict]) -> str:
         "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        if "step" in r:
+        if "samples_per_s" in r:  # a training case
             lines.append(
                 f"| {r['case']} | {r['threads']} | {r['data']} | {r['step']} "
                 f"| {r['compile_s']:.1f} "
@@ -712,7 +712,7 @@ def table(rows: list[dict]) -> str:
                 f"| {r['limit_s']:.3f} | {r['ratio']:.2f} | {r['shapes_gflops']:.0f} "
                 f"| {'-' if r['kernels_s'] is None else format(r['kernels_s'], '.3f')} |"
             )
-    if not any("step" in r for r in rows):
+    if not any("samples_per_s" in r for r in rows):
         lines = []
     batched = [r for r in rows if "trials" in r]
     if batched:

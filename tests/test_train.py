@@ -150,3 +150,27 @@ def test_benchmark_estimates_the_default_experiment_from_its_rows():
     assert plain["minutes"] == round((35 * 100 * 1.5 + 35 * 6.0) / 60, 1)
     compiled = bench.default_experiment(rows, 2, compiled=True)
     assert compiled["minutes"] == round((35 * 100 * 1.0 + 30.0 + 35 * 6.0) / 60, 1)
+
+
+def test_benchmark_prints_its_tables_from_every_kind_of_row(tmp_path):
+    """The rows of a training case, batched cases (one trial and a stack, with the bare kernels'
+    time), the work between levels and the default experiment's estimate, at a tiny size, make
+    the bench's tables."""
+    bench = load_bench()
+    cpu, shape = torch.device("cpu"), (60000, 1, 28, 28)
+    rows = [
+        bench.training_case(
+            "fc1-mnist", "mnist", "fc1", shape, 6000, False, 600, None, cpu, 1e11, 3
+        )
+    ]
+    rows += [
+        bench.batched_case("fc1-mnist", "mnist", "fc1", shape, trials, 600, None, cpu, 3)
+        for trials in (1, 3)
+    ]
+    rows.append(bench.level_overhead(tmp_path, dpi=1200, device=cpu, repeats=1))
+    rows.append(bench.default_experiment(rows, torch.get_num_threads(), compiled=False))
+    text = bench.table(rows)
+    assert "| fc1-mnist |" in text and "default experiment (35 levels x 100 epochs" in text
+    batched = [line for line in text.splitlines() if line.startswith("| batched-fc1-mnist")]
+    assert [line.split(" | ")[5] for line in batched] == ["module", "bmm"]
+    assert all(float(line.split(" | ")[-1].rstrip(" |")) > 0 for line in batched)
