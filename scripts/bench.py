@@ -49,7 +49,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from copy import deepcopy
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -322,8 +321,9 @@ def kernel_floor(
 ) -> float | None:
     """Seconds per step of the bare kernels a step of a Linear stack needs at this batch size,
     each timed alone and warm: forward, weight-gradient and input-gradient matmuls of every
-    layer, and the fused Adam update of all parameters (`optimizer.step()`). What a step would
-    cost with no other work at all; None for models with other prunable layers than Linear.
+    layer, and the fused Adam update of their weights and biases (`optimizer.step()`). What a
+    step would cost with no other work at all; None for models with other prunable layers than
+    Linear.
 
     `trials` > 1: the step of that many trials stacked as `lth.stack`'s `bmm` path computes it
     (one batched product per layer, features first) and one Adam over the stacked parameters;
@@ -333,31 +333,29 @@ def kernel_floor(
         return None
     generator = torch.Generator().manual_seed(0)
     kernels: list[Callable[[], object]] = []
-    weights = []
+    weights = []  # copies, which the timed update changes
     for i, layer in enumerate(layers):
         out_features, in_features = layer.weight.shape
         if trials == 1:
             x = torch.randn(batch, in_features, generator=generator).to(device)
             g = torch.randn(batch, out_features, generator=generator).to(device)
-            w, b = layer.weight.detach(), layer.bias.detach()
+            w, b = layer.weight.detach().clone(), layer.bias.detach().clone()
             kernels.append(lambda x=x, w=w, b=b: torch.addmm(b, x, w.t()))
             kernels.append(lambda x=x, g=g: torch.mm(g.t(), x))
             if i > 0:
                 kernels.append(lambda g=g, w=w: torch.mm(g, w))
-            continue
-        x = torch.randn(trials, in_features, batch, generator=generator).to(device)
-        g = torch.randn(trials, out_features, batch, generator=generator).to(device)
-        w = layer.weight.detach().expand(trials, -1, -1).clone()
-        b = layer.bias.detach().expand(trials, -1).clone()
+        else:
+            x = torch.randn(trials, in_features, batch, generator=generator).to(device)
+            g = torch.randn(trials, out_features, batch, generator=generator).to(device)
+            w = layer.weight.detach().expand(trials, -1, -1).clone()
+            b = layer.bias.detach().expand(trials, -1).clone()
+            kernels.append(lambda x=x, w=w, b=b: torch.baddbmm(b.unsqueeze(2), w, x))
+            kernels.append(lambda x=x, g=g: torch.bmm(g, x.transpose(1, 2)))
+            if i > 0:
+                kernels.append(lambda g=g, w=w: torch.bmm(w.transpose(1, 2), g))
         weights += [w, b]
-        kernels.append(lambda x=x, w=w, b=b: torch.baddbmm(b.unsqueeze(2), w, x))
-        kernels.append(lambda x=x, g=g: torch.bmm(g, x.transpose(1, 2)))
-        if i > 0:
-            kernels.append(lambda g=g, w=w: torch.bmm(w.transpose(1, 2), g))
-    # the update, as the step makes it, on a copy of the weights
-    updated = list(deepcopy(model).parameters()) if trials == 1 else weights
-    optimizer = adam(updated, lr=1.2e-3, weight_decay=WEIGHT_DECAY)
-    for p in updated:
+    optimizer = adam(weights, lr=1.2e-3, weight_decay=WEIGHT_DECAY)  # the update, as the step's
+    for p in weights:
         p.grad = torch.randn_like(p) * 1e-3
     kernels.append(optimizer.step)
     loops = 50
@@ -493,7 +491,9 @@ def batched_case(
     epoch()  # warm-up
     epoch_times = median_time(epoch, repeats, device)
     epoch_s = statistics.median(epoch_times)
-    floor = kernel_floor(modules[0], BATCH, device, trials) if stacked.path != "loop" else None
+    # the kernels of the paths kernel_floor times: a module alone, or the stack's batched products
+    timed = stacked.path in ("module", "bmm")
+    floor = kernel_floor(modules[0], BATCH, device, trials) if timed else None
     steps = steps_per_epoch(len(train_set), BATCH)
     return {
         "case": f"batched-{name}",
