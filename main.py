@@ -160,6 +160,7 @@ def run(args: argparse.Namespace, explicit: set[str]) -> list[str]:
     if experiment.pretrain == "zae":
         pretrain(batch, experiment, loaded.train)
 
+    print_layers(batch[0].model)
     start = 0 if resumed is None else resumed.start
     if resumed is None:
         create_run_dirs(experiment, batch)
@@ -182,6 +183,13 @@ def run(args: argparse.Namespace, explicit: set[str]) -> list[str]:
     for trial_run in batch:
         print(f"\nresults: {trial_run.run_dir.root}\nplots: {trial_run.run_dir.plots}")
     return [f"{t.run_dir.root}: {t.failure}" for t in batch if t.failure is not None]
+
+
+def print_layers(model: nn.Module) -> None:
+    """The original's "Layer Looper": each parameter's name and shape (the batch's trials share
+    them, so once)."""
+    for name, param in model.named_parameters():
+        print(name, param.size())
 
 
 def restore_batch(batch: list[TrialRun], resumed: resume.Resumed, rewinds_late: bool) -> None:
@@ -551,7 +559,9 @@ def reset_survivors(trial_run: TrialRun, init: Initializer) -> None:
 
 def epoch_hook(writer: SummaryWriter, experiment: Experiment, level: int) -> Callable[..., None]:
     """What happens after each epoch of one trial: log it at TensorBoard step
-    level * --end_iter + epoch (epochs counted from step 0, a rewound level's too)."""
+    level * --end_iter + epoch (epochs counted from step 0, a rewound level's too). The epoch's
+    test accuracy is `Accuracy/test_by_epoch`: `Accuracy/test` is the original's per-level tag
+    (`write_level`)."""
 
     def on_epoch(
         epoch: int,
@@ -562,7 +572,7 @@ def epoch_hook(writer: SummaryWriter, experiment: Experiment, level: int) -> Cal
     ) -> None:
         step = level * experiment.end_iter + epoch
         writer.add_scalar("Loss/train", loss, step)
-        writer.add_scalar("Accuracy/test", accuracy, step)
+        writer.add_scalar("Accuracy/test_by_epoch", accuracy, step)
         if val_loss is not None and val_accuracy is not None:
             writer.add_scalar("Loss/validation", val_loss, step)
             writer.add_scalar("Accuracy/validation", val_accuracy, step)
@@ -626,6 +636,10 @@ def write_level(
 
     progress.summary.append(summary_row(level, left, comp, history))
     run_dir.write_summary(progress.summary)
+    # The original's tag: the level's best accuracy at step {comp}, which TensorBoard stores as
+    # an integer (int(64.1) = 64), so levels below 1% share step 0; the two tags after it keep
+    # every level apart.
+    writer.add_scalar("Accuracy/test", history.best_accuracy, int(comp))
     writer.add_scalar("Accuracy/best_by_level", history.best_accuracy, level)
     writer.add_scalar("Accuracy/best_vs_weights_left_x10", history.best_accuracy, round(left * 10))
     writer.flush()

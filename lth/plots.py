@@ -132,7 +132,7 @@ def layer_shares(
             ax.plot(positions, line.y, marker=".", c=colors[i % 10], label=line.label)
             shade(ax, positions, line, colors[i % 10])
         ax.plot(positions, left, c="black", linestyle="--", label="all layers")
-        ax.set_xticks(positions, [f"{c:g}" for c in left], rotation="vertical")
+        ax.set_xticks(positions, [tick_label(c) for c in left], rotation="vertical")
         ax.set_title(title)
         ax.set_xlabel("Unpruned Weights Percentage")
         ax.set_ylim(0, 100)
@@ -145,6 +145,13 @@ def layer_shares(
     fig.suptitle(f"Weights Kept per Layer ({dataset},{arch_type})")
     fig.tight_layout()
     return fig
+
+
+def tick_label(value: float) -> str:
+    """A weights-left tick's text: the original's for its one-decimal figures (`plt.xticks`
+    with the numpy values: "100.0", "64.1"), other values in 6 significant digits."""
+    text = f"{value:.1f}"
+    return text if float(text) == value else f"{value:g}"
 
 
 def against_weights(lines: Lines) -> tuple[Figure, Axes]:
@@ -160,7 +167,7 @@ def against_weights(lines: Lines) -> tuple[Figure, Axes]:
             color = "blue" if len(lines) == 1 else colors[i % 10]
             ax.plot(positions, line.y, c=color, label=line.label)
             shade(ax, positions, line, color)
-        ax.set_xticks(positions, [f"{c:g}" for c in comp], rotation="vertical")
+        ax.set_xticks(positions, [tick_label(c) for c in comp], rotation="vertical")
     else:
         for i, line in enumerate(lines):
             ax.plot(line.x, line.y, marker=".", c=colors[i % 10], label=line.label)

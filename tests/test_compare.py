@@ -206,3 +206,15 @@ def test_the_lines_are_printed_as_a_table_of_accuracy_by_level(made, tmp_path, c
     header = next(i for i, text in enumerate(printed) if text.startswith("line"))
     assert printed[header].split() == ["line", "level", "weights_left", "accuracy"]
     assert len(printed) - header - 1 >= 2 + 3  # 2 levels of lt20, 3 of lt50
+
+
+def test_the_levels_are_labelled_with_the_original_text_of_their_weights_left():
+    """The original's `plt.xticks(a, comp)` labels each level with the numpy value's text,
+    "100.0" and "64.1"; values with more decimals keep 6 significant digits."""
+    figure = plots.accuracy_vs_weights(
+        [("lt", [100.0, 80.0, 64.1, 1.8], [98, 98, 97, 90])], "m", "f"
+    )
+    labels = [text.get_text() for text in figure.axes[0].get_xticklabels()]
+    assert labels == ["100.0", "80.0", "64.1", "1.8"]
+    plots.close(figure, 100)
+    assert [plots.tick_label(v) for v in (51.234567, 0.05, 7.0)] == ["51.2346", "0.05", "7.0"]

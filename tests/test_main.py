@@ -16,6 +16,7 @@ from torch import nn
 import main
 from tests.conftest import ROOT
 from tests.datafiles import write_cifar_files, write_mnist_files
+from tests.resultfiles import scalars
 
 TINY = ["--end_iter", "2", "--plot_dpi", "20", "--seed", "0", "--batch_size", "32"]
 
@@ -113,7 +114,15 @@ def test_every_result_file_exists_loads_and_makes_sense(tmp_path, dataset, prune
     assert record["seed"] == 0 and record["args"]["dataset"] == dataset
     assert record["versions"]["torch"] == importlib.metadata.version("torch")
     assert record["args"]["prune_type"] == prune_type and "git_commit" in record
-    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    # TensorBoard: the original's `Accuracy/test`, each level's best accuracy at step {comp}
+    # (as an integer, as the original's writer stored it); each epoch under its own tags
+    logged = scalars(run / "tensorboard")
+    per_level = [(int(c), pytest.approx(b)) for c, b in zip(comp, best, strict=True)]
+    assert logged["Accuracy/test"] == per_level[::-1]  # in step order: {comp} falls
+    assert logged["Accuracy/best_by_level"] == [(i, pytest.approx(b)) for i, b in enumerate(best)]
+    by_epoch = [a for c in comp for a in load_dump(dumps / f"{pt}_all_accuracy_{c:.1f}.dat")]
+    assert [v for _, v in logged["Accuracy/test_by_epoch"]] == pytest.approx(by_epoch)
+    assert [step for step, _ in logged["Loss/train"]] == list(range(2 * levels))
 
 
 def _linear_weights(model: nn.Module) -> list[torch.Tensor]:
@@ -146,3 +155,20 @@ def test_command_line_run_prints_where_the_results_are(tmp_path, mnist_data):
     assert "seed: 0" in result.stdout
     assert f"results: results/{only_run(tmp_path).name}" in result.stdout
     assert "CUDA is not available" in result.stdout or torch.cuda.is_available()
+
+
+def test_the_parameters_are_listed_once_before_the_levels_as_the_original_did(tmp_path, capsys):
+    source = write_mnist_files(tmp_path / "source")
+    flags = [*TINY, "--prune_iterations=1", f"--data_source={source}", "--seed", "0", "1"]
+    assert run_main(tmp_path, *flags, f"--data_dir={tmp_path / 'data'}") == 0
+    out = capsys.readouterr().out
+    listed = [line for line in out.splitlines() if "torch.Size" in line]
+    assert listed == [
+        "classifier.0.weight torch.Size([300, 784])",
+        "classifier.0.bias torch.Size([300])",
+        "classifier.2.weight torch.Size([100, 300])",
+        "classifier.2.bias torch.Size([100])",
+        "classifier.4.weight torch.Size([10, 100])",
+        "classifier.4.bias torch.Size([10])",
+    ]
+    assert out.index("torch.Size") < out.index("--- Pruning Level [0:0/1]")
