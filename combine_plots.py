@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import archs
-from lth import layer_shares, plots, runs
+from lth import cli, layer_shares, plots, runs
 from lth.cli import OneDefaultFormatter, OneLineParser, arch_options, flag_group
 from lth.errors import UserError, one_line
 from lth.results import save_png, write_csv
@@ -87,8 +87,7 @@ COMBINE_FLAG_GROUPS = (add_run_arguments, add_figure_arguments)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.dpi < 1:
-            raise UserError(f"--dpi must be at least 1, got {args.dpi}")
+        check_flags(args)
         if args.run_dirs:
             groups = [check_same_experiment([runs.load_run(d) for d in args.run_dirs])]
             out = (
@@ -107,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(str(error))}", file=sys.stderr)
         return 2
     return 0
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """UserError for a flag that cannot work, before any run is read or anything drawn."""
+    cli.check_dpi("--dpi", args.dpi)
+    cli.check_not_empty("--results_root", args.results_root)
+    if args.out is not None:
+        cli.check_folder("--out", args.out)
 
 
 def check_same_experiment(group: list[runs.Run]) -> list[runs.Run]:

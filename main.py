@@ -134,13 +134,11 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, explicit: set[str]) -> list[str]:
     """The whole batch; returns one line for each trial that stopped (its loss not finite)."""
     flush_denormals()  # first: CPU threads started before it would keep denormals
-    resumed = resume.locate(args, explicit) if args.resume is not None else None
+    resumed = resume.locate(args, explicit, cli.validate) if args.resume is not None else None
     if resumed is None:
         experiment, trials = describe_batch(args, explicit)
     else:
         experiment, trials = resumed.experiment, resumed.trials
-        for arguments in resumed.arguments:
-            cli.validate(arguments)
     print(f"seed: {' '.join(str(t.seed) for t in trials)}")
     device = select_device(experiment.gpu)
     deterministic_algorithms(device)  # before any cuBLAS work
@@ -153,7 +151,8 @@ def run(args: argparse.Namespace, explicit: set[str]) -> list[str]:
     batch = [build_trial(experiment, trial, loaded.train, init, device) for trial in trials]
     check_memory(experiment, batch, loaded.train, device)
     if resumed is not None:  # before anything is written
-        restore_batch(batch, resumed, cli.rewind_step(experiment, epoch_steps) > 0)
+        rewinds_late = cli.rewind_step(experiment, epoch_steps) > 0
+        restore_batch(batch, resumed, rewinds_late, experiment.prune_iterations)
     for trial_run in batch:
         if trial_run.trial.masks_from is not None:
             check_saved_masks(trial_run.model, trial_run.trial.masks_from, experiment)
@@ -192,12 +191,16 @@ def print_layers(model: nn.Module) -> None:
         print(name, param.size())
 
 
-def restore_batch(batch: list[TrialRun], resumed: resume.Resumed, rewinds_late: bool) -> None:
+def restore_batch(
+    batch: list[TrialRun], resumed: resume.Resumed, rewinds_late: bool, levels: int
+) -> None:
     """Each trial of a resumed batch back in its folder and, where it has a checkpoint, where
-    that left it (its initial and rewind states read from their result files)."""
+    that left it (its initial and rewind states read from their result files), once every
+    checkpoint is known to fit its trial (`resume.check_checkpoint`)."""
     for trial_run, run_dir, saved in zip(batch, resumed.run_dirs, resumed.checkpoints, strict=True):
         trial_run.run_dir = run_dir
         if saved is not None:
+            resume.check_checkpoint(saved, run_dir.checkpoint_path(), trial_run.model, levels)
             classes = saved_model_classes(trial_run.model)
             restore_trial(trial_run, resume.whole_checkpoint(saved, run_dir, rewinds_late, classes))
 
@@ -361,10 +364,17 @@ def restore_trial(trial_run: TrialRun, checkpoint: dict) -> None:
     process's generators, which its "rng" holds.
     """
     trial_run.model.load_state_dict(checkpoint["model_state"])
-    restore_rng_states(checkpoint["rng"])
-    own = checkpoint.get("trial_rng", checkpoint["rng"])
-    trial_run.random = TrialRandom.from_state(own)
-    trial_run.progress = Progress(**checkpoint["progress"])
+    path = trial_run.run_dir.checkpoint_path()
+    try:  # the generators' states are checked by restoring them
+        restore_rng_states(checkpoint["rng"])
+        own = checkpoint.get("trial_rng", checkpoint["rng"])
+        trial_run.random = TrialRandom.from_state(own)
+        trial_run.progress = Progress(**checkpoint["progress"])
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
+        raise UserError(
+            f"checkpoint {path} does not fit this run: its generators' or progress' states"
+            f" cannot be restored ({type(error).__name__}); {resume.RESTART}"
+        ) from None
 
 
 def run_level(

@@ -19,6 +19,7 @@ node (or Ray worker) dies is started again by the sweep itself, at most RESTARTS
 import argparse
 import fcntl
 import itertools
+import math
 import os
 import re
 import subprocess
@@ -26,6 +27,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 import combine_plots
 from lth import cli, experiment, resume, runs
@@ -155,10 +158,7 @@ def make_tasks(options: argparse.Namespace, main_flags: list[str]) -> list[Task]
     if given:
         name = sorted(given)[0]
         raise UserError(f"--{name} after `--`: give it to sweep.py itself (see --help)")
-    if options.cpus_per_run < 0 or options.gpus_per_run < 0:
-        raise UserError("--cpus_per_run and --gpus_per_run must not be negative")
-    if options.batch is not None and options.batch < 1:
-        raise UserError(f"--batch must be at least 1, got {options.batch}")
+    check_own_flags(options)
     for prune_type in options.prune_type:
         if prune_type not in PRUNE_TYPES:
             raise UserError(
@@ -183,6 +183,30 @@ def make_tasks(options: argparse.Namespace, main_flags: list[str]) -> list[Task]
         tasks.append(Task(name, args, argv, prune_type=prune_type, seed=seed, percent=percent))
     link_controls(tasks)
     return tasks
+
+
+def check_own_flags(options: argparse.Namespace) -> None:
+    """UserError for a value of sweep.py's own flags that would fail or wait forever in Ray, or
+    write where it should not; before Ray starts or anything is written."""
+    cli.check_folder("--results_root", options.results_root)
+    if options.num_cpus is not None and options.num_cpus < 1:
+        raise UserError(f"--num_cpus must be at least 1, got {options.num_cpus}")
+    if not (math.isfinite(options.cpus_per_run) and options.cpus_per_run > 0):
+        raise UserError(
+            f"--cpus_per_run must be a finite number above 0, got {options.cpus_per_run}"
+        )
+    if not (math.isfinite(options.gpus_per_run) and options.gpus_per_run >= 0):
+        raise UserError(
+            f"--gpus_per_run must be a finite number, 0 or more, got {options.gpus_per_run}"
+        )
+    visible = torch.cuda.device_count()
+    if options.address is None and options.gpus_per_run > visible:
+        raise UserError(
+            f"--gpus_per_run {options.gpus_per_run:g}: this machine has {visible} CUDA device(s);"
+            " give at most that, or --address of a cluster with GPUs"
+        )
+    if options.batch is not None and options.batch < 1:
+        raise UserError(f"--batch must be at least 1, got {options.batch}")
 
 
 def link_controls(tasks: list[Task]) -> None:
@@ -574,6 +598,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {one_line(str(error))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "\nsweep: interrupted; finished runs and levels are kept: the same command again"
+            " skips the finished runs, resumes the interrupted ones and starts the rest",
+            file=sys.stderr,
+        )
+        return 130
     return 1 if any(task.status == "failed" for task in tasks) else 0
 
 

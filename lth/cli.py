@@ -5,6 +5,7 @@ import math
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 import archs
@@ -17,6 +18,9 @@ PRUNE_TYPES = ("lt", "reinit", "random", *KEEP_TRAINED, *AT_INIT)
 PRUNE_SCOPES = ("layer", "global")
 PRETRAINING = ("none", "zae")
 OPTIMIZERS = ("adam", "sgd")
+MAX_END_ITER = 1_000_000  # epochs per level: more is a typo, and numpy arrays of it fail
+MAX_PRUNE_ITERATIONS = 10_000  # levels: at 10% per level, 10,000 leave ~1e-458 of the weights
+MAX_DPI = 2400  # twice the original's 1200: a 6.4x4.8-inch figure is already a ~700 MB raster
 REWIND_REFUSAL = {
     "reinit": "reinit draws new weights",
     **{kind: f"{kind} keeps the trained weights" for kind in KEEP_TRAINED},
@@ -357,6 +361,35 @@ def _at_least_one(args: argparse.Namespace, *names: str) -> None:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
 
 
+def _at_most(args: argparse.Namespace, name: str, limit: int) -> None:
+    if getattr(args, name) > limit:
+        raise UserError(f"--{name} must be at most {limit}, got {getattr(args, name)}")
+
+
+def check_dpi(flag: str, dpi: int) -> None:
+    """UserError unless `dpi` (of `flag`) is in 1..MAX_DPI."""
+    if not 1 <= dpi <= MAX_DPI:
+        raise UserError(f"{flag} must be in 1..{MAX_DPI}, got {dpi}")
+
+
+def check_not_empty(flag: str, path: str) -> None:
+    """UserError for an empty path, which would mean the current folder."""
+    if not path:
+        raise UserError(f"{flag} must not be empty")
+
+
+def check_folder(flag: str, path: str) -> None:
+    """UserError unless `path` can be a folder to write into: not empty, not a file, not below
+    a file (a folder that does not exist yet is fine)."""
+    check_not_empty(flag, path)
+    for place in (Path(path), *Path(path).parents):
+        if place.exists():
+            if place.is_dir():
+                return
+            where = "" if place == Path(path) else f" (below the file {place})"
+            raise UserError(f"{flag} {path} is a file, not a folder{where}")
+
+
 def validate(args: argparse.Namespace) -> None:
     """Check every value before anything is loaded or written; raise UserError on the first fault."""
     if args.dataset not in data.DATASETS:
@@ -374,7 +407,9 @@ def validate(args: argparse.Namespace) -> None:
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UserError(f"--lr must be a positive number, got {args.lr}")
     _at_least_one(args, "prune_iterations", "end_iter", "batch_size", "valid_freq", "print_freq")
-    _at_least_one(args, "plot_dpi")
+    _at_most(args, "end_iter", MAX_END_ITER)
+    _at_most(args, "prune_iterations", MAX_PRUNE_ITERATIONS)
+    check_dpi("--plot_dpi", args.plot_dpi)
     if not 0 <= args.start_iter < args.prune_iterations:
         raise UserError(
             f"--start_iter must be in 0..{args.prune_iterations - 1} (--prune_iterations - 1),"
@@ -388,6 +423,8 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError(f"--gpu must be a device index such as 0 or 1, got {args.gpu!r}")
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise UserError(f"--seed must be in 0..{2**32 - 1}, got {args.seed}")
+    for name in ("results_root", "data_dir"):
+        check_not_empty(f"--{name}", getattr(args, name))
     _validate_beyond_original(args)
     if args.data_source is not None:  # last: every flag's own fault is named before the files
         data.check_source(args.dataset, args.data_source)

@@ -14,8 +14,12 @@ recipe) and its `Trial`s.
 """
 
 import json
+import types
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from lth.errors import UserError
 
 COMPILE_CHOICES = ("auto", "on", "off")  # steps.use_compile says what each means
 # The paper's control as a prune type of a batch: reinit with the masks of the batch's lt trial of
@@ -73,6 +77,75 @@ def recorded_args(record: Mapping) -> dict:
     """The arguments of a run's args.json `record`, with the value of each flag of ADDED_LATER
     it predates: so an older run resumes, groups and matches as the same run recorded now."""
     return {**ADDED_LATER, **record["args"]}
+
+
+# What every args.json records, from the first release on, and reading a run needs.
+REQUIRED = ("dataset", "arch_type", "prune_type", "prune_iterations")
+
+
+def check_record(record: object, path: Path | str) -> dict:
+    """The recorded arguments of an args.json's content `record` (`recorded_args`), once it is
+    known to hold only what main.py writes there, each value of its flag's type: the run's
+    arguments, the "batch" it ran in (its trials' folders: names of siblings, no paths) and its
+    "resumes" (each changing NEUTRAL flags only). UserError naming `path` otherwise, so that a
+    damaged or foreign args.json is refused before anything reads it further.
+    """
+
+    def refuse(what: str) -> UserError:
+        return UserError(f"{path} is not an args.json lth wrote: {what}")
+
+    if not isinstance(record, dict) or not isinstance(record.get("args"), dict):
+        raise refuse('it holds no "args" object')
+    args = recorded_args(record)
+    missing = [name for name in REQUIRED if name not in args]
+    if missing:
+        raise refuse(f"its arguments lack {', '.join(missing)}")
+    for name, value in args.items():
+        kinds = RECORDED_TYPES.get(name)
+        if kinds is not None and not _of_kinds(value, kinds):
+            raise refuse(f"{name} is {value!r}, not {' or '.join(k.__name__ for k in kinds)}")
+    batch = record.get("batch", {})
+    runs = batch.get("runs", []) if isinstance(batch, dict) else None
+    if not isinstance(runs, list) or not all(_sibling_name(name) for name in runs):
+        raise refuse('its "batch" is not a list of the batch\'s run folder names')
+    ticket = batch.get("ticket")
+    if ticket is not None and not (_of_kinds(ticket, (int,)) and 0 <= ticket < len(runs)):
+        raise refuse(f'its "batch" names trial {ticket!r} as its ticket')
+    resumes = record.get("resumes", [])
+    changed = (
+        [e.get("changed") if isinstance(e, dict) else None for e in resumes]
+        if isinstance(resumes, list)
+        else [None]
+    )
+    for entry in changed:
+        if not isinstance(entry, dict) or not all(
+            name in NEUTRAL
+            and isinstance(pair, list)
+            and len(pair) == 2
+            and _of_kinds(pair[1], RECORDED_TYPES[name])
+            for name, pair in entry.items()
+        ):
+            raise refuse('its "resumes" change more than the flags a resume may change')
+    if not isinstance(record.get("started", ""), str):
+        raise refuse('its "started" is not a time')
+    return args
+
+
+def _sibling_name(name: object) -> bool:
+    """Whether `name` names a folder beside the run's own: one plain path component."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and Path(name).name == name
+        and ("\\" not in name)
+    )
+
+
+def _of_kinds(value: object, kinds: tuple[type, ...]) -> bool:
+    """isinstance, with an int as a float too and a bool as neither."""
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds) or (float in kinds and isinstance(value, int))
 
 
 def is_control(args: Mapping) -> bool:
@@ -166,3 +239,22 @@ class Trial:
             "resume": None,
             "start_iter": 0,
         }
+
+
+def _kinds(annotation: object) -> tuple[type, ...]:
+    """The types a field's annotation allows (`str | None` -> (str, NoneType))."""
+    if isinstance(annotation, types.UnionType):
+        return tuple(annotation.__args__)
+    return (annotation,)  # type: ignore[return-value]
+
+
+# The type of every argument an args.json records: the recipe's (Experiment's fields), a trial's,
+# and the resume flags.
+RECORDED_TYPES: dict[str, tuple[type, ...]] = {
+    **{f.name: _kinds(f.type) for f in fields(Experiment)},
+    "seed": (int, type(None)),
+    "prune_type": (str,),
+    "masks_from": (str, type(None)),
+    "resume": (str, type(None)),
+    "start_iter": (int,),
+}

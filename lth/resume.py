@@ -12,13 +12,15 @@ ahead of the others.
 """
 
 import argparse
+import copy
 import json
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,8 +33,10 @@ from lth.experiment import (
     RESUME_LOOKUP,
     Experiment,
     Trial,
+    check_record,
     recorded_args,
 )
+from lth.pruning import prunable
 from lth.results import RunDir, mask_from_bool, mask_to_bool
 from lth.safe_load import load_torch
 
@@ -65,8 +69,9 @@ class Resumed:
 
 
 def read_record(folder: Path) -> dict:
+    """The content of the run's args.json, once `experiment.check_record` has checked it."""
     try:
-        return json.loads((folder / "args.json").read_text())
+        record = json.loads((folder / "args.json").read_text())
     except FileNotFoundError:
         raise UserError(
             f"--resume {folder}: no args.json there, so it is not a run folder"
@@ -74,6 +79,8 @@ def read_record(folder: Path) -> dict:
         ) from None
     except (OSError, ValueError) as error:
         raise UserError(f"--resume {folder}: args.json cannot be read ({error})") from None
+    check_record(record, folder / "args.json")
+    return record
 
 
 def current_args(record: dict) -> dict:
@@ -126,9 +133,9 @@ def changed_flags(recorded: dict, args: argparse.Namespace, explicit: set[str]) 
     return changed
 
 
-def finished_levels(run_dir: RunDir) -> int:
+def finished_levels(run_dir: RunDir, levels: int) -> int:
     """How many levels have finished: one more than the checkpoint's level (0 without one).
-    UserError when the checkpoint is damaged."""
+    UserError when the checkpoint is damaged or its level is not one of the run's `levels`."""
     path = run_dir.checkpoint_path()
     if not path.exists():
         older = sorted(path.parent.glob("level_*.pth"))
@@ -143,6 +150,11 @@ def finished_levels(run_dir: RunDir) -> int:
     if level is None:
         load_verified(path, "checkpoint")  # raises, naming the damage
         raise UserError(f"checkpoint {path} does not record its level; {RESTART}")
+    if not 0 <= level < levels:
+        raise UserError(
+            f"checkpoint {path} records level {level}, not one of the run's 0..{levels - 1};"
+            f" {RESTART}"
+        )
     return level + 1
 
 
@@ -180,6 +192,51 @@ def load_checkpoint(path: Path) -> dict:
             f" {', '.join(sorted(missing))}); {RESTART}"
         )
     return state
+
+
+def check_checkpoint(state: dict, path: Path, model: nn.Module, levels: int) -> None:
+    """UserError naming `path` unless the checkpoint `state` (`load_checkpoint`'s) fits the run
+    it is resumed into: every tensor of the model by name and shape, a boolean mask of each
+    prunable weight's shape (booleans, or
+    ones and zeros in older checkpoints), the per-level arrays one entry per level, a `{comp}` text and a
+    summary row for each finished level. Checked before anything is restored or written."""
+
+    def refuse(what: str) -> UserError:
+        return UserError(f"checkpoint {path} does not fit this run: {what}; {RESTART}")
+
+    own = model.state_dict()
+    saved = state["model_state"]
+    if not isinstance(saved, dict) or set(saved) != set(own):
+        raise refuse("its model state names other tensors than the network's")
+    for name, tensor in own.items():
+        if not isinstance(saved[name], torch.Tensor) or saved[name].shape != tensor.shape:
+            raise refuse(f"its {name} is not a tensor of shape {tuple(tensor.shape)}")
+    progress = state["progress"]
+    if not isinstance(progress, dict):
+        raise refuse("its progress is not a record")
+    mask, weights = progress.get("mask"), prunable(model)
+    if not isinstance(mask, dict) or set(mask) != set(weights):
+        raise refuse("its mask names other weights than the network's prunable ones")
+    for name, weight in weights.items():
+        entry = mask[name]
+        if not (isinstance(entry, np.ndarray) and np.isin(entry, (0, 1)).all()):
+            raise refuse(f"its mask of {name} is not an array of ones and zeros")
+        if entry.shape != tuple(weight.shape):
+            raise refuse(f"its mask of {name} is not of shape {tuple(weight.shape)}")
+    for name in ("comp", "bestacc"):
+        values = progress.get(name)
+        if not (isinstance(values, np.ndarray) and values.dtype.kind == "f"):
+            raise refuse(f"its {name} is not an array of numbers")
+        if values.shape != (levels,):
+            raise refuse(f"its {name} has not one entry for each of the {levels} levels")
+    done = state["level"] + 1
+    tags, summary = progress.get("tags"), progress.get("summary")
+    if not (isinstance(tags, list) and len(tags) == done and all(isinstance(t, str) for t in tags)):
+        raise refuse(f"its level tags are not {done} texts")
+    if not (isinstance(summary, list) and len(summary) == done):
+        raise refuse(f"its summary has not {done} rows")
+    if not all(isinstance(row, dict) for row in summary):
+        raise refuse("its summary rows are not records")
 
 
 def checkpoint_progress(progress: dict) -> dict:
@@ -291,8 +348,14 @@ def staged_level(run_dir: RunDir) -> int | None:
         return None
 
 
-def locate(args: argparse.Namespace, explicit: set[str]) -> Resumed:
+def locate(
+    args: argparse.Namespace, explicit: set[str], validate: Callable[[argparse.Namespace], None]
+) -> Resumed:
     """Merge the recorded arguments with the command line and find where the batch continues.
+
+    `validate` (the command line's check, `cli.validate`) checks each trial's arguments as
+    recorded, its error then naming the args.json, and as the command line changes them, before
+    anything in the folders changes.
 
     A result-neutral flag (NEUTRAL) given on the command line replaces the recorded value; any
     other must agree with it. --start_iter 0 starts the batch again; otherwise it continues
@@ -307,11 +370,15 @@ def locate(args: argparse.Namespace, explicit: set[str]) -> Resumed:
     check_trial_flags(args, explicit, recorded)
     changed = changed_flags(recorded[0], args, explicit)
     arguments = []
-    for values in recorded:
-        merged = argparse.Namespace(**{**vars(args), **values})
+    for values, trial_folder in zip(recorded, folders, strict=True):
+        merged = argparse.Namespace(**{**vars(args), **values, "resume": str(folder)})
+        try:
+            validate(copy.copy(merged))
+        except UserError as error:
+            raise UserError(f"{trial_folder / 'args.json'}: {error}") from None
         for name, (_, new) in changed.items():
             setattr(merged, name, new)
-        merged.resume = str(folder)
+        validate(merged)
         arguments.append(merged)
     run_dirs = [
         RunDir(f, a.arch_type, a.dataset, a.prune_type)
@@ -322,7 +389,7 @@ def locate(args: argparse.Namespace, explicit: set[str]) -> Resumed:
     levels = arguments[0].prune_iterations
     stopped = [d.failed_at() for d in run_dirs]
     live = [i for i, d in enumerate(run_dirs) if stopped[i] is None]
-    finished = {run_dirs[i].root.name: finished_levels(run_dirs[i]) for i in live}
+    finished = {run_dirs[i].root.name: finished_levels(run_dirs[i], levels) for i in live}
     if not again and len(set(finished.values())) > 1:
         shown = ", ".join(f"{name} {done}" for name, done in finished.items())
         raise UserError(

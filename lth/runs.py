@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lth.errors import UserError
-from lth.experiment import BOOKKEEPING, is_control, recipe, recorded_args
+from lth.experiment import BOOKKEEPING, check_record, is_control, recipe
 from lth.results import RunDir, level_tag
 from lth.safe_load import Refused, load_array
 
@@ -107,20 +107,27 @@ class Run:
 
 
 def read_run(folder: Path | str) -> Run | None:
-    """The run in `folder`, or None when `folder` holds no readable args.json."""
+    """The run in `folder`, or None when `folder` holds no args.json lth wrote (`checked_run`)."""
+    try:
+        return checked_run(folder)
+    except UserError:
+        return None
+
+
+def checked_run(folder: Path | str) -> Run:
+    """The run in `folder`; UserError when it has no readable args.json, or one that
+    `experiment.check_record` refuses (the error says why)."""
     folder = Path(folder)
     try:
         record = json.loads((folder / "args.json").read_text())
-        return Run(folder, recorded_args(record), record.get("started", ""))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    except (OSError, ValueError):
+        raise UserError(f"{folder} is not a run folder (no readable args.json)") from None
+    return Run(folder, check_record(record, folder / "args.json"), record.get("started", ""))
 
 
 def load_run(folder: Path | str) -> Run:
     """The complete run in `folder`; UserError when it is not a run folder or not finished."""
-    run = read_run(folder)
-    if run is None:
-        raise UserError(f"{folder} is not a run folder (no readable args.json)")
+    run = checked_run(folder)
     if not run.complete:
         raise UserError(
             f"{folder} is not complete (its last level, {run.args['prune_iterations'] - 1},"

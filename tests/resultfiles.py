@@ -124,4 +124,6 @@ def back_to_level(run: Path, level: int) -> None:
     path = run / "checkpoints" / "latest.pth"
     state = torch.load(path, weights_only=False)
     state["level"] = level
+    for name in ("tags", "summary"):  # one for each finished level, as resume checks
+        state["progress"][name] = state["progress"][name][: level + 1]
     torch.save(state, path)

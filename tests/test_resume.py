@@ -328,6 +328,7 @@ def test_resume_alone_picks_the_newest_run_with_the_same_data_arch_and_prune_typ
 
     def made(name, started, **changes):
         recorded = {"dataset": "mnist", "arch_type": "fc1", "prune_type": "lt", **changes}
+        recorded["prune_iterations"] = 3
         (tmp_path / name).mkdir()
         (tmp_path / name / "args.json").write_text(
             json.dumps({"args": recorded, "started": started})
