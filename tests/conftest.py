@@ -141,3 +141,20 @@ def reference_run(tmp_path_factory, mnist_data) -> Path:
 def kept_checkpoints(reference_run: Path) -> Path:
     """The folder of the reference run's checkpoints, one per level (see keep_checkpoints)."""
     return reference_run.parent.parent / "kept"
+
+
+def refused(capsys, command, *words: str) -> str:
+    """Run `command()`; it must exit 2 (returned, or argparse's SystemExit) with one line on
+    stderr, no traceback, that contains each of `words`. Returns that line."""
+    capsys.readouterr()
+    try:
+        status = command()
+    except SystemExit as exit_:  # argparse's own refusals
+        status = exit_.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]

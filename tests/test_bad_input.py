@@ -8,7 +8,7 @@ import pytest
 
 import main
 from lth import data
-from tests.conftest import ROOT
+from tests.conftest import ROOT, refused
 from tests.datafiles import write_mnist_files
 
 
@@ -16,18 +16,9 @@ def check_refused(tmp_path: Path, capsys, flags: list[str], *words: str) -> str:
     """Run main with `flags` in tmp_path; it must exit 2 with one line containing `words`."""
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(tmp_path)
-        try:
-            status = main.main(flags)
-        except SystemExit as exit_:  # argparse's own refusals
-            status = exit_.code
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert status == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
+        line = refused(capsys, lambda: main.main(flags), *words)
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
-    return lines[0]
+    return line
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,6 @@
 """Values past what a run can do (huge counts and resolutions, empty or file paths, Ray options
 that wait forever) and Ctrl-C in a sweep: one line on stderr, no traceback, nothing written."""
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,22 +10,7 @@ import combine_plots
 import main
 import sweep
 from lth import cli
-
-
-def refused(capsys, command: Callable[[], int], *words: str) -> str:
-    """Run `command`; it must exit 2 with one line on stderr that contains `words`."""
-    capsys.readouterr()
-    try:
-        status = command()
-    except SystemExit as exit_:  # argparse's own refusals
-        status = exit_.code
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert status == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
+from tests.conftest import refused
 
 
 def empty(folder: Path) -> bool:

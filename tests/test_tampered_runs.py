@@ -12,7 +12,7 @@ import torch
 
 import combine_plots
 import main
-from tests.conftest import kept_checkpoints
+from tests.conftest import kept_checkpoints, refused
 from tests.resultfiles import snapshot, stopped_after
 
 
@@ -24,13 +24,7 @@ def copy_of(finished: Path, where: Path, name: str | None = None) -> Path:
 
 
 def one_line_refusal(capsys, argv: list[str], command=main.main) -> str:
-    capsys.readouterr()
-    status = command(argv)
-    captured = capsys.readouterr()
-    lines = captured.err.splitlines()
-    assert status == 2, captured
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    return lines[0]
+    return refused(capsys, lambda: command(argv))
 
 
 def edit_record(run: Path, change) -> None:
