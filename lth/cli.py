@@ -427,6 +427,7 @@ def validate(args: argparse.Namespace) -> None:
         check_not_empty(f"--{name}", getattr(args, name))
     _validate_beyond_original(args)
     if args.data_source is not None:  # last: every flag's own fault is named before the files
+        check_not_empty("--data_source", args.data_source)
         data.check_source(args.dataset, args.data_source)
 
 

@@ -52,7 +52,7 @@ def test_the_limits_themselves_are_accepted():
     cli.validate(cli.one_trial(cli.parse_args(argv)))
 
 
-@pytest.mark.parametrize("name", ["results_root", "data_dir"])
+@pytest.mark.parametrize("name", ["results_root", "data_dir", "data_source"])
 def test_main_refuses_an_empty_path(tmp_path, capsys, monkeypatch, mnist_data, name):
     monkeypatch.chdir(tmp_path)  # an empty path would write here
     argv = [*mnist_data, f"--results_root={tmp_path / 'results'}", "--seed=0", f"--{name}="]
