@@ -6,10 +6,12 @@ Files reach --data_dir in one of four ways, tried in this order: already there; 
 CIFAR `.tar.gz`) or, for Fashion-MNIST, from Debian's dataset-fashion-mnist package; downloaded by
 torchvision. Every import is checked first and written under temporary names that are renamed into
 place, so several processes can import the same data set into the same folder at once. A
---data_source must hold the files whenever it is given, even when --data_dir already has them.
+--data_source must hold the files whenever it is given, and when --data_dir already has a copy,
+that copy must hold the same data (so that a run never records one source and trains on another).
 """
 
 import contextlib
+import filecmp
 import gzip
 import os
 import pickle
@@ -269,6 +271,8 @@ def _ensure_files(spec: DatasetSpec, root: Path, data_source: Path | None) -> No
     target = root / spec.folder
     if all((target / name).is_file() for name in spec.files):
         _check_present(spec, root)
+        if data_source is not None:
+            _check_same_as_source(spec, root, data_source)
         return
     if data_source is not None:
         source, where = data_source, f"--data_source {data_source}"
@@ -291,6 +295,56 @@ def _ensure_files(spec: DatasetSpec, root: Path, data_source: Path | None) -> No
             f"dataset {spec.name}: missing {missing} in {target} and the download failed; "
             f"{there}, or pass --data_source DIR with {formats}"
         )
+
+
+def _check_same_as_source(spec: DatasetSpec, root: Path, source: Path) -> None:
+    """UserError unless the copy of the data set in --data_dir holds what --data_source would
+    import, so that a run never records one source and trains on another copy. The source is
+    imported into a scratch folder beside the copy (removed after) and compared with it: the idx
+    files byte for byte, CIFAR's pickles by their content (a copy torchvision downloaded keeps
+    bytes keys, which an import gives as str)."""
+    where = f"--data_source {source}"
+    scratch = _temp_name(root, "compare")
+    try:
+        if spec.is_idx:
+            (scratch / spec.folder).mkdir(parents=True)
+            _import_idx(spec, source, scratch, where)
+        else:
+            scratch.mkdir()
+            _import_cifar(spec, source, scratch, where)
+        differing = [
+            name
+            for i, name in enumerate(spec.files)
+            if not _same_file(spec, scratch / spec.folder / name, root / spec.folder / name, i)
+        ]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if differing:
+        raise UserError(
+            f"{where}: --data_dir {root} already holds a copy of {spec.name} whose"
+            f" {differing[0]} differs from the source's; give another --data_dir, or leave"
+            " --data_source out to use that copy"
+        )
+
+
+def _same_file(spec: DatasetSpec, a: Path, b: Path, index: int) -> bool:
+    if spec.is_idx:
+        return filecmp.cmp(a, b, shallow=False)
+    meta = index == len(spec.files) - 1
+    return _same_value(_cifar_entry(spec, a, meta)[0], _cifar_entry(spec, b, meta)[0])
+
+
+def _same_value(a: object, b: object) -> bool:
+    """Deep equality of unpickled CIFAR entries: dicts, lists, numpy arrays, plain values (bytes
+    as the latin-1 text an import makes of them)."""
+    a, b = (v.decode("latin1") if isinstance(v, bytes) else v for v in (a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(np.asarray(a), np.asarray(b))
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
 
 
 def _local_source(spec: DatasetSpec, root: Path) -> Path | None:

@@ -382,3 +382,25 @@ def test_a_data_source_with_the_files_passes_the_check(tmp_path, layout):
             tmp_path / "s", n_train=10, n_test=5, tar=layout == "cifar archive"
         )
         data.check_source("cifar10", str(source))
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_a_data_source_other_than_the_copy_in_data_dir_is_refused(tmp_path, dataset):
+    """The run would record one source and train on another copy: refused in one line, the copy
+    left as it is; the same files in another form (decompressed, extracted) are accepted."""
+    if dataset == "mnist":
+        first = write_mnist_files(tmp_path / "first", n_train=10, n_test=5)
+        same = write_mnist_files(tmp_path / "same", n_train=10, n_test=5, gz=False)
+        other = write_mnist_files(tmp_path / "other", n_train=10, n_test=5, seed=1)
+    else:
+        first = write_cifar_files(tmp_path / "first", n_train=10, n_test=5)
+        same = write_cifar_files(tmp_path / "same", n_train=10, n_test=5, tar=False)
+        other = write_cifar_files(tmp_path / "other", n_train=10, n_test=5, seed=1)
+    root = tmp_path / "data"
+    train, _ = data.load(dataset, str(root), str(first), CPU)
+    copy = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match=f"--data_source {other}: --data_dir {root} already holds"):
+        data.load(dataset, str(root), str(other), CPU)
+    again, _ = data.load(dataset, str(root), str(same), CPU)
+    assert torch.equal(again.images, train.images)
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == copy  # nothing left
