@@ -12,7 +12,6 @@ ahead of the others.
 """
 
 import argparse
-import copy
 import json
 import zipfile
 from collections.abc import Callable, Iterable
@@ -196,10 +195,10 @@ def load_checkpoint(path: Path) -> dict:
 
 def check_checkpoint(state: dict, path: Path, model: nn.Module, levels: int) -> None:
     """UserError naming `path` unless the checkpoint `state` (`load_checkpoint`'s) fits the run
-    it is resumed into: every tensor of the model by name and shape, a boolean mask of each
-    prunable weight's shape (booleans, or
-    ones and zeros in older checkpoints), the per-level arrays one entry per level, a `{comp}` text and a
-    summary row for each finished level. Checked before anything is restored or written."""
+    it is resumed into: every tensor of the model by name and shape, a mask of each prunable
+    weight's shape (booleans, or ones and zeros in older checkpoints), the per-level arrays one
+    entry per level, a `{comp}` text and a summary row for each finished level. Checked before
+    anything is restored or written."""
 
     def refuse(what: str) -> UserError:
         return UserError(f"checkpoint {path} does not fit this run: {what}; {RESTART}")
@@ -354,8 +353,8 @@ def locate(
     """Merge the recorded arguments with the command line and find where the batch continues.
 
     `validate` (the command line's check, `cli.validate`) checks each trial's arguments as
-    recorded, its error then naming the args.json, and as the command line changes them, before
-    anything in the folders changes.
+    recorded and changed by the command line, its error naming the args.json and those changes,
+    before anything in the folders changes.
 
     A result-neutral flag (NEUTRAL) given on the command line replaces the recorded value; any
     other must agree with it. --start_iter 0 starts the batch again; otherwise it continues
@@ -370,15 +369,15 @@ def locate(
     check_trial_flags(args, explicit, recorded)
     changed = changed_flags(recorded[0], args, explicit)
     arguments = []
+    given = "".join(f" with --{name} {new}" for name, (_, new) in changed.items())
     for values, trial_folder in zip(recorded, folders, strict=True):
         merged = argparse.Namespace(**{**vars(args), **values, "resume": str(folder)})
-        try:
-            validate(copy.copy(merged))
-        except UserError as error:
-            raise UserError(f"{trial_folder / 'args.json'}: {error}") from None
         for name, (_, new) in changed.items():
             setattr(merged, name, new)
-        validate(merged)
+        try:
+            validate(merged)
+        except UserError as error:
+            raise UserError(f"{trial_folder / 'args.json'}{given}: {error}") from None
         arguments.append(merged)
     run_dirs = [
         RunDir(f, a.arch_type, a.dataset, a.prune_type)

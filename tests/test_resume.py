@@ -355,3 +355,19 @@ def test_checkpoints_of_every_level_from_an_earlier_version_are_named(tmp_path, 
     line = refused(capsys, tmp_path, "--resume", str(run))
     assert "one checkpoint per level (level_1.pth, ...)" in line and "rename the newest" in line
     assert snapshot(run) == before
+
+
+def test_a_resume_elsewhere_checks_the_data_source_it_is_given_not_the_recorded_one(
+    tmp_path, capsys, data, finished
+):
+    """The run recorded a --data_source that this machine lacks; the resume names another: only
+    the one given is checked (and compared with the copy in --data_dir)."""
+    run = finished_run(tmp_path, finished)
+    stopped_after(run, kept(finished), 0)
+    record = json.loads((run / "args.json").read_text())
+    record["args"]["data_source"] = str(tmp_path / "gone")
+    (run / "args.json").write_text(json.dumps(record))
+    source = data[0].removeprefix("--data_source=")
+    assert run_main(tmp_path, "--resume", str(run), f"--data_source={source}") == 0
+    changed = json.loads((run / "args.json").read_text())["resumes"][0]["changed"]
+    assert changed == {"data_source": [str(tmp_path / "gone"), source]}
