@@ -314,8 +314,8 @@ def _check_same_as_source(spec: DatasetSpec, root: Path, source: Path) -> None:
             _import_cifar(spec, source, scratch, where)
         differing = [
             name
-            for i, name in enumerate(spec.files)
-            if not _same_file(spec, scratch / spec.folder / name, root / spec.folder / name, i)
+            for name in spec.files
+            if not _same_file(spec, scratch / spec.folder / name, root / spec.folder / name)
         ]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -327,10 +327,10 @@ def _check_same_as_source(spec: DatasetSpec, root: Path, source: Path) -> None:
         )
 
 
-def _same_file(spec: DatasetSpec, a: Path, b: Path, index: int) -> bool:
+def _same_file(spec: DatasetSpec, a: Path, b: Path) -> bool:
     if spec.is_idx:
         return filecmp.cmp(a, b, shallow=False)
-    meta = index == len(spec.files) - 1
+    meta = a.name == spec.files[-1]
     return _same_value(_cifar_entry(spec, a, meta)[0], _cifar_entry(spec, b, meta)[0])
 
 

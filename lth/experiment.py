@@ -112,23 +112,23 @@ def check_record(record: object, path: Path | str) -> dict:
     if ticket is not None and not (_of_kinds(ticket, (int,)) and 0 <= ticket < len(runs)):
         raise refuse(f'its "batch" names trial {ticket!r} as its ticket')
     resumes = record.get("resumes", [])
-    changed = (
-        [e.get("changed") if isinstance(e, dict) else None for e in resumes]
-        if isinstance(resumes, list)
-        else [None]
-    )
-    for entry in changed:
-        if not isinstance(entry, dict) or not all(
-            name in NEUTRAL
-            and isinstance(pair, list)
-            and len(pair) == 2
-            and _of_kinds(pair[1], RECORDED_TYPES[name])
-            for name, pair in entry.items()
-        ):
-            raise refuse('its "resumes" change more than the flags a resume may change')
+    if not isinstance(resumes, list) or not all(_neutral_changes(entry) for entry in resumes):
+        raise refuse('its "resumes" change more than the flags a resume may change')
     if not isinstance(record.get("started", ""), str):
         raise refuse('its "started" is not a time')
     return args
+
+
+def _neutral_changes(entry: object) -> bool:
+    """Whether a "resumes" entry changed NEUTRAL flags only, each [old, new] of its type."""
+    changed = entry.get("changed") if isinstance(entry, dict) else None
+    return isinstance(changed, dict) and all(
+        name in NEUTRAL
+        and isinstance(pair, list)
+        and len(pair) == 2
+        and _of_kinds(pair[1], RECORDED_TYPES[name])
+        for name, pair in changed.items()
+    )
 
 
 def _sibling_name(name: object) -> bool:
@@ -137,7 +137,7 @@ def _sibling_name(name: object) -> bool:
         isinstance(name, str)
         and name not in ("", ".", "..")
         and Path(name).name == name
-        and ("\\" not in name)
+        and "\\" not in name
     )
 
 
