@@ -424,7 +424,7 @@ def validate(args: argparse.Namespace) -> None:
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise UserError(f"--seed must be in 0..{2**32 - 1}, got {args.seed}")
     for name in ("results_root", "data_dir"):
-        check_not_empty(f"--{name}", getattr(args, name))
+        check_folder(f"--{name}", getattr(args, name))
     _validate_beyond_original(args)
     if args.data_source is not None:  # last: every flag's own fault is named before the files
         check_not_empty("--data_source", args.data_source)

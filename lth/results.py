@@ -136,7 +136,7 @@ class RunDir:
         """
         base = Path(results_root) / run_name()
         if Path(results_root).exists() and not Path(results_root).is_dir():
-            raise UserError(f"--results_root {results_root} is not a folder")
+            raise UserError(f"--results_root {results_root} is a file, not a folder")
         try:
             Path(results_root).mkdir(parents=True, exist_ok=True)
             for attempt in range(1, 1000):

@@ -92,8 +92,7 @@ def test_data_dir_that_is_a_file_is_one_line(tmp_path, capsys, mnist_source):
         tmp_path,
         capsys,
         [f"--data_source={mnist_source}", f"--data_dir={not_a_folder}"],
-        "--data_dir",
-        str(not_a_folder),
+        f"--data_dir {not_a_folder} is a file, not a folder",
     )
     assert not_a_folder.read_text() == "a file where the data folder should be"
 

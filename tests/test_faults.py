@@ -79,8 +79,8 @@ def no_permission(monkeypatch, results_root: Path) -> None:
 @pytest.mark.parametrize(
     ("case", "words"),
     [
-        ("a file", ["is not a folder"]),
-        ("below a file", ["cannot create a run folder", "Not a directory"]),
+        ("a file", ["is a file, not a folder"]),
+        ("below a file", ["is a file, not a folder (below the file"]),
         ("no permission", ["cannot create a run folder", "Permission denied"]),
     ],
 )
