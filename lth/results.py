@@ -135,9 +135,7 @@ class RunDir:
         `mkdir` either creates the folder or fails, so two processes never get the same one.
         """
         base = Path(results_root) / run_name()
-        if Path(results_root).exists() and not Path(results_root).is_dir():
-            raise UserError(f"--results_root {results_root} is a file, not a folder")
-        try:
+        try:  # --results_root itself was checked by cli.validate (cli.check_folder)
             Path(results_root).mkdir(parents=True, exist_ok=True)
             for attempt in range(1, 1000):
                 root = base if attempt == 1 else base.with_name(f"{base.name}_{attempt}")
