@@ -19,19 +19,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
-
-import archs
-from lth import cli, layer_shares, plots, runs
-from lth.cli import OneDefaultFormatter, OneLineParser, arch_options, flag_group
+from lth import cli, compare, runs
+from lth.cli import OneDefaultFormatter, OneLineParser, flag_group
 from lth.errors import UserError, one_line
-from lth.results import save_png, write_csv
-
-TABLE_FIELDS = ["line", "level", "weights_left", "trials", "measure"] + [
-    f"{what}_{stat}" for what in ("accuracy", "epoch") for stat in ("mean", "min", "max")
-]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"--results_root {args.results_root}: no complete run there")
             out = Path(args.out) if args.out else Path(args.results_root) / "combined_plots"
         for group in groups:
-            announce(combine(group, out, args.dpi, args.best_epoch, args.layers))
+            compare.announce(compare.combine(group, out, args.dpi, args.best_epoch, args.layers))
     except UserError as error:
         print(f"error: {one_line(str(error))}", file=sys.stderr)
         return 2
@@ -127,118 +117,6 @@ def check_same_experiment(group: list[runs.Run]) -> list[runs.Run]:
                     f" {first.args[name]}; compare runs of one arch and data set at a time"
                 )
     return group
-
-
-def combine(
-    group: list[runs.Run], out: Path, dpi: int, best_epoch: bool = False, layers: bool = False
-) -> list[Path]:
-    """Draw the group's figures into `out`, each experiment's trials as one line with its band,
-    and write their table; return the paths written. Prints a line for each run left out as
-    the same trial as a newer one (runs.distinct_trials). `layers`: also the share of each
-    layer kept (`combined_{arch}_{dataset}_layers.png` and `.csv`), every mask read before
-    anything is written."""
-    arch, dataset = group[0].args["arch_type"], group[0].args["dataset"]
-    kept, left_out = runs.distinct_trials(group)
-    for duplicate in left_out:
-        print(f"left out: {duplicate}")
-    trials = runs.trials(kept)
-    shares = [layer_shares.LayerShares.of(t, network_layout) for t in trials] if layers else []
-    accuracy_label, epoch_label = axis_labels({t.early_stop for t in trials})
-    accuracy = [line(t, t.accuracy) for t in trials]
-    figures = [
-        (
-            f"combined_{arch}_{dataset}.png",
-            plots.accuracy_vs_weights(accuracy, dataset, arch, accuracy_label, full_scale=False),
-        )
-    ]
-    if best_epoch:
-        epochs = [line(t, t.epoch) for t in trials]
-        figure = plots.best_epoch_vs_weights(epochs, dataset, arch, epoch_label)
-        figures.append((f"combined_{arch}_{dataset}_best_epoch.png", figure))
-    if shares:
-        panels = [(s.label, s.weights_left, s.lines()) for s in shares]
-        figures.append(
-            (f"combined_{arch}_{dataset}_layers.png", plots.layer_shares(panels, dataset, arch))
-        )
-    written = []
-    for name, figure in figures:
-        path = out / name
-        save_png(figure, path, dpi)
-        plots.close(figure, dpi)
-        written.append(path)
-    table = out / f"combined_{arch}_{dataset}.csv"
-    write_csv(table, TABLE_FIELDS, [row for t in trials for row in t.rows()])
-    print(accuracy_table(trials))
-    written.append(table)
-    if shares:
-        written.append(out / f"combined_{arch}_{dataset}_layers.csv")
-        rows = [row for s in shares for row in s.rows()]
-        write_csv(written[-1], layer_shares.TABLE_FIELDS, rows)
-    return written
-
-
-def accuracy_table(trials: list[runs.Trials]) -> str:
-    """The figure's lines as text: per level the weights left and each line's mean accuracy,
-    with the trials' minimum and maximum; one row per line and level where the lines' weights
-    left differ."""
-
-    def cell(t: runs.Trials, level: int) -> str:
-        column = t.accuracy[:, level]
-        spread = f" ({column.min():.2f}-{column.max():.2f})" if len(column) > 1 else ""
-        return f"{column.mean():.2f}{spread}"
-
-    first = trials[0].weights_left
-    if all(np.array_equal(t.weights_left, first) for t in trials):
-        columns = ["level", "weights_left", *(t.label for t in trials)]
-        rows = [
-            {"level": level, "weights_left": left} | {t.label: cell(t, level) for t in trials}
-            for level, left in enumerate(first)
-        ]
-    else:
-        columns = ["line", "level", "weights_left", "accuracy"]
-        rows = [
-            {"line": t.label, "level": level, "weights_left": left, "accuracy": cell(t, level)}
-            for t in trials
-            for level, left in enumerate(t.weights_left)
-        ]
-    return runs.table(rows, columns)
-
-
-def axis_labels(early_stop: set[bool]) -> tuple[str, str]:
-    """The y-axis labels of the accuracy and epoch figures, for lines that stopped early (on a
-    validation set), did not, or both."""
-    if early_stop == {True}:
-        return (
-            "test accuracy at the early stop (least validation loss)",
-            "early-stopping epoch (least validation loss)",
-        )
-    if early_stop == {False}:
-        return "test accuracy", "epoch of best test accuracy"
-    return "test accuracy: best, or at the early stop", "epoch of best accuracy, or early stop"
-
-
-def line(trials: runs.Trials, values: np.ndarray) -> plots.Line:
-    """The trials' `values` (one row per trial) as a line: the mean, in a band from the minimum
-    to the maximum where there are several trials."""
-    if len(values) == 1:
-        return plots.Line(trials.label, trials.weights_left, values[0])
-    low, high = values.min(axis=0), values.max(axis=0)
-    return plots.Line(trials.label, trials.weights_left, values.mean(axis=0), low, high)
-
-
-def network_layout(run: runs.Run) -> nn.Module:
-    """The run's network on the meta device: its layer names and shapes, no memory, no data."""
-    with torch.device("meta"):
-        return archs.build(
-            run.args["dataset"],
-            run.args["arch_type"],
-            **arch_options(argparse.Namespace(**run.args)),
-        )
-
-
-def announce(paths: list[Path]) -> None:
-    for path in paths:
-        print(f"combined {'table' if path.suffix == '.csv' else 'plot'}: {path}")
 
 
 if __name__ == "__main__":

@@ -37,12 +37,12 @@ from lth.instability import (
     train_copies,
     write_tables,
 )
+from lth.lottery import Data, build_model, load_data, saved_model_classes, select_device
 from lth.pruning import Mask, weights_left
 from lth.record import choose_seed, deterministic_algorithms, run_record
 from lth.results import read_mask, save_png, write_json
 from lth.resume import saved_state
 from lth.train import flush_denormals, steps_per_epoch
-from main import Data, build_model, load_data, saved_model_classes, select_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +117,7 @@ def analyse(args: argparse.Namespace) -> None:
     device = select_device(args.gpu)
     deterministic_algorithms(device)
     loaded = load_data(recipe, device)
-    rewind_at = cli.rewind_step(recipe, steps_per_epoch(len(loaded.train), recipe.batch_size))
+    rewind_at = recipe.rewind_step(steps_per_epoch(len(loaded.train), recipe.batch_size))
     model = build_model(recipe, loaded.train, initializer(recipe.init, loaded.train)).to(device)
     start = rewind_point(run, model, rewind_at > 0)
     masks = {level: read_mask(run.mask_path(level), model) for level in levels}
@@ -225,7 +225,7 @@ def analyse_level(
         loaded.train,
         loaded.test,
         start_step=rewind_at,
-        drops=cli.lr_drop_epochs(recipe),
+        drops=recipe.lr_drop_epochs(),
         description=f"[level {level}: two copies] ",
     )
     errors = errors_along_path(
@@ -246,7 +246,7 @@ def analysis_record(
     levels and seeds it chose and the step its copies started at."""
     arguments = argparse.Namespace(**{**vars(args), "levels": levels, "seed": seed})
     return {
-        **run_record(arguments, device),
+        **run_record(vars(arguments), device),
         "run_dir": str(run.root.resolve()),
         "run_seed": run.args.get("seed"),
         "copy_seeds": copy_seeds(seed),

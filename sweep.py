@@ -30,8 +30,7 @@ from pathlib import Path
 
 import torch
 
-import combine_plots
-from lth import cli, experiment, resume, runs
+from lth import cli, compare, experiment, resume, runs
 from lth.errors import UserError, one_line
 
 MAIN = Path(__file__).resolve().parent / "main.py"
@@ -249,37 +248,37 @@ def stop_with_parent() -> None:
 
 
 def run_main(argv: list[str], cwd: str, log: str, threads: int) -> tuple[int, list[str], str]:
-    """Run main.py with `argv` in `cwd`, its output into the file `log`.
+    """Run main.py with `argv` in `cwd`, its output into the file `log` and the record of its
+    batch into the file beside it (`batch_record_path`).
 
-    Returns its exit status, the run folders it printed (one per trial, in the batch's order)
-    and, when it failed, its last error line.
+    Returns its exit status, the run folders its batch record names (one per trial, in the
+    batch's order) and, when it failed, its last error line.
     """
-    # unbuffered: the log names the run folders as soon as they exist, even if the run is lost
+    # unbuffered: the log shows each line as soon as it is printed, even if the run is lost
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     Path(log).parent.mkdir(parents=True, exist_ok=True)
+    record = batch_record_path(log)
+    record.unlink(missing_ok=True)
     with open(log, "w") as out:
         status = subprocess.run(
-            [sys.executable, str(MAIN), *argv],
+            [sys.executable, str(MAIN), *argv, "--batch_record", str(record)],
             cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
             preexec_fn=stop_with_parent,
         ).returncode
-    lines, folders = read_log(log)
+    lines = [line.strip() for line in re.split(r"[\r\n]+", Path(log).read_text(errors="replace"))]
     error = ""
     if status != 0:
         errors = [line for line in lines if line.startswith(("error:", "main.py: error:"))]
         error = (errors or [line for line in lines if line] or [f"exit status {status}"])[-1]
-    return status, folders, error
+    return status, runs.batch_record_folders(record), error
 
 
-def read_log(log: str) -> tuple[list[str], list[str]]:
-    """A main.py log's lines and the run folders it printed (made, then resumed)."""
-    lines = [line.strip() for line in re.split(r"[\r\n]+", Path(log).read_text(errors="replace"))]
-    folders = [m.group(1) for line in lines if (m := re.match(r"run folder: (.+)", line))]
-    folders += [m.group(1) for line in lines if (m := re.match(r"resuming (.+) at level", line))]
-    return lines, folders
+def batch_record_path(log: str | Path) -> Path:
+    """Where the main.py process that logs into `log` records its batch (main.py --batch_record)."""
+    return Path(log).with_suffix(".batch.json")
 
 
 def run_again(argv: list[str], cwd: str, log: str, threads: int) -> tuple[int, list[str], str]:
@@ -345,7 +344,7 @@ class Job:
         self.lost += 1
         if self.argv[:1] == ["--resume"] or not log.exists():
             return
-        folders = read_log(str(log))[1]
+        folders = runs.batch_record_folders(batch_record_path(log))
         if folders:
             for task, folder in zip(self.tasks, folders, strict=False):
                 task.run_dir = folder
@@ -576,7 +575,7 @@ def draw(tasks: list[Task], out: Path, dpi: int) -> None:
     for run in complete:
         groups.setdefault((run.args["arch_type"], run.args["dataset"]), []).append(run)
     for group in groups.values():
-        combine_plots.announce(combine_plots.combine(group, out, dpi, best_epoch=True))
+        compare.announce(compare.combine(group, out, dpi, best_epoch=True))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,14 @@ from typing import NoReturn
 import archs
 from lth import augment, data
 from lth.errors import UserError, one_line
-from lth.experiment import AT_INIT, COMPILE_CHOICES, CONTROL, KEEP_TRAINED, REWOUND
+from lth.experiment import (
+    AT_INIT,
+    COMPILE_CHOICES,
+    CONTROL,
+    KEEP_TRAINED,
+    REWOUND,
+    lr_drop_epochs_of,
+)
 from lth.initialization import INIT_SCHEMES
 
 PRUNE_TYPES = ("lt", "reinit", "random", *KEEP_TRAINED, *AT_INIT)
@@ -266,6 +273,13 @@ def add_run_management_flags(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help=f"one of: {', '.join(COMPILE_CHOICES)}; torch.compile of the model and loss in"
         " training (auto: where measured to pay back, so far nowhere)",
+    )
+    add(
+        "--batch_record",
+        default=None,
+        metavar="FILE",
+        help="also write the batch's run folders and levels done to FILE (JSON), after each"
+        " level; not recorded in args.json (default: none; sweep.py reads it)",
     )
 
 
@@ -528,42 +542,5 @@ def _validate_schedule_and_validation(args: argparse.Namespace) -> None:
 
 
 def lr_drop_epochs(args: argparse.Namespace) -> list[int]:
-    """The epochs of --lr_drops (E1,E2,...: increasing, each in 1..--end_iter - 1); [] if none."""
-    if args.lr_drops is None:
-        return []
-    wanted = (
-        f"a comma-separated list of increasing epochs in 1..{args.end_iter - 1}"
-        " (--end_iter - 1), such as 50,75"
-    )
-    parts = [part.strip() for part in str(args.lr_drops).split(",")]
-    if not all(re.fullmatch(r"[0-9]+", part, flags=re.ASCII) for part in parts):
-        raise UserError(f"--lr_drops must be {wanted}, got {args.lr_drops!r}")
-    drops = [int(part) for part in parts]
-    increasing = all(a < b for a, b in zip(drops, drops[1:], strict=False))
-    if not increasing or drops[0] < 1 or drops[-1] >= args.end_iter:
-        raise UserError(f"--lr_drops must be {wanted}, got {args.lr_drops!r}")
-    return drops
-
-
-def rewind_step(args: argparse.Namespace, epoch_steps: int) -> int:
-    """The optimiser step of level 0 whose weights `lt` and `random` rewind to, and at which
-    every later level starts training: --rewind_iter, or --rewind_epoch epochs of `epoch_steps`
-    steps (at most one of them is nonzero); 0 rewinds to the initial weights. Whether it is
-    positive does not depend on `epoch_steps`."""
-    return args.rewind_iter + args.rewind_epoch * epoch_steps
-
-
-def validate_rewind_step(args: argparse.Namespace, epoch_steps: int) -> None:
-    """--rewind_iter must fall inside level 0, whose length needs the data: `epoch_steps`
-    optimiser steps per epoch (--rewind_epoch is checked against --end_iter in `validate`)."""
-    steps = args.end_iter * epoch_steps
-    if args.rewind_iter >= steps:
-        raise UserError(
-            f"--rewind_iter must be in 0..{steps - 1} (level 0 has --end_iter {args.end_iter}"
-            f" epochs of {epoch_steps} steps), got {args.rewind_iter}"
-        )
-
-
-def arch_options(args: argparse.Namespace) -> dict:
-    """Keyword arguments of the architecture's factory (only fclin takes any)."""
-    return {"depth": args.fclin_depth} if args.arch_type == "fclin" else {}
+    """The epochs of --lr_drops (`experiment.lr_drop_epochs`); [] if none."""
+    return lr_drop_epochs_of(args.lr_drops, args.end_iter)

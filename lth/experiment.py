@@ -14,6 +14,7 @@ recipe) and its `Trial`s.
 """
 
 import json
+import re
 import types
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -210,6 +211,64 @@ class Experiment:
     def of(cls, args: Mapping) -> "Experiment":
         """The recipe in a trial's checked arguments (a dict, or vars() of a Namespace)."""
         return cls(**{f.name: args[f.name] for f in fields(cls)})
+
+    def rewind_step(self, epoch_steps: int) -> int:
+        """The optimiser step of level 0 whose weights `lt` and `random` rewind to, and at which
+        every later level starts training: --rewind_iter, or --rewind_epoch epochs of
+        `epoch_steps` steps (at most one of them is nonzero); 0 rewinds to the initial weights.
+        Whether it is positive does not depend on `epoch_steps`."""
+        return self.rewind_iter + self.rewind_epoch * epoch_steps
+
+    def check_rewind_step(self, epoch_steps: int) -> None:
+        """--rewind_iter must fall inside level 0, whose length needs the data: `epoch_steps`
+        optimiser steps per epoch (--rewind_epoch is checked against --end_iter with the flags)."""
+        steps = self.end_iter * epoch_steps
+        if self.rewind_iter >= steps:
+            raise UserError(
+                f"--rewind_iter must be in 0..{steps - 1} (level 0 has --end_iter {self.end_iter}"
+                f" epochs of {epoch_steps} steps), got {self.rewind_iter}"
+            )
+
+    def lr_drop_epochs(self) -> list[int]:
+        """The epochs of --lr_drops after which the rate drops; [] if none."""
+        return lr_drop_epochs_of(self.lr_drops, self.end_iter)
+
+    def arch_options(self) -> dict:
+        """Keyword arguments of the architecture's factory (only fclin takes any)."""
+        return arch_options_of(self.arch_type, self.fclin_depth)
+
+    def prune_rates(self) -> dict:
+        """How pruning groups the layers and what each group's rate is, as lth.pruning and
+        lth.saliency take them: the scope and the output and conv layers' own rates."""
+        return {
+            "scope": self.prune_scope,
+            "output_percent": self.prune_percent_output,
+            "conv_percent": self.prune_percent_conv,
+        }
+
+
+def lr_drop_epochs_of(lr_drops: str | None, end_iter: int) -> list[int]:
+    """The epochs of --lr_drops (E1,E2,...: increasing, each in 1..--end_iter - 1); [] if none;
+    UserError naming the flag otherwise."""
+    if lr_drops is None:
+        return []
+    wanted = (
+        f"a comma-separated list of increasing epochs in 1..{end_iter - 1}"
+        " (--end_iter - 1), such as 50,75"
+    )
+    parts = [part.strip() for part in str(lr_drops).split(",")]
+    if not all(re.fullmatch(r"[0-9]+", part, flags=re.ASCII) for part in parts):
+        raise UserError(f"--lr_drops must be {wanted}, got {lr_drops!r}")
+    drops = [int(part) for part in parts]
+    increasing = all(a < b for a, b in zip(drops, drops[1:], strict=False))
+    if not increasing or drops[0] < 1 or drops[-1] >= end_iter:
+        raise UserError(f"--lr_drops must be {wanted}, got {lr_drops!r}")
+    return drops
+
+
+def arch_options_of(arch_type: str, fclin_depth: int | None) -> dict:
+    """Keyword arguments of the architecture's factory (only fclin takes any)."""
+    return {"depth": fclin_depth} if arch_type == "fclin" else {}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,5 @@
 """What makes a run reproducible: its seed, arguments, package versions and code version."""
 
-import argparse
 import contextlib
 import datetime
 import importlib.metadata
@@ -111,11 +110,11 @@ def git_commit() -> str | None:
         return None
 
 
-def run_record(args: argparse.Namespace, device: torch.device) -> dict:
+def run_record(arguments: dict, device: torch.device) -> dict:
     """The content of `args.json`: every argument (the seed among them) and the environment."""
     return {
-        "args": vars(args),
-        "seed": args.seed,
+        "args": arguments,
+        "seed": arguments["seed"],
         "versions": package_versions(),
         "git_commit": git_commit(),
         "command": [sys.executable, *sys.argv],

@@ -392,3 +392,17 @@ def table(rows: list[dict], columns: list[str]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in cells
     )
+
+
+def batch_record_folders(path: Path | str) -> list[str]:
+    """The run folders, in the batch's order, that the batch record at `path` (main.py
+    --batch_record) names; [] when there is none yet or it is not one main.py wrote."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    entries = record.get("runs") if isinstance(record, dict) else None
+    if not isinstance(entries, list):
+        return []
+    folders = [entry.get("folder") if isinstance(entry, dict) else None for entry in entries]
+    return folders if all(isinstance(folder, str) for folder in folders) else []

@@ -61,8 +61,7 @@ from torch import nn  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 import archs  # noqa: E402
-import main  # noqa: E402
-from lth import data, plots, stack  # noqa: E402
+from lth import data, lottery, plots, stack  # noqa: E402
 from lth.experiment import Trial  # noqa: E402
 from lth.initialization import initialize  # noqa: E402
 from lth.layers import CONV_OR_LINEAR  # noqa: E402
@@ -523,10 +522,11 @@ def level_overhead(folder: Path, dpi: int, device: torch.device, repeats: int) -
     """
     torch.manual_seed(0)
     model = initialize(archs.build("mnist", "fc1")).to(device)
-    progress = main.fresh_progress(model, 1000)
+    progress = lottery.fresh_progress(model, 1000)
     run_dir = RunDir.create(str(folder), "fc1", "mnist", "lt")
     experiment = argparse.Namespace(dataset="mnist", arch_type="fc1", plot_dpi=dpi)
-    trial = main.TrialRun(Trial(0, "lt"), model, TrialRandom(0), run_dir, progress)
+    shared = argparse.Namespace(experiment=experiment)  # what write_level reads of lottery.Shared
+    trial = lottery.TrialRun(Trial(0, "lt"), model, TrialRandom(0), run_dir, progress)
     epochs = 100
     rng = np.random.default_rng(0)
     history = LevelHistory(
@@ -559,13 +559,13 @@ def level_overhead(folder: Path, dpi: int, device: torch.device, repeats: int) -
                 progress.mask = timed(
                     "prune", lambda: prune_by_percentile(model, progress.mask, 10)
                 )
-                timed("rewind", lambda: main.reset_survivors(trial, initialize))
+                timed("rewind", lambda: lottery.reset_survivors(trial, initialize))
                 timed(
                     "setup",
                     lambda: (
                         alone.load_trial(0, model.state_dict()),
                         adam(alone.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY),
-                        main.print_nonzeros(model),
+                        lottery.print_nonzeros(model),
                         stack.stack_masks(alone, [progress.mask]),
                     ),
                 )
@@ -573,8 +573,14 @@ def level_overhead(folder: Path, dpi: int, device: torch.device, repeats: int) -
                 timed(
                     "files",
                     lambda lv=level, c=comp: (
-                        main.write_level(experiment, trial, lv, c, history, writer),
-                        run_dir.save_checkpoint(main.checkpoint(lv, trial)),
+                        lottery.write_level(
+                            shared,
+                            trial,
+                            lv,
+                            lottery.LevelInTraining([trial], [c], [history], [writer]),
+                            0,
+                        ),
+                        run_dir.save_checkpoint(lottery.checkpoint(lv, trial)),
                     ),
                 )
                 timed("plot", draw)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import combine_plots
-from lth import cli, runs
+from lth import cli, compare, runs
 
 WEIGHTS = [100.0, 80.0, 64.0]
 
@@ -74,13 +74,13 @@ def table(out: Path) -> dict[str, list[dict]]:
 def figures(monkeypatch) -> list:
     """The figures combine_plots.py saves, kept for inspection."""
     kept = []
-    save = combine_plots.save_png
+    save = compare.save_png
 
     def keep(figure, path, dpi):
         kept.append(figure)
         save(figure, path, dpi)
 
-    monkeypatch.setattr(combine_plots, "save_png", keep)
+    monkeypatch.setattr(compare, "save_png", keep)
     return kept
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import main
+from lth import lottery
 from tests.conftest import ROOT
 
 INTS = ["0", "1", "2", "3", "35", "-1", "-7", "4294967295", "4294967296", "99999999999999999999"]
@@ -97,7 +98,7 @@ def test_random_command_lines_are_accepted_or_refused_in_one_line(tmp_path, caps
     def accepted(gpu: str):
         raise Accepted
 
-    monkeypatch.setattr(main, "select_device", accepted)
+    monkeypatch.setattr(lottery, "select_device", accepted)
     monkeypatch.chdir(tmp_path)
     rng = random.Random(20261125)
     counts = {"accepted": 0, "argparse": 0, "validation": 0}

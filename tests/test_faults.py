@@ -11,7 +11,7 @@ import pytest
 import tqdm
 
 import main
-from lth import results, train
+from lth import lottery, results, train
 from tests.conftest import REFERENCE_FLAGS
 from tests.resultfiles import assert_same_results, files_under
 
@@ -194,7 +194,7 @@ def test_ctrl_c_is_one_line_saying_how_to_go_on(tmp_path, capsys, monkeypatch, d
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(main, "train_level", interrupted)
+    monkeypatch.setattr(lottery, "train_level", interrupted)
     monkeypatch.chdir(tmp_path)
     assert main.main([*FLAGS, *data]) == 130
     err = capsys.readouterr().err

@@ -85,6 +85,7 @@ DEFAULTS = {
         "lr_gamma": None,
         "masks_from": None,
         "compile": "auto",
+        "batch_record": None,
         "augment": False,
     },
     "sweep.py": {

@@ -18,7 +18,7 @@ from torch import nn
 import instability
 import main
 from lth import instability as instability_engine
-from lth import runs
+from lth import lottery, runs
 from lth.data import Split
 from lth.initialization import initializer
 from lth.instability import (
@@ -108,8 +108,8 @@ def recipe_of(run: Path) -> tuple:
     found = runs.read_run(run)
     flags = argparse.Namespace(gpu="0", data_dir=None, plot_dpi=None)
     recipe = instability.recorded_recipe(found, flags)
-    loaded = main.load_data(recipe, torch.device("cpu"))
-    model = main.build_model(recipe, loaded.train, initializer(recipe.init, loaded.train))
+    loaded = lottery.load_data(recipe, torch.device("cpu"))
+    model = lottery.build_model(recipe, loaded.train, initializer(recipe.init, loaded.train))
     return found, recipe, loaded, model, instability.rewind_point(found, model, late=False)
 
 

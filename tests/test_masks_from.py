@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import main
-from lth import runs
+from lth import lottery, runs
 from lth.experiment import recipe
 from lth.pruning import prunable, state_copy
 from tests.datafiles import write_mnist_files
@@ -22,14 +22,14 @@ TINY = ["--end_iter", "1", "--plot_dpi", "20", "--batch_size", "50", "--prune_pe
 def run_recording_starts(flags: list[str]) -> tuple[int, list[dict]]:
     """main.main(flags), and the model's weights as each level's training starts."""
     starts = []
-    original = main.train_level
+    original = lottery.train_level
 
     def recording(model, *args, **kwargs):
         starts.append(state_copy(model))
         return original(model, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(main, "train_level", recording)
+        patch.setattr(lottery, "train_level", recording)
         status = main.main(flags)
     return status, starts
 

@@ -95,9 +95,39 @@ def test_training_code_names_no_concrete_model_class():
             if isinstance(node, ast.ClassDef):
                 models.add(node.name)
     assert {"FC1", "LeNet5", "FCLin"} & models, "the scan sees the architectures"
-    for module in ("lth/train.py", "lth/steps.py", "lth/pruning.py", "main.py"):
+    for module in (
+        "lth/train.py",
+        "lth/steps.py",
+        "lth/pruning.py",
+        "lth/lottery.py",
+        "main.py",
+    ):
         source = (ROOT / module).read_text()
         named = {node.id for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Name)} | {
             node.attr for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Attribute)
         }
         assert named.isdisjoint(models), (module, named & models)
+
+
+def test_no_command_or_script_imports_a_command():
+    """What two commands share lives in lth/: a command, a script or the engine importing a
+    command would run its module-level code and tie the commands together."""
+    commands = {path.removesuffix(".py") for path in COMMANDS}
+    for path in [*(ROOT / p for p in COMMANDS), *(ROOT / "scripts").glob("*.py")]:
+        imported = commands & imported_modules(path)
+        assert not imported, (path.name, imported)
+
+
+def test_main_reads_like_the_original_main_in_at_most_100_lines():
+    source = (ROOT / "main.py").read_text()
+    assert len(source.splitlines()) <= 100
+    tree = ast.parse(source)
+    defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert {"main", "run"} <= defined
+    run = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run")
+    calls = {
+        node.func.attr
+        for node in ast.walk(run)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+    }
+    assert {"prune", "train", "record", "commit"} <= calls  # the level loop, as the original's

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 import archs
-import main
-from lth import data
+from lth import cli, data
 from lth.initialization import initialize
 from lth.pruning import prunable_weights
 from lth.record import seed_everything
@@ -47,7 +46,7 @@ def test_rewind_state_is_the_model_after_k_epochs_and_later_levels_start_from_it
         torch.equal(v, load_model(saves / "initial_state_dict_lt.pth.tar").state_dict()[k])
         for k, v in model.state_dict().items()
     )
-    args = main.cli.parse_args([])
+    args = cli.parse_args([])
     optimizer = build_optimizer(args, model)
     ones = [torch.ones_like(p) for p in prunable_weights(model)]
     for _ in range(2):

@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-import main
-from lth import resume
+from lth import lottery, resume
 from lth.initialization import initialize
 from lth.pretrain import hidden_stages, pretrain_zae, train_autoencoder
 from lth.results import RunDir
@@ -68,7 +67,7 @@ def test_lt_rewinds_to_the_pretrained_weights(tmp_path):
     assert "initial_state" not in checkpoint["progress"]  # a resume reads the file instead
     files = RunDir(run, "fclin", "cifar10", "lt")
     model = torch.load(saves / "initial_state_dict_lt.pth.tar", weights_only=False)
-    whole = resume.whole_checkpoint(checkpoint, files, False, main.saved_model_classes(model))
+    whole = resume.whole_checkpoint(checkpoint, files, False, lottery.saved_model_classes(model))
     for key, value in whole["progress"]["initial_state"].items():
         assert torch.equal(value, pretrained[key]), key  # what level 1 rewinds to
     with open(run / "dumps" / "lt" / "fclin" / "cifar10" / "lt_mask_100.0.pkl", "rb") as file:

@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-import main
-from lth import runs
+from lth import lottery, runs
 from lth.pruning import percentile_prune
 from lth.safe_load import load_array_list
 from tests.resultfiles import assert_same_results
@@ -34,7 +33,7 @@ class Levels:
         self.starts: list[list[dict]] = []
         self.ends: list[list[dict]] = []
         self.rates: list[list[float]] = []
-        original = main.train_level
+        original = lottery.train_level
 
         def recording(stacked, *args, **kwargs):
             self.starts.append([stacked.trial_state(i) for i in range(stacked.trials)])
@@ -43,7 +42,7 @@ class Levels:
             self.ends.append([stacked.trial_state(i) for i in range(stacked.trials)])
             return histories
 
-        monkeypatch.setattr(main, "train_level", recording)
+        monkeypatch.setattr(lottery, "train_level", recording)
 
     def __call__(self, optimizer, args, kwargs) -> None:
         self.rates[-1].append(optimizer.param_groups[0]["lr"])

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import main
-from lth import record, resume
+from lth import lottery, record, resume
 from lth.errors import UserError
 from lth.results import RunDir
 from tests.conftest import REFERENCE_FLAGS, ROOT, kept_checkpoints
@@ -136,7 +136,7 @@ def test_the_checkpoint_holds_each_thing_once_and_the_mask_as_booleans(finished)
     initial = torch.load(
         finished / "saves/fc1/mnist/initial_state_dict_lt.pth.tar", weights_only=False
     )
-    classes = main.saved_model_classes(initial)
+    classes = lottery.saved_model_classes(initial)
     whole = resume.whole_checkpoint(state, RunDir(finished, "fc1", "mnist", "lt"), False, classes)
     assert all(m.dtype == np.float32 for m in whole["progress"]["mask"].values())
     assert whole["progress"]["rewind_state"] is None

@@ -16,7 +16,7 @@ from torch import nn
 import archs
 import combine_plots
 import main
-from lth import resume, runs, safe_load
+from lth import lottery, resume, runs, safe_load
 from lth.errors import UserError
 from lth.experiment import Trial
 from lth.record import TrialRandom, rng_states
@@ -108,7 +108,7 @@ def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path):
 def test_a_crafted_saved_model_is_refused_and_runs_nothing(tmp_path):
     marker, path = tmp_path / "pwned", tmp_path / "initial_state_dict_lt.pth.tar"
     model = fc1()
-    classes = main.saved_model_classes(model)
+    classes = lottery.saved_model_classes(model)
     model.payload = Payload(marker)  # an attribute of a real model
     torch.save(model, path)
     assert runs_code(path, marker, plain_torch)
@@ -135,14 +135,16 @@ def test_the_files_this_program_writes_load(tmp_path):
 
     files.save_model(model, files.initial_state_path())
     state = resume.saved_state(
-        files.initial_state_path(), "initial state", main.saved_model_classes(model)
+        files.initial_state_path(), "initial state", lottery.saved_model_classes(model)
     )
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     progress = {"comp": np.array([100.0]), "bestacc": np.array([90.0]), "mask": mask}
     progress |= {"tags": ["100.0"], "summary": [{"level": 0, "best_accuracy": np.float64(1)}]}
     progress |= {"initial_state": state, "rewind_state": None}
-    trial = main.TrialRun(Trial(0, "lt"), model, TrialRandom(0), files, main.Progress(**progress))
-    files.save_checkpoint(main.checkpoint(0, trial))
+    trial = lottery.TrialRun(
+        Trial(0, "lt"), model, TrialRandom(0), files, lottery.Progress(**progress)
+    )
+    files.save_checkpoint(lottery.checkpoint(0, trial))
     checkpoint = resume.load_checkpoint(files.checkpoint_path())
     assert files.checkpoint_level() == 0
     assert checkpoint["rng"]["numpy"][1].dtype == np.uint32

@@ -1,0 +1,751 @@
+"""The lottery loop: a batch of trials, created or resumed, whose levels are pruned, trained,
+recorded and committed together.
+
+A batch is one or more trials (one trial: the original runner's run). The trials share the
+recipe (`Experiment`), the data, the optimiser step and the level loop; each has its own module,
+generators (`record.TrialRandom`), mask, progress and run folder, the one it would write alone.
+They train as one stacked model (`stack.StackedModel`). A `reinit` control prunes nothing itself:
+each level takes the mask of an `lt` run (`--masks_from`) or of the batch's `lt` trial of its
+seed (`reinit_ticket`).
+
+    batch = Batch.open(start)
+    with batch.held():
+        for level in batch.levels():
+            batch.prune(level); batch.train(level); batch.record(level); batch.commit(level)
+
+`BatchStart` says which batch to open: a new one (its recipe and trials) or a resume.
+"""
+
+import contextlib
+import copy
+import datetime
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+import archs
+from lth import data, memory, plots, resume, runs, stack
+from lth.errors import UserError
+from lth.experiment import AT_INIT, KEEP_TRAINED, Experiment, Trial
+from lth.initialization import Initializer, initializer
+from lth.pretrain import pretrain_zae
+from lth.pruning import (
+    Mask,
+    apply_mask,
+    make_mask,
+    print_nonzeros,
+    prune_at_random,
+    prune_by_percentile,
+    reinitialize,
+    rewind,
+    state_copy,
+    weights_left,
+)
+from lth.record import (
+    TrialRandom,
+    deterministic_algorithms,
+    restore_rng_states,
+    rng_states,
+    run_record,
+    seed_everything,
+    with_resume,
+)
+from lth.results import RunDir, level_tag, read_mask, write_json
+from lth.saliency import at_init_mask, level_counts
+from lth.steps import use_compile
+from lth.train import (
+    EVAL_BATCH,
+    InputDropout,
+    LevelHistory,
+    add_input_dropout,
+    flush_denormals,
+    level_optimizer,
+    steps_per_epoch,
+    train_level,
+)
+
+
+@dataclass
+class Progress:
+    """Everything a level hands to the next; the checkpoint keeps it (resume.checkpoint_progress)."""
+
+    mask: Mask  # parameter name -> array of ones and zeros, for each prunable weight
+    initial_state: dict[str, torch.Tensor]
+    comp: np.ndarray  # nonzero parameters (%) at the start of each level: the original's figure
+    bestacc: np.ndarray  # best test accuracy of each level
+    tags: list[str] = field(default_factory=list)  # the `{comp}` text of each finished level
+    summary: list[dict] = field(default_factory=list)  # rows of summary.csv
+    rewind_state: dict[str, torch.Tensor] | None = None  # after the rewind step of level 0
+
+
+@dataclass
+class TrialRun:
+    """One trial of the batch: what it is, its own module and generators, where it writes, what
+    it has done, and why it stopped (None while it runs)."""
+
+    trial: Trial
+    model: nn.Module
+    random: TrialRandom
+    run_dir: RunDir | None = None
+    progress: Progress | None = None
+    failure: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.trial.prune_type} seed {self.trial.seed}"
+
+
+@dataclass(frozen=True)
+class Data:
+    train: data.Split
+    test: data.Split
+    val: data.Split | None
+
+
+@dataclass(frozen=True)
+class BatchStart:
+    """Which batch to open: a new one (`experiment` and `trials`, from the command line), or the
+    batch `resumed` names; `record_to`: the file of the batch's record (`write_batch_record`)."""
+
+    experiment: Experiment
+    trials: list[Trial]
+    resumed: resume.Resumed | None = None
+    record_to: str | None = None
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What every trial of a batch shares: the recipe, the device, the data on it, the
+    initialiser and the steps of one epoch."""
+
+    experiment: Experiment
+    device: torch.device
+    loaded: Data
+    init: Initializer
+    epoch_steps: int
+
+    @classmethod
+    def of(cls, experiment: Experiment) -> "Shared":
+        """The device chosen, the data loaded on it (before any folder exists: bad data create
+        nothing), the rewind step checked against the data's steps per epoch."""
+        device = select_device(experiment.gpu)
+        deterministic_algorithms(device)  # before any cuBLAS work
+        loaded = load_data(experiment, device)
+        epoch_steps = steps_per_epoch(len(loaded.train), experiment.batch_size)
+        experiment.check_rewind_step(epoch_steps)
+        return cls(
+            experiment, device, loaded, initializer(experiment.init, loaded.train), epoch_steps
+        )
+
+    @property
+    def rewind_at(self) -> int:
+        return self.experiment.rewind_step(self.epoch_steps)
+
+
+@dataclass
+class LevelInTraining:
+    """A level between `Batch.train` and `Batch.record`: its trials, their stacked model, their
+    `{comp}` figures, histories and open TensorBoard writers."""
+
+    running: list[TrialRun]
+    comps: list[float]
+    histories: list[LevelHistory]
+    writers: list[SummaryWriter]
+
+
+class Batch:
+    """The trials of one batch and their level loop (the module docstring shows it)."""
+
+    def __init__(self, shared: Shared, trial_runs: list[TrialRun], opened: BatchStart) -> None:
+        self.shared = shared
+        self.trial_runs = trial_runs
+        self.opened = opened
+        self.start = 0 if opened.resumed is None else opened.resumed.start
+        self.stacked: stack.StackedModel | None = None
+        self.level: LevelInTraining | None = None
+        self._writers = contextlib.ExitStack()
+
+    @classmethod
+    def open(cls, opened: BatchStart) -> "Batch":
+        """Every trial built, restored where it was resumed, checked and pre-trained; new run
+        folders created (the last step: nothing is written before every check passed)."""
+        flush_denormals()  # first: CPU threads started before it would keep denormals
+        trials = opened.trials
+        print(f"seed: {' '.join(str(t.seed) for t in trials)}")
+        shared = Shared.of(opened.experiment)
+        seed_everything(trials[0].seed)  # the batch's shared draws (dropout): its first seed
+        trial_runs = [build_trial(shared, trial) for trial in trials]
+        check_memory(shared, trial_runs)
+        if opened.resumed is not None:  # before anything is written
+            restore_batch(trial_runs, opened.resumed, shared)
+        for trial_run in trial_runs:
+            if trial_run.trial.masks_from is not None:
+                check_saved_masks(trial_run.model, trial_run.trial.masks_from, shared.experiment)
+        if shared.experiment.pretrain == "zae":
+            pretrain(trial_runs, shared)
+        print_layers(trial_runs[0].model)
+        if opened.resumed is None:
+            create_run_dirs(shared.experiment, trial_runs)
+        return cls(shared, trial_runs, opened)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator["Batch"]:
+        """The batch's folders locked and their args.json written for the run (or the resume)
+        while the levels run; the TensorBoard writers of an unfinished level closed on the way
+        out."""
+        with contextlib.ExitStack() as locks:
+            for trial_run in self.trial_runs:
+                locks.enter_context(trial_run.run_dir.locked())
+            if self.opened.resumed is None:
+                record_batch(self.shared, self.trial_runs)
+            else:
+                record_resume(self.trial_runs, self.opened.resumed, self.shared)
+            self.write_record()
+            try:
+                yield self
+            finally:
+                self._writers.close()
+
+    def running(self) -> list[TrialRun]:
+        return [t for t in self.trial_runs if t.failure is None]
+
+    def levels(self) -> Iterator[int]:
+        """The levels left to run, while any trial runs."""
+        for level in range(self.start, self.shared.experiment.prune_iterations):
+            if not self.running():
+                return
+            yield level
+
+    def prune(self, level: int) -> None:
+        """Each running trial's mask of the level (tickets first: a control takes its ticket's)
+        and, after level 0, its survivors reset where its prune type starts them."""
+        for trial_run in sorted(self.running(), key=lambda t: t.trial.ticket is not None):
+            trial_run.progress.mask = prune(trial_run, self.shared, level, self.trial_runs)
+            if level > 0:
+                reset_survivors(trial_run, self.shared.init)
+
+    def train(self, level: int) -> None:
+        """Every running trial trained together for the level (`run_level`'s training)."""
+        running = self.running()
+        if self.stacked is None or self.stacked.trials != len(running):
+            self.stacked = stack.StackedModel([t.model for t in running])
+        for index, trial_run in enumerate(running):
+            self.stacked.load_trial(index, trial_run.model.state_dict())
+        self.level = train_trials(self.shared, level, running, self.stacked, self._writers)
+
+    def record(self, level: int) -> None:
+        """Each trial's files of the level (a trial whose loss diverged: its failure.txt), and
+        of the whole run after the last level."""
+        assert self.level is not None and self.stacked is not None
+        trained = self.level
+        last = level == self.shared.experiment.prune_iterations - 1
+        with self._writers:
+            for index, trial_run in enumerate(trained.running):
+                history = trained.histories[index]
+                if history.failure is not None:
+                    stop(trial_run, level, history.failure)
+                    continue
+                trial_run.model.load_state_dict(self.stacked.trial_state(index))
+                write_level(self.shared, trial_run, level, trained, index)
+                if last:
+                    write_final(self.shared.experiment, trial_run)
+        self._writers = contextlib.ExitStack()
+        self.level = None
+
+    def commit(self, level: int) -> None:
+        """Every running trial's checkpoint of `level`, committed together: all are staged before
+        any replaces its previous one, so a kill leaves no trial a level ahead (resume.settle)."""
+        running = self.running()
+        for trial_run in running:
+            trial_run.run_dir.stage_checkpoint(checkpoint(level, trial_run))
+        for trial_run in running:
+            trial_run.run_dir.commit_checkpoint()
+        self.write_record(level + 1)
+
+    def write_record(self, done: int | None = None) -> None:
+        """The batch's record for whoever started it (`BatchStart.record_to`: sweep.py): each
+        trial's run folder, its levels done and why it stopped."""
+        if self.opened.record_to is None:
+            return
+        done = self.start if done is None else done
+        write_json(
+            Path(self.opened.record_to),
+            {
+                "levels": self.shared.experiment.prune_iterations,
+                "runs": [
+                    {
+                        "folder": str(t.run_dir.root),
+                        "levels_done": done if t.failure is None else len(t.progress.tags),
+                        "failure": t.failure,
+                    }
+                    for t in self.trial_runs
+                ],
+            },
+        )
+
+    def finish(self) -> list[str]:
+        """Where each trial's results are (printed); one line for each trial that stopped."""
+        for trial_run in self.trial_runs:
+            print(f"\nresults: {trial_run.run_dir.root}\nplots: {trial_run.run_dir.plots}")
+        return [f"{t.run_dir.root}: {t.failure}" for t in self.trial_runs if t.failure is not None]
+
+
+def print_layers(model: nn.Module) -> None:
+    """The original's "Layer Looper": each parameter's name and shape (the batch's trials share
+    them, so once)."""
+    for name, param in model.named_parameters():
+        print(name, param.size())
+
+
+def restore_batch(trial_runs: list[TrialRun], resumed: resume.Resumed, shared: Shared) -> None:
+    """Each trial of a resumed batch back in its folder and, where it has a checkpoint, where
+    that left it (its initial and rewind states read from their result files), once every
+    checkpoint is known to fit its trial (`resume.check_checkpoint`)."""
+    levels = shared.experiment.prune_iterations
+    rewinds_late = shared.rewind_at > 0
+    pairs = zip(trial_runs, resumed.run_dirs, resumed.checkpoints, strict=True)
+    for trial_run, run_dir, saved in pairs:
+        trial_run.run_dir = run_dir
+        if saved is not None:
+            resume.check_checkpoint(saved, run_dir.checkpoint_path(), trial_run.model, levels)
+            classes = saved_model_classes(trial_run.model)
+            restore_trial(trial_run, resume.whole_checkpoint(saved, run_dir, rewinds_late, classes))
+
+
+def pretrain(trial_runs: list[TrialRun], shared: Shared) -> None:
+    """`--pretrain zae` of every trial starting afresh, each from its own generators."""
+    experiment = shared.experiment
+    for trial_run in trial_runs:
+        if trial_run.progress is None:
+            with trial_run.random.active():
+                pretrain_zae(
+                    trial_run.model,
+                    shared.loaded.train.images,
+                    epochs=experiment.pretrain_epochs,
+                    batch_size=experiment.batch_size,
+                )
+
+
+def select_device(gpu: str) -> torch.device:
+    """CUDA device number `gpu` when CUDA is there, else the CPU with a one-line notice."""
+    if not torch.cuda.is_available():
+        print("notice: CUDA is not available, running on the CPU")
+        return torch.device("cpu")
+    if int(gpu) >= torch.cuda.device_count():
+        raise UserError(f"--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return torch.device(f"cuda:{int(gpu)}")
+
+
+def load_data(experiment: Experiment, device: torch.device) -> Data:
+    """The data set on the device, with the --val_size images held out for validation."""
+    train_set, test_set = data.load(
+        experiment.dataset, experiment.data_dir, experiment.data_source, device
+    )
+    val_set = None
+    if experiment.val_size > 0:
+        train_set, val_set = data.hold_out(train_set, experiment.val_size, experiment.batch_size)
+    return Data(train_set, test_set, val_set)
+
+
+def build_model(experiment: Experiment, train_set: data.Split, init: Initializer) -> nn.Module:
+    """The architecture, fitted to the training data if it needs them, initialised (`--init`),
+    with `--dropout` on every layer's input."""
+    model = archs.build(experiment.dataset, experiment.arch_type, **experiment.arch_options())
+    archs.fit_to_data(model, train_set)
+    return add_input_dropout(init(model), experiment.dropout)
+
+
+def build_trial(shared: Shared, trial: Trial) -> TrialRun:
+    """The trial's own module, built and initialised on the CPU from its own generators (what a
+    run of its seed alone draws), then moved to the device."""
+    random = TrialRandom(trial.seed)
+    with random.active():
+        model = build_model(shared.experiment, shared.loaded.train, shared.init)
+    return TrialRun(trial, model.to(shared.device), random)
+
+
+def check_memory(shared: Shared, trial_runs: list[TrialRun]) -> None:
+    """UserError, before any folder is written, when the batch would not fit in memory."""
+    if len(trial_runs) == 1:
+        return  # a run alone is the original's: nothing to split
+    train_set, device = shared.loaded.train, shared.device
+    sample = train_set.batch(torch.zeros(1, dtype=torch.long, device=device))[0]
+    batch_size = shared.experiment.batch_size
+    per_trial = memory.trial_bytes(trial_runs[0].model, sample, batch_size, EVAL_BATCH)
+    memory.check_batch_fits(
+        len(trial_runs),
+        per_trial,
+        device,
+        "give fewer --seed or --prune_type values, or sweep.py --batch",
+    )
+
+
+def create_run_dirs(experiment: Experiment, trial_runs: list[TrialRun]) -> None:
+    """One new run folder per trial, in the batch's order."""
+    for trial_run in trial_runs:
+        trial_run.run_dir = RunDir.create(
+            experiment.results_root,
+            experiment.arch_type,
+            experiment.dataset,
+            trial_run.trial.prune_type,
+        )
+
+
+def record_batch(shared: Shared, trial_runs: list[TrialRun]) -> None:
+    """Each trial's args.json (its arguments, with the batch it runs in) and initial state, saved
+    before any training."""
+    names = [t.run_dir.root.name for t in trial_runs]
+    levels = shared.experiment.prune_iterations
+    for index, trial_run in enumerate(trial_runs):
+        trial = trial_run.trial
+        ticket = None
+        if trial.ticket is not None:
+            ticket = str(trial_runs[trial.ticket].run_dir.root.resolve())
+        record = run_record(trial.args(shared.experiment, ticket), shared.device)
+        record["started"] = datetime.datetime.now().isoformat()
+        record["batch"] = {"runs": names, "index": index, "ticket": trial.ticket}
+        trial_run.run_dir.write_json("args.json", record)
+        trial_run.run_dir.save_model(trial_run.model, trial_run.run_dir.initial_state_path())
+        trial_run.progress = fresh_progress(trial_run.model, levels)
+        print(f"run folder: {trial_run.run_dir.root}")
+
+
+def record_resume(trial_runs: list[TrialRun], resumed: resume.Resumed, shared: Shared) -> None:
+    """Each trial's args.json with this resume added; the leftovers of the interrupted level
+    removed; trials resumed without a checkpoint start again from their seeds."""
+    levels = shared.experiment.prune_iterations
+    for trial_run, record in zip(trial_runs, resumed.records, strict=True):
+        run_dir = trial_run.run_dir
+        entry = with_resume(record, resumed.start, resumed.changed, shared.device)
+        run_dir.write_json("args.json", entry)
+        run_dir.remove_leftovers(resumed.start, levels)
+        print(f"resuming {run_dir.root} at level {resumed.start}")
+        if trial_run.progress is None:
+            run_dir.save_model(trial_run.model, run_dir.initial_state_path())
+            trial_run.progress = fresh_progress(trial_run.model, levels)
+
+
+def saved_model_classes(model: nn.Module) -> list[type]:
+    """The classes a whole model this run saved holds (results.RunDir.save_model): those of
+    `model`'s modules, and --dropout's hook. Reading a saved model back allows these only."""
+    return [*dict.fromkeys(type(module) for module in model.modules()), InputDropout]
+
+
+def fresh_progress(model: nn.Module, levels: int) -> Progress:
+    initial_state = state_copy(model)
+    return Progress(
+        make_mask(model), initial_state, np.zeros(levels, float), np.zeros(levels, float)
+    )
+
+
+def restore_trial(trial_run: TrialRun, checkpoint: dict) -> None:
+    """Put the trial's module, progress and generators where its checkpoint left them; the
+    process's generators (the batch's shared draws) where the batch's left them.
+
+    A checkpoint written before batches has no "trial_rng": that run drew everything from the
+    process's generators, which its "rng" holds.
+    """
+    trial_run.model.load_state_dict(checkpoint["model_state"])
+    path = trial_run.run_dir.checkpoint_path()
+    try:  # the generators' states are checked by restoring them
+        restore_rng_states(checkpoint["rng"])
+        own = checkpoint.get("trial_rng", checkpoint["rng"])
+        trial_run.random = TrialRandom.from_state(own)
+        trial_run.progress = Progress(**checkpoint["progress"])
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
+        raise UserError(
+            f"checkpoint {path} does not fit this run: its generators' or progress' states"
+            f" cannot be restored ({type(error).__name__}); {resume.RESTART}"
+        ) from None
+
+
+def train_trials(
+    shared: Shared,
+    level: int,
+    running: list[TrialRun],
+    stacked: stack.StackedModel,
+    writers: contextlib.ExitStack,
+) -> LevelInTraining:
+    """Train the running trials together for one level; their TensorBoard writers are opened
+    into `writers`, which `Batch.record` closes once the level's files are written.
+
+    Level 0 trains every step and keeps each trial's state after the rewind step N
+    (`Experiment.rewind_step`) when N > 0. Every later level is reset to step N (its initial
+    weights when N is 0; `lrr` and `finetune` keep their trained weights) and trains from step
+    N to the end, with a fresh optimiser and the learning-rate schedule continued at step N
+    (restarted when N is 0, as in the paper; as OpenLTH when N > 0); `finetune` trains at the
+    schedule's final rate (cli.trains_apart keeps it from sharing a batch with a schedule of its
+    own).
+    """
+    experiment, epoch_steps, rewind_at = shared.experiment, shared.epoch_steps, shared.rewind_at
+    start = 0 if level == 0 else rewind_at  # level 0 runs whole; N = 0: no rewind state kept
+    finetuning = level > 0 and any(t.trial.prune_type == "finetune" for t in running)
+    optimizer, schedule = level_optimizer(
+        experiment,
+        stacked,
+        drops=experiment.lr_drop_epochs(),
+        epoch_steps=epoch_steps,
+        start_step=start,
+        hold_at=experiment.end_iter * epoch_steps - 1 if finetuning else None,
+    )
+    print(f"\n--- Pruning Level [0:{level}/{experiment.prune_iterations}]: ---")
+    comps = []
+    for trial_run in running:
+        if len(running) > 1:
+            print(f"{trial_run.name}: {trial_run.run_dir.root}")
+        comps.append(print_nonzeros(trial_run.model))
+    opened = [
+        writers.enter_context(
+            SummaryWriter(
+                str(t.run_dir.tensorboard), filename_suffix=t.run_dir.events_suffix(level)
+            )
+        )
+        for t in running
+    ]
+    histories = train_level(
+        stacked,
+        shared.loaded.train,
+        shared.loaded.test,
+        optimizer,
+        stack.stack_masks(stacked, [t.progress.mask for t in running]),
+        [t.random for t in running],
+        epochs=experiment.end_iter,
+        batch_size=experiment.batch_size,
+        valid_freq=experiment.valid_freq,
+        print_freq=experiment.print_freq,
+        description=f"[level {level}] ",
+        on_epoch=[epoch_hook(writer, experiment, level) for writer in opened],
+        compiled=use_compile(experiment.compile, shared.loaded.train.labels.device),
+        augmented=experiment.augment,
+        val_set=shared.loaded.val,
+        schedule=schedule,
+        start_step=start,
+        after_steps=(rewind_at, rewind_keeper(running, stacked)) if level == 0 else None,
+    )
+    return LevelInTraining(running, comps, histories, opened)
+
+
+def stop(trial_run: TrialRun, level: int, line: str) -> None:
+    """The trial runs no more: its folder's failure.txt says why, in one line."""
+    trial_run.failure = line
+    trial_run.run_dir.write_failure(level, line)
+    print(f"stopped {trial_run.run_dir.root}: {line}")
+
+
+def prune(trial_run: TrialRun, shared: Shared, level: int, trial_runs: list[TrialRun]) -> Mask:
+    """One level's mask: dense at level 0; by magnitude (`lt`, `lrr`, `finetune`); at random
+    with the same per-layer counts (`random`, from the trial's own generator); by the scores of
+    a method of pruning at initialisation (`snip`, `grasp`, `synflow`: the initial network pruned
+    to the level's counts, its sample drawn from the trial's own generator); or, for a control,
+    by nothing of its own: the mask its ticket has for `level` (from memory for a ticket in the
+    batch, else the mask that --masks_from run saved for it)."""
+    trial, model, mask = trial_run.trial, trial_run.model, trial_run.progress.mask
+    experiment = shared.experiment
+    if trial.ticket is not None:
+        ticket = trial_runs[trial.ticket]
+        if ticket.failure is not None:
+            stop(
+                trial_run, level, f"its lt trial ({ticket.run_dir.root}) stopped: {ticket.failure}"
+            )
+            return mask
+        taken = {name: m.copy() for name, m in ticket.progress.mask.items()}
+        apply_mask(model, taken)
+        return taken
+    if trial.masks_from is not None:
+        saved = saved_mask(model, trial.masks_from, level)
+        apply_mask(model, saved)
+        return saved
+    if level == 0:
+        return mask
+    rates = experiment.prune_rates()
+    if trial.prune_type in AT_INIT:
+        counts = level_counts(model, level, experiment.prune_percent, **rates)
+        with trial_run.random.active():
+            new_mask = at_init_mask(
+                trial.prune_type,
+                model,
+                trial_run.progress.initial_state,
+                counts,
+                shared.loaded.train,
+                experiment.batch_size,
+                data.DATASETS[experiment.dataset].num_classes,
+            )
+        apply_mask(model, new_mask)
+        return new_mask
+    how = prune_at_random if trial.prune_type == "random" else prune_by_percentile
+    with trial_run.random.active():
+        return how(model, mask, experiment.prune_percent, **rates)
+
+
+def saved_mask(model: nn.Module, masks_from: str, level: int) -> Mask:
+    """The mask of `level` in the run --masks_from names (its `{pt}_mask_{comp}.pkl`, found by
+    the `{comp}` its summary.csv gives that level)."""
+    return read_mask(runs.read_run(masks_from).mask_path(level), model)
+
+
+def check_saved_masks(model: nn.Module, masks_from: str, experiment: Experiment) -> None:
+    """Read every level's mask of the --masks_from run before anything is written: UserError
+    when one is missing or does not fit `model`."""
+    for level in range(experiment.prune_iterations):
+        saved_mask(model, masks_from, level)
+
+
+def reset_survivors(trial_run: TrialRun, init: Initializer) -> None:
+    """`lt` and `random` rewind the survivors to their initial values (or, with --rewind_iter
+    or --rewind_epoch, to those after that many steps or epochs of level 0), as the methods of
+    pruning at initialisation do; `reinit` draws new random ones from the trial's own
+    generator; `lrr` and `finetune` keep the trained ones (pruned in place by `prune`)."""
+    model, progress = trial_run.model, trial_run.progress
+    if trial_run.trial.prune_type in KEEP_TRAINED:
+        return
+    if trial_run.trial.prune_type == "reinit":
+        model.load_state_dict(progress.initial_state)  # buffers (BatchNorm statistics) too
+        device = next(model.parameters()).device
+        with trial_run.random.active():  # drawn on the CPU, as the trial's module was built
+            reinitialize(model.cpu(), progress.mask, init)
+        model.to(device)
+    else:
+        late = progress.rewind_state
+        rewind(model, progress.mask, progress.initial_state if late is None else late)
+
+
+def epoch_hook(writer: SummaryWriter, experiment: Experiment, level: int) -> Callable[..., None]:
+    """What happens after each epoch of one trial: log it at TensorBoard step
+    level * --end_iter + epoch (epochs counted from step 0, a rewound level's too). The epoch's
+    test accuracy is `Accuracy/test_by_epoch`: `Accuracy/test` is the original's per-level tag
+    (`write_level`)."""
+
+    def on_epoch(
+        epoch: int,
+        loss: float,
+        accuracy: float,
+        val_loss: float | None = None,
+        val_accuracy: float | None = None,
+    ) -> None:
+        step = level * experiment.end_iter + epoch
+        writer.add_scalar("Loss/train", loss, step)
+        writer.add_scalar("Accuracy/test_by_epoch", accuracy, step)
+        if val_loss is not None and val_accuracy is not None:
+            writer.add_scalar("Loss/validation", val_loss, step)
+            writer.add_scalar("Accuracy/validation", val_accuracy, step)
+
+    return on_epoch
+
+
+def rewind_keeper(running: list[TrialRun], stacked: stack.StackedModel) -> Callable[[], None]:
+    """What level 0 does once it has done the rewind step's optimiser steps: keep each trial's
+    weights that later levels rewind to, in its progress and in its result file."""
+
+    def keep() -> None:
+        for index, trial_run in enumerate(running):
+            state = stacked.trial_state(index)
+            trial_run.progress.rewind_state = state
+            rewound = copy.deepcopy(trial_run.model)
+            rewound.load_state_dict(state)
+            trial_run.run_dir.save_model(rewound, trial_run.run_dir.rewind_state_path())
+
+    return keep
+
+
+def write_level(
+    shared: Shared, trial_run: TrialRun, level: int, trained: LevelInTraining, index: int
+) -> None:
+    """The trial's files of the level: best model, loss/accuracy dumps and plot, mask, summary row.
+
+    `{comp}` (of the file names) is the original's figure, the share of nonzero parameters;
+    summary.csv has it as `params_left` beside `weights_left`, the share of the prunable weights
+    the mask keeps.
+    """
+    run_dir, progress, model = trial_run.run_dir, trial_run.progress, trial_run.model
+    comp, history = trained.comps[index], trained.histories[index]
+    tag = level_tag(comp, level, progress.tags)
+    left = weights_left(progress.mask)
+    progress.tags.append(tag)
+    progress.comp[level], progress.bestacc[level] = comp, history.best_accuracy
+
+    best_model = copy.deepcopy(model)
+    best_model.load_state_dict(history.best_state)
+    run_dir.save_model(best_model, run_dir.model_path(level))
+    run_dir.dump_array(history.all_loss, run_dir.dump_path("all_loss", tag))
+    run_dir.dump_array(history.all_accuracy, run_dir.dump_path("all_accuracy", tag))
+    if history.all_val_loss is not None and history.all_val_accuracy is not None:
+        run_dir.dump_array(history.all_val_loss, run_dir.dump_path("all_val_loss", tag))
+        run_dir.dump_array(history.all_val_accuracy, run_dir.dump_path("all_val_accuracy", tag))
+    run_dir.dump_mask(model, progress.mask, run_dir.dump_path("mask", tag, ".pkl"))
+    write_loss_plot(shared.experiment, run_dir, history, tag)
+    progress.summary.append(summary_row(level, left, comp, history))
+    run_dir.write_summary(progress.summary)
+    # The original's tag: the level's best accuracy at step {comp}, which TensorBoard stores as
+    # an integer (int(64.1) = 64), so levels below 1% share step 0; the two tags after it keep
+    # every level apart.
+    writer = trained.writers[index]
+    writer.add_scalar("Accuracy/test", history.best_accuracy, int(comp))
+    writer.add_scalar("Accuracy/best_by_level", history.best_accuracy, level)
+    writer.add_scalar("Accuracy/best_vs_weights_left_x10", history.best_accuracy, round(left * 10))
+    writer.flush()
+
+
+def write_loss_plot(
+    experiment: Experiment, run_dir: RunDir, history: LevelHistory, tag: str
+) -> None:
+    """The original's loss-and-accuracy figure of one level."""
+    figure = plots.loss_vs_accuracy(
+        history.all_loss,
+        history.all_accuracy,
+        experiment.dataset,
+        experiment.arch_type,
+        first_epoch=history.first_epoch + 1,
+    )
+    run_dir.save_figure(figure, run_dir.loss_plot_path(tag), experiment.plot_dpi)
+    plots.close(figure, experiment.plot_dpi)
+
+
+def summary_row(level: int, left: float, comp: float, history: LevelHistory) -> dict:
+    """The level's row of summary.csv; with a validation set, the early stop's columns too
+    (best_accuracy and best_epoch are then the test accuracy and epoch of the early stop)."""
+    row = {
+        "level": level,
+        "weights_left": left,
+        "params_left": comp,
+        "best_accuracy": history.best_accuracy,
+        "best_epoch": history.best_epoch,
+        "final_accuracy": history.final_accuracy,
+        "final_loss": float(history.all_loss[-1]),
+    }
+    if history.early_stop_epoch is not None:
+        row["early_stop_epoch"] = history.early_stop_epoch
+        row["val_loss"] = history.val_loss
+        row["val_accuracy"] = history.val_accuracy
+        row["test_accuracy"] = history.best_accuracy
+    return row
+
+
+def write_final(experiment: Experiment, trial_run: TrialRun) -> None:
+    """The whole run's files: the original's `comp` and best accuracy per level, and their plot."""
+    run_dir, progress = trial_run.run_dir, trial_run.progress
+    run_dir.dump_array(progress.comp, run_dir.dump_path("compression"))
+    run_dir.dump_array(progress.bestacc, run_dir.dump_path("bestaccuracy"))
+    figure = plots.accuracy_vs_weights(
+        [("Winning tickets", progress.comp, progress.bestacc)],
+        experiment.dataset,
+        experiment.arch_type,
+    )
+    run_dir.save_figure(figure, run_dir.accuracy_plot_path(), experiment.plot_dpi)
+    plots.close(figure, experiment.plot_dpi)
+
+
+def checkpoint(level: int, trial_run: TrialRun) -> dict:
+    """The trial's state at the end of `level` that the next level needs, each part stored once:
+    its own generators apart from the process's (the batch's shared draws)."""
+    return {
+        "level": level,
+        "model_state": trial_run.model.state_dict(),
+        "progress": resume.checkpoint_progress(vars(trial_run.progress)),
+        "rng": rng_states(),
+        "trial_rng": trial_run.random.state(),
+    }
