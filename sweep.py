@@ -339,10 +339,10 @@ class Job:
 
     def restart(self, log: Path) -> None:
         """After its process was lost: the job resumes the folders the lost process made (its
-        log names them; `--resume` of one resumes the whole batch), or, when it made none yet,
+        batch record names them; `--resume` of one resumes the whole batch), or, when it made none yet,
         starts afresh."""
         self.lost += 1
-        if self.argv[:1] == ["--resume"] or not log.exists():
+        if self.argv[:1] == ["--resume"]:
             return
         folders = runs.batch_record_folders(batch_record_path(log))
         if folders:
@@ -478,7 +478,8 @@ def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> No
 
         def start(job: Job) -> None:
             log = logs / f"{job.name}.log"
-            log.unlink(missing_ok=True)  # a log there now is this job's, when it is lost
+            log.unlink(missing_ok=True)
+            batch_record_path(log).unlink(missing_ok=True)  # one there now is this job's
             run = again if job.lost else remote
             pending[run.remote(job.argv, os.getcwd(), str(log), threads)] = job
 

@@ -6,6 +6,7 @@ restarts without Ray (FakeRay): which command line a lost job starts again with,
 is given up."""
 
 import importlib.util
+import json
 import os
 import sys
 import threading
@@ -217,7 +218,7 @@ def test_a_lost_job_resumes_the_folders_it_made_or_starts_afresh_and_is_given_up
     tmp_path, monkeypatch, capsys
 ):
     """Three jobs of two trials (lt and reinit): the one at 20% is lost once its process has
-    named its folders (it starts again as --resume of the first), the one at 50% before that (it
+    recorded its folders (it starts again as --resume of the first), the one at 50% before that (it
     starts again as it started), the one at 80% every time (failed after RESTARTS restarts)."""
     fake = LosingRay()
     monkeypatch.setitem(sys.modules, "ray", fake)
@@ -229,7 +230,8 @@ def test_a_lost_job_resumes_the_folders_it_made_or_starts_afresh_and_is_given_up
         folders = [str(tmp_path / f"{job}_{t}") for t in ("lt", "reinit")]
         if job == "lt_50_batch0" and calls[job] == 1:
             raise NodeDiedError("lost before main.py began")
-        Path(log).write_text("".join(f"run folder: {folder}\n" for folder in folders))
+        record = {"levels": 3, "runs": [{"folder": f, "levels_done": 0} for f in folders]}
+        sweep.batch_record_path(log).write_text(json.dumps(record))
         if job == "lt_80_batch0" or calls[job] == 1:
             raise NodeDiedError("lost mid-run")
         return 0, folders, ""
