@@ -56,14 +56,16 @@ from lth.record import (
 )
 from lth.results import RunDir, level_tag, read_mask
 from lth.saliency import at_init_mask, level_counts
-from lth.steps import use_compile
 from lth.train import (
     EVAL_BATCH,
+    Callbacks,
     InputDropout,
+    LevelData,
     LevelHistory,
+    LevelPlan,
+    Trials,
     add_input_dropout,
     flush_denormals,
-    level_optimizer,
     steps_per_epoch,
     train_level,
 )
@@ -411,13 +413,13 @@ def run_level(
     start = 0 if level == 0 else rewind_at  # level 0 runs whole; N = 0: no rewind state kept
     finetuning = level > 0 and any(t.trial.prune_type == "finetune" for t in running)
     keep = (rewind_at, rewind_keeper(running, stacked)) if level == 0 else None
-    optimizer, schedule = level_optimizer(
+    plan = LevelPlan.of(
         experiment,
-        stacked,
-        drops=cli.lr_drop_epochs(experiment),
-        epoch_steps=epoch_steps,
+        loaded.train,
+        cli.lr_drop_epochs(experiment),
         start_step=start,
-        hold_at=experiment.end_iter * epoch_steps - 1 if finetuning else None,
+        held=finetuning,
+        description=f"[level {level}] ",
     )
 
     print(f"\n--- Pruning Level [0:{level}/{experiment.prune_iterations}]: ---")
@@ -437,23 +439,13 @@ def run_level(
         ]
         histories = train_level(
             stacked,
-            loaded.train,
-            loaded.test,
-            optimizer,
-            stack.stack_masks(stacked, [t.progress.mask for t in running]),
-            [t.random for t in running],
-            epochs=experiment.end_iter,
-            batch_size=experiment.batch_size,
-            valid_freq=experiment.valid_freq,
-            print_freq=experiment.print_freq,
-            description=f"[level {level}] ",
-            on_epoch=[epoch_hook(writer, experiment, level) for writer in opened],
-            compiled=use_compile(experiment.compile, loaded.train.labels.device),
-            augmented=experiment.augment,
-            val_set=loaded.val,
-            schedule=schedule,
-            start_step=start,
-            after_steps=keep,
+            LevelData(loaded.train, loaded.test, loaded.val),
+            plan,
+            Trials(
+                stack.stack_masks(stacked, [t.progress.mask for t in running]),
+                [t.random for t in running],
+            ),
+            Callbacks([epoch_hook(writer, experiment, level) for writer in opened], keep),
         )
         for index, (trial_run, history) in enumerate(zip(running, histories, strict=True)):
             if history.failure is not None:
