@@ -37,12 +37,12 @@ from lth.instability import (
     train_copies,
     write_tables,
 )
-from lth.lottery import Data, build_model, load_data, saved_model_classes, select_device
+from lth.lottery import build_model, load_data, saved_model_classes, select_device
 from lth.pruning import Mask, weights_left
 from lth.record import choose_seed, deterministic_algorithms, run_record
 from lth.results import read_mask, save_png, write_json
 from lth.resume import saved_state
-from lth.train import flush_denormals, steps_per_epoch
+from lth.train import LevelData, flush_denormals, steps_per_epoch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,7 +211,7 @@ def analyse_level(
     start: dict[str, torch.Tensor],
     seed: int,
     recipe: Experiment,
-    loaded: Data,
+    loaded: LevelData,
     rewind_at: int,
     points: np.ndarray,
 ) -> PathErrors:

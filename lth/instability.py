@@ -28,8 +28,7 @@ from lth.pruning import Mask, rewind
 from lth.record import TrialRandom, seed_everything
 from lth.results import write_csv
 from lth.stack import StackedModel, stack_masks
-from lth.steps import use_compile
-from lth.train import evaluate, level_optimizer, steps_per_epoch, train_level
+from lth.train import LevelData, LevelPlan, Trials, evaluate, train_level
 
 POINTS = 30  # the paper's number of points on the path
 STABLE_BELOW = 2.0  # percentage points of error barrier: the paper's threshold
@@ -120,10 +119,11 @@ def train_copies(
 ) -> list[dict[str, torch.Tensor]]:
     """One copy of `model` per seed, each at the state `start` with `mask` applied, trained
     together as one batch (one copy: alone) from optimiser step `start_step` to the end of the
-    recipe's last epoch: the run's optimiser, learning rate and schedule (`drops`: the epochs of
-    its --lr_drops) started at `start_step`, with its --augment, each copy with the data order
-    of its own `TrialRandom(seed)`. Returns each copy's state at the end of training (not its
-    best).
+    recipe's last epoch, on the plan a level of the run makes (`train.LevelPlan.of`): the run's
+    optimiser, learning rate and schedule (`drops`: the epochs of its --lr_drops) started at
+    `start_step`, its batches and --augment, each copy with the data order of its own
+    `TrialRandom(seed)`, without a validation set. Returns each copy's state at the end of
+    training (not its best).
 
     The batch's shared draws (dropout) start from the first seed, as a batch's in main.py.
     UserError when a copy's loss stops being finite.
@@ -135,26 +135,12 @@ def train_copies(
         copies.append(one)
     stacked = StackedModel(copies)
     seed_everything(seeds[0])
-    epoch_steps = steps_per_epoch(len(train_set), recipe.batch_size)
-    optimizer, schedule = level_optimizer(
-        recipe, stacked, drops=drops, epoch_steps=epoch_steps, start_step=start_step
-    )
+    plan = LevelPlan.of(recipe, train_set, drops, start_step=start_step, description=description)
     histories = train_level(
         stacked,
-        train_set,
-        test_set,
-        optimizer,
-        stack_masks(stacked, [mask] * len(seeds)),
-        [TrialRandom(seed) for seed in seeds],
-        epochs=recipe.end_iter,
-        batch_size=recipe.batch_size,
-        valid_freq=recipe.valid_freq,
-        print_freq=recipe.print_freq,
-        description=description,
-        compiled=use_compile(recipe.compile, train_set.labels.device),
-        augmented=recipe.augment,
-        schedule=schedule,
-        start_step=start_step,
+        LevelData(train_set, test_set),
+        plan,
+        Trials(stack_masks(stacked, [mask] * len(seeds)), [TrialRandom(seed) for seed in seeds]),
     )
     for seed, history in zip(seeds, histories, strict=True):
         if history.failure is not None:

@@ -57,14 +57,16 @@ from lth.record import (
 )
 from lth.results import RunDir, level_tag, read_mask, write_json
 from lth.saliency import at_init_mask, level_counts
-from lth.steps import use_compile
 from lth.train import (
     EVAL_BATCH,
+    Callbacks,
     InputDropout,
+    LevelData,
     LevelHistory,
+    LevelPlan,
+    Trials,
     add_input_dropout,
     flush_denormals,
-    level_optimizer,
     steps_per_epoch,
     train_level,
 )
@@ -101,13 +103,6 @@ class TrialRun:
 
 
 @dataclass(frozen=True)
-class Data:
-    train: data.Split
-    test: data.Split
-    val: data.Split | None
-
-
-@dataclass(frozen=True)
 class BatchStart:
     """Which batch to open: a new one (`experiment` and `trials`, from the command line), or the
     batch `resumed` names; `record_to`: the file of the batch's record (`write_batch_record`)."""
@@ -125,7 +120,7 @@ class Shared:
 
     experiment: Experiment
     device: torch.device
-    loaded: Data
+    loaded: LevelData
     init: Initializer
     epoch_steps: int
 
@@ -341,7 +336,7 @@ def select_device(gpu: str) -> torch.device:
     return torch.device(f"cuda:{int(gpu)}")
 
 
-def load_data(experiment: Experiment, device: torch.device) -> Data:
+def load_data(experiment: Experiment, device: torch.device) -> LevelData:
     """The data set on the device, with the --val_size images held out for validation."""
     train_set, test_set = data.load(
         experiment.dataset, experiment.data_dir, experiment.data_source, device
@@ -349,7 +344,7 @@ def load_data(experiment: Experiment, device: torch.device) -> Data:
     val_set = None
     if experiment.val_size > 0:
         train_set, val_set = data.hold_out(train_set, experiment.val_size, experiment.batch_size)
-    return Data(train_set, test_set, val_set)
+    return LevelData(train_set, test_set, val_set)
 
 
 def build_model(experiment: Experiment, train_set: data.Split, init: Initializer) -> nn.Module:
@@ -482,16 +477,16 @@ def train_trials(
     schedule's final rate (cli.trains_apart keeps it from sharing a batch with a schedule of its
     own).
     """
-    experiment, epoch_steps, rewind_at = shared.experiment, shared.epoch_steps, shared.rewind_at
+    experiment, rewind_at = shared.experiment, shared.rewind_at
     start = 0 if level == 0 else rewind_at  # level 0 runs whole; N = 0: no rewind state kept
     finetuning = level > 0 and any(t.trial.prune_type == "finetune" for t in running)
-    optimizer, schedule = level_optimizer(
+    plan = LevelPlan.of(
         experiment,
-        stacked,
-        drops=experiment.lr_drop_epochs(),
-        epoch_steps=epoch_steps,
+        shared.loaded.train,
+        experiment.lr_drop_epochs(),
         start_step=start,
-        hold_at=experiment.end_iter * epoch_steps - 1 if finetuning else None,
+        held=finetuning,
+        description=f"[level {level}] ",
     )
     print(f"\n--- Pruning Level [0:{level}/{experiment.prune_iterations}]: ---")
     comps = []
@@ -507,25 +502,16 @@ def train_trials(
         )
         for t in running
     ]
+    keep = (rewind_at, rewind_keeper(running, stacked)) if level == 0 else None
     histories = train_level(
         stacked,
-        shared.loaded.train,
-        shared.loaded.test,
-        optimizer,
-        stack.stack_masks(stacked, [t.progress.mask for t in running]),
-        [t.random for t in running],
-        epochs=experiment.end_iter,
-        batch_size=experiment.batch_size,
-        valid_freq=experiment.valid_freq,
-        print_freq=experiment.print_freq,
-        description=f"[level {level}] ",
-        on_epoch=[epoch_hook(writer, experiment, level) for writer in opened],
-        compiled=use_compile(experiment.compile, shared.loaded.train.labels.device),
-        augmented=experiment.augment,
-        val_set=shared.loaded.val,
-        schedule=schedule,
-        start_step=start,
-        after_steps=(rewind_at, rewind_keeper(running, stacked)) if level == 0 else None,
+        shared.loaded,
+        plan,
+        Trials(
+            stack.stack_masks(stacked, [t.progress.mask for t in running]),
+            [t.random for t in running],
+        ),
+        Callbacks([epoch_hook(writer, experiment, level) for writer in opened], keep),
     )
     return LevelInTraining(running, comps, histories, opened)
 

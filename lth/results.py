@@ -203,7 +203,7 @@ class RunDir:
         return self.saves / f"initial_state_dict_{self.prune_type}.pth.tar"
 
     def rewind_state_path(self) -> Path:
-        """The model after `cli.rewind_step` optimiser steps of level 0 (--rewind_iter or
+        """The model after `Experiment.rewind_step` optimiser steps of level 0 (--rewind_iter or
         --rewind_epoch; written only when that is > 0)."""
         return self.saves / f"rewind_state_dict_{self.prune_type}.pth.tar"
 

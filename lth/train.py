@@ -5,13 +5,19 @@ The one training path: the trials of a batch (one trial is a batch of one) as a
 `stack.StackedModel`, each trial with its own data order (drawn from its `TrialRandom`), its own
 mask, its own best state, early stop and failure; one optimiser and one learning-rate schedule
 for all of them (the trials of a batch share the recipe, so their schedules are the same).
+
+Its one entry is `train_level(stacked, data, plan, trials, callbacks)`: the stacked model, the
+splits (`LevelData`), the `LevelPlan` that `LevelPlan.of` makes of the recipe (steps, schedule,
+start step, batches, augmentation), what each trial brings (`Trials`: masks and generators) and
+what the level calls as it trains (`Callbacks`). main.py's levels and instability's copies make
+their plans the same way.
 """
 
-import argparse
 import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -21,10 +27,11 @@ from tqdm import tqdm
 
 from lth import augment
 from lth.data import Split
+from lth.experiment import Experiment
 from lth.layers import CONV_OR_LINEAR
 from lth.record import TrialRandom
 from lth.stack import StackedMasks, StackedModel, freeze_pruned_trials, gradient_masks
-from lth.steps import batch_losses, sample_losses
+from lth.steps import batch_losses, sample_losses, use_compile
 
 EVAL_BATCH = 1000
 WEIGHT_DECAY = 1e-4  # the original's, for every optimiser
@@ -56,18 +63,26 @@ def adam(
     return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
-def build_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
+class OptimizerChoice(Protocol):
+    """What `build_optimizer` reads: a recipe's or a plan's optimiser, rate and momentum."""
+
+    optimizer: str
+    lr: float
+    momentum: float
+
+
+def build_optimizer(choice: OptimizerChoice, model: nn.Module) -> torch.optim.Optimizer:
     """A fresh optimiser for one level: `--optimizer adam` (the original) or `sgd` with
     `--momentum`; both with `--lr` and L2 weight decay 1e-4.
 
     With either, a pruned weight (zero, with its gradient zeroed) gets no update: its moments,
     momentum buffer and weight decay all stay zero.
     """
-    if args.optimizer == "sgd":
+    if choice.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=WEIGHT_DECAY
+            model.parameters(), lr=choice.lr, momentum=choice.momentum, weight_decay=WEIGHT_DECAY
         )
-    return adam(model.parameters(), lr=args.lr, weight_decay=WEIGHT_DECAY)
+    return adam(model.parameters(), lr=choice.lr, weight_decay=WEIGHT_DECAY)
 
 
 class InputDropout:
@@ -97,79 +112,189 @@ def steps_per_epoch(count: int, batch_size: int) -> int:
     return len(range(0, count, batch_size))
 
 
-def lr_factor(
-    step: int, *, warmup_iters: int, drops: list[int], gamma: float, epoch_steps: int
-) -> float:
-    """The multiple of --lr used by optimiser step `step` of a level (counted from 0).
+@dataclass(frozen=True)
+class Schedule:
+    """The learning-rate schedule of a recipe (`--warmup_iters`, `--lr_drops`, `--lr_gamma`):
+    the multiple of --lr each optimiser step uses, steps counted from step 0 of level 0."""
 
-    Warm-up: min(1, step / warmup_iters), the OpenLTH convention, so the first step of a level
-    with warm-up has rate 0 and step `warmup_iters` the full rate. Drops: times `gamma` for each
-    epoch E of `drops` that has begun, the epoch being step // epoch_steps.
+    warmup_iters: int
+    drops: tuple[int, ...]  # the epochs of --lr_drops
+    gamma: float  # 1.0 without drops
+    epoch_steps: int  # optimiser steps per epoch
+
+    def factor(self, step: int) -> float:
+        """The multiple of --lr used by optimiser step `step` (counted from 0).
+
+        Warm-up: min(1, step / warmup_iters), the OpenLTH convention, so the first step of a
+        level with warm-up has rate 0 and step `warmup_iters` the full rate. Drops: times
+        `gamma` for each epoch E of `drops` that has begun, the epoch being step // epoch_steps.
+        """
+        factor = min(1.0, step / self.warmup_iters) if self.warmup_iters > 0 else 1.0
+        epoch = step // self.epoch_steps
+        return factor * self.gamma ** sum(1 for drop in self.drops if epoch >= drop)
+
+    def attach(
+        self, optimizer: torch.optim.Optimizer, start_step: int = 0, hold_at: int | None = None
+    ) -> LambdaLR | None:
+        """A fresh schedule for one level's optimiser, stepped once after each optimiser step;
+        None (a constant rate, the original's) when there is neither warm-up nor a drop.
+
+        The level's first step is step `start_step` of the schedule (`factor(start_step + i)`
+        for its i-th step): 0 restarts it, as the paper does; a level rewound to step N of
+        level 0 (--rewind_iter) continues it there, as OpenLTH does. The constructor sets the
+        rate of the first step; nothing warns, since the scheduler is stepped only after the
+        optimiser. `hold_at`: every step at the rate of that step of the schedule instead
+        (`finetune`: its last step's).
+        """
+        if self.warmup_iters == 0 and not self.drops:
+            return None
+
+        def factor(step: int) -> float:
+            return self.factor(start_step + step if hold_at is None else hold_at)
+
+        return LambdaLR(optimizer, factor)
+
+
+@dataclass
+class Stepper:
+    """A level's optimiser and its learning-rate schedule, stepped together, and the number of
+    optimiser steps done, counted from step 0 of the schedule (a level rewound to step N starts
+    at `done` = N). `at` = (n, call): call() once step n is done, with the trials as that step
+    left them (level 0 keeps its rewind states so)."""
+
+    optimizer: torch.optim.Optimizer
+    schedule: LambdaLR | None = None
+    done: int = 0
+    at: tuple[int, Callable[[], None]] | None = None
+
+    def step(self) -> None:
+        """One optimiser step, then the schedule's, then the call if this step is its."""
+        self.optimizer.step()
+        if self.schedule is not None:
+            self.schedule.step()
+        self.done += 1
+        if self.at is not None and self.done == self.at[0]:
+            self.at[1]()
+
+
+@dataclass(frozen=True)
+class Batches:
+    """How an epoch forms and computes its batches: `size` images per optimiser step (the last
+    batch smaller), each cropped and flipped when `augmented` (`--augment`), the batch loss
+    compiled with torch.compile when `compiled` (`--compile`, `steps.use_compile`)."""
+
+    size: int
+    augmented: bool = False
+    compiled: bool = False
+
+
+@dataclass(frozen=True)
+class LevelPlan:
+    """How one pruning level trains, made from the recipe by `LevelPlan.of`: the optimiser, the
+    schedule, the batches, the steps it trains, how often it tests and reports.
+
+    The level trains from optimiser step `start_step` of the schedule to the end of epoch
+    `epochs`; `hold_at`: at the rate of that step of the schedule throughout (`finetune`).
     """
-    factor = min(1.0, step / warmup_iters) if warmup_iters > 0 else 1.0
-    epoch = step // epoch_steps
-    return factor * gamma ** sum(1 for drop in drops if epoch >= drop)
 
+    epochs: int  # --end_iter
+    optimizer: str
+    lr: float
+    momentum: float
+    schedule: Schedule
+    batches: Batches
+    start_step: int
+    hold_at: int | None
+    valid_freq: int  # test every valid_freq epochs
+    print_freq: int  # report on the progress bar every print_freq epochs
+    description: str  # the progress bar's, and the divergence message's, name of the level
 
-def lr_schedule(
-    optimizer: torch.optim.Optimizer,
-    *,
-    warmup_iters: int,
-    drops: list[int],
-    gamma: float,
-    epoch_steps: int,
-    start_step: int = 0,
-    hold_at: int | None = None,
-) -> LambdaLR | None:
-    """A fresh schedule for one level's optimiser (`--warmup_iters`, `--lr_drops`,
-    `--lr_gamma`), stepped once after each optimiser step; None (a constant rate, the
-    original's) when there is neither warm-up nor a drop.
-
-    Built with the optimiser at the start of every level. The level's first step is step
-    `start_step` of the schedule (`lr_factor(start_step + i)` for its i-th step): 0 restarts it,
-    as the paper does; a level rewound to step N of level 0 (--rewind_iter) continues it there,
-    as OpenLTH does. The constructor sets the rate of the first step; nothing warns, since the
-    scheduler is stepped only after the optimiser. `hold_at`: every step at the rate of that
-    step of the schedule instead (`finetune`: its last step's).
-    """
-    if warmup_iters == 0 and not drops:
-        return None
-
-    def factor(step: int) -> float:
-        return lr_factor(
-            start_step + step if hold_at is None else hold_at,
-            warmup_iters=warmup_iters,
-            drops=drops,
-            gamma=gamma,
-            epoch_steps=epoch_steps,
+    @classmethod
+    def of(
+        cls,
+        recipe: Experiment,
+        train_set: Split,
+        drops: Sequence[int],
+        *,
+        start_step: int = 0,
+        held: bool = False,
+        description: str = "",
+    ) -> "LevelPlan":
+        """The plan of a level of `recipe` on `train_set` (its length gives the steps per
+        epoch, its device whether `--compile` compiles): `drops` the epochs of --lr_drops,
+        starting at step `start_step` of the schedule; `held`: at the rate of the schedule's
+        last step throughout (`finetune`)."""
+        epoch_steps = steps_per_epoch(len(train_set), recipe.batch_size)
+        return cls(
+            epochs=recipe.end_iter,
+            optimizer=recipe.optimizer,
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            schedule=Schedule(
+                warmup_iters=recipe.warmup_iters,
+                drops=tuple(drops),
+                gamma=1.0 if recipe.lr_gamma is None else recipe.lr_gamma,  # None: no drops
+                epoch_steps=epoch_steps,
+            ),
+            batches=Batches(
+                recipe.batch_size,
+                augmented=recipe.augment,
+                compiled=use_compile(recipe.compile, train_set.labels.device),
+            ),
+            start_step=start_step,
+            hold_at=recipe.end_iter * epoch_steps - 1 if held else None,
+            valid_freq=recipe.valid_freq,
+            print_freq=recipe.print_freq,
+            description=description,
         )
 
-    return LambdaLR(optimizer, factor)
+    @property
+    def epoch_steps(self) -> int:
+        return self.schedule.epoch_steps
+
+    @property
+    def first_epoch(self) -> int:
+        """The epoch of the level's first step (0 unless it starts at a step N > 0)."""
+        return self.start_step // self.epoch_steps
+
+    def stepper(
+        self, model: nn.Module, at_step: tuple[int, Callable[[], None]] | None = None
+    ) -> Stepper:
+        """The level's fresh optimiser over `model`'s parameters (`build_optimizer`) and its
+        schedule (`Schedule.attach`) started at `start_step` or held at `hold_at`, counting
+        from `start_step`; `at_step` = (n, call), n counted from step 0 as `start_step` is."""
+        optimizer = build_optimizer(self, model)
+        schedule = self.schedule.attach(optimizer, self.start_step, self.hold_at)
+        return Stepper(optimizer, schedule, done=self.start_step, at=at_step)
 
 
-def level_optimizer(
-    recipe: argparse.Namespace,
-    model: nn.Module,
-    *,
-    drops: list[int],
-    epoch_steps: int,
-    start_step: int,
-    hold_at: int | None = None,
-) -> tuple[torch.optim.Optimizer, LambdaLR | None]:
-    """A level's fresh optimiser (`build_optimizer`) and its learning-rate schedule
-    (`lr_schedule`, `drops` the epochs of --lr_drops) whose first step is step `start_step`, or
-    held at the rate of step `hold_at`."""
-    optimizer = build_optimizer(recipe, model)
-    schedule = lr_schedule(
-        optimizer,
-        warmup_iters=recipe.warmup_iters,
-        drops=drops,
-        gamma=1.0 if recipe.lr_gamma is None else recipe.lr_gamma,  # None: no drops
-        epoch_steps=epoch_steps,
-        start_step=start_step,
-        hold_at=hold_at,
-    )
-    return optimizer, schedule
+@dataclass(frozen=True)
+class LevelData:
+    """The splits a level uses: it trains on `train`, tests on `test`, and with `val`
+    (`--val_size`) stops early at the minimum validation loss."""
+
+    train: Split
+    test: Split
+    val: Split | None = None
+
+
+@dataclass(frozen=True)
+class Trials:
+    """What each trial of a batch brings to its training: its mask (stacked, `stack.stack_masks`)
+    and its own generators, one `TrialRandom` per trial in the stack's order."""
+
+    masks: StackedMasks
+    randoms: Sequence[TrialRandom]
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    """What a level calls as it trains: `on_epoch[i](epoch, loss, accuracy, ...)` after each
+    epoch trial i trains, and `at_step` = (n, call): call() once optimiser step n is done
+    (`Stepper`)."""
+
+    on_epoch: Sequence[Callable[..., None]] | None = None
+    at_step: tuple[int, Callable[[], None]] | None = None
 
 
 def trial_draws(
@@ -216,61 +341,49 @@ def trial_batch(
 def train_epoch(
     stacked: StackedModel,
     data: Split,
-    batch_size: int,
-    optimizer: torch.optim.Optimizer,
-    masks: StackedMasks,
-    randoms: Sequence[TrialRandom],
-    *,
-    compiled: bool = False,
-    augmented: bool = False,
-    schedule: LambdaLR | None = None,
+    batches: Batches,
+    trials: Trials,
+    stepper: Stepper,
     skip: int = 0,
-    after: tuple[int, Callable[[], None]] | None = None,
 ) -> list[float]:
     """One pass of every trial over its own fresh permutation of `data`; returns each trial's
     mean training loss.
 
     Each step: every trial's batch loss (`steps.batch_losses`: compiled with torch.compile when
-    `compiled`), the gradients of their sum through autograd (each trial's gradient is that of its
-    own mean loss: the trials share no tensor), the pruned weights' gradients zeroed by `masks`,
-    the optimiser's own `step()`. The losses are summed on the device and read once per epoch, so
-    the step never waits on the host. The last, smaller batch is kept (the original's train
-    loader did not drop it). `schedule` (`lr_schedule`), if any, is stepped after every
-    optimiser step. `augmented` (`--augment`): every training image is cropped and flipped
-    (`augment`), each trial drawing its epoch's crops and flips after its permutation.
+    `batches.compiled`), the gradients of their sum through autograd (each trial's gradient is
+    that of its own mean loss: the trials share no tensor), the pruned weights' gradients zeroed
+    by the trials' masks, `stepper.step()` (the optimiser's own `step()`, then the schedule's).
+    The losses are summed on the device and read once per epoch, so the step never waits on the
+    host. The last, smaller batch is kept (the original's train loader did not drop it).
+    `batches.augmented` (`--augment`): every training image is cropped and flipped (`augment`),
+    each trial drawing its epoch's crops and flips after its permutation.
 
     `skip`: the first `skip` batches of the permutation are not trained (the first, partial
     epoch of a level that starts inside an epoch; the loss is then the mean over the batches
-    trained). `after` = (n, call): call() once n optimiser steps of this pass are done (n from
-    1), inside the loop, with the trials as that step left them.
+    trained).
     """
-    if len(randoms) != stacked.trials:
-        raise ValueError(f"{len(randoms)} generators for {stacked.trials} trials")
+    if len(trials.randoms) != stacked.trials:
+        raise ValueError(f"{len(trials.randoms)} generators for {stacked.trials} trials")
     stacked.train()
-    losses_of = batch_losses(stacked, compiled)
-    pairs = gradient_masks(stacked, masks)
+    losses_of = batch_losses(stacked, batches.compiled)
+    pairs = gradient_masks(stacked, trials.masks)
     device = data.labels.device
     count = len(data)
-    orders = trial_orders(count, randoms, device)
-    draws = trial_augmentations(count, randoms, device) if augmented else None
+    orders = trial_orders(count, trials.randoms, device)
+    draws = trial_augmentations(count, trials.randoms, device) if batches.augmented else None
     total = torch.zeros(stacked.trials, device=device)
-    first = skip * batch_size
-    at, call = after if after is not None else (-1, None)
-    for step, start in enumerate(range(first, count, batch_size), start=1):
-        window = slice(start, start + batch_size)
+    first = skip * batches.size
+    for start in range(first, count, batches.size):
+        window = slice(start, start + batches.size)
         images, labels = trial_batch(
             data, orders[:, window], None if draws is None else draws[:, window]
         )
-        optimizer.zero_grad(set_to_none=True)
+        stepper.optimizer.zero_grad(set_to_none=True)
         losses = losses_of(images, labels)
         losses.sum().backward()
         freeze_pruned_trials(pairs)
-        optimizer.step()
-        if schedule is not None:
-            schedule.step()
+        stepper.step()
         total += losses.detach() * labels.shape[1]
-        if step == at and call is not None:
-            call()
     return [t / (count - first) for t in total.tolist()]
 
 
@@ -343,143 +456,139 @@ class LevelHistory:
 
 def train_level(
     stacked: StackedModel,
-    train_set: Split,
-    test_set: Split,
-    optimizer: torch.optim.Optimizer,
-    masks: StackedMasks,
-    randoms: Sequence[TrialRandom],
-    *,
-    epochs: int,
-    batch_size: int,
-    valid_freq: int,
-    print_freq: int,
-    description: str = "",
-    on_epoch: Sequence[Callable[..., None]] | None = None,
-    compiled: bool = False,
-    augmented: bool = False,
-    val_set: Split | None = None,
-    schedule: LambdaLR | None = None,
-    start_step: int = 0,
-    after_steps: tuple[int, Callable[[], None]] | None = None,
+    data: LevelData,
+    plan: LevelPlan,
+    trials: Trials,
+    callbacks: Callbacks | None = None,
 ) -> list[LevelHistory]:
-    """Train every trial of `stacked` from optimiser step `start_step` to the end of epoch
-    `epochs`, testing before training, every `valid_freq` epochs and once after; one history per
-    trial.
+    """Train every trial of `stacked` on `data.train` as `plan` says, from optimiser step
+    `plan.start_step` to the end of epoch `plan.epochs`, with a fresh optimiser and schedule
+    (`plan.stepper`), testing before training, every `plan.valid_freq` epochs and once after;
+    one history per trial.
 
     As in the original, the test at epoch e measures the model after e epochs of training, and
     an epoch without a test repeats the latest accuracy. Each trial's best state is kept in
-    memory; the caller writes it out once, at the end of the level. `compiled`: the batch loss
-    goes through torch.compile (`--compile`, `steps.use_compile`). `augmented` (`--augment`):
-    the training images are cropped and flipped (`train_epoch`); the test and validation images
-    never are. `schedule`: the level's learning-rate schedule (`lr_schedule`, started at
-    `start_step` too).
+    memory; the caller writes it out once, at the end of the level. The test and validation
+    images are never augmented.
 
-    `start_step` = N (a level rewound to step N of level 0): the level starts in epoch
+    A level that starts at step N > 0 (rewound to step N of level 0) starts in epoch
     N // steps per epoch, whose fresh permutation each trial draws and trains from batch
-    N % steps per epoch on, as OpenLTH does with its epoch's order. `after_steps` = (n, call):
-    call() once n optimiser steps, counted from step 0 as `start_step` is, are done (level 0
+    N % steps per epoch on, as OpenLTH does with its epoch's order. `callbacks.at_step` =
+    (n, call): call() once n optimiser steps, counted from step 0 as N is, are done (level 0
     keeps its rewind states so).
 
-    With `val_set` (`--val_size`), every test also measures the validation loss and accuracy,
+    With `data.val` (`--val_size`), every test also measures the validation loss and accuracy,
     and a trial's best model is the one of its minimum validation loss (the earliest on a tie);
-    `on_epoch[i]` then gets them as the keywords `val_loss` and `val_accuracy`.
+    `callbacks.on_epoch[i]` then gets them as the keywords `val_loss` and `val_accuracy`.
 
     A trial whose training loss is not finite stops there: its history's `failure` says so in one
     line, it is measured no more, and the others go on (its slices keep computing, unread: the
     trials share no tensor, so they cannot reach the others).
     """
-    k = stacked.trials
-    epoch_steps = steps_per_epoch(len(train_set), batch_size)
-    first_epoch, skip = divmod(start_step, epoch_steps)
-    trained = epochs - first_epoch
-    validating = val_set is not None
-    histories = [
-        LevelHistory(
-            np.zeros(trained, float),
-            np.zeros(trained, float),
-            all_val_loss=np.zeros(trained, float) if validating else None,
-            all_val_accuracy=np.zeros(trained, float) if validating else None,
-            first_epoch=first_epoch,
-        )
-        for _ in range(k)
-    ]
-    best_val = [math.inf] * k
-    accuracy, val = [0.0] * k, [(0.0, 0.0)] * k
+    callbacks = Callbacks() if callbacks is None else callbacks
+    level = LevelRecord(stacked, data, plan)
+    stepper = plan.stepper(stacked, callbacks.at_step)
+    bar = tqdm(range(plan.first_epoch, plan.epochs), desc=plan.description, dynamic_ncols=True)
+    for e, epoch in enumerate(bar):
+        if e % plan.valid_freq == 0:
+            level.measure(epoch)
+        skip = plan.start_step % plan.epoch_steps if e == 0 else 0
+        losses = train_epoch(stacked, data.train, plan.batches, trials, stepper, skip)
+        level.record(epoch, losses, stepper.optimizer, callbacks.on_epoch)
+        if not level.running():
+            break
+        if epoch % plan.print_freq == 0:
+            bar.set_description(plan.description + level.progress(epoch, losses))
+    bar.close()
+    return level.finish()
 
-    def running() -> list[int]:
-        return [i for i in range(k) if histories[i].failure is None]
 
-    def measure(epoch: int) -> tuple[list[float], list[tuple[float, float]]]:
-        accuracies = evaluate(stacked, test_set)
-        measured = val
-        if val_set is not None:
-            measured = list(zip(*loss_and_accuracy(stacked, val_set), strict=True))
-        for i in running():
-            history = histories[i]
-            if val_set is None:
+class LevelRecord:
+    """The histories of one level's trials as `train_level` trains them: it measures them,
+    keeps each trial's best state, records each epoch, and stops a trial whose loss is not
+    finite."""
+
+    def __init__(self, stacked: StackedModel, data: LevelData, plan: LevelPlan) -> None:
+        self.stacked, self.data, self.plan = stacked, data, plan
+        k = stacked.trials
+        trained = plan.epochs - plan.first_epoch
+        validating = data.val is not None
+        self.histories = [
+            LevelHistory(
+                np.zeros(trained, float),
+                np.zeros(trained, float),
+                all_val_loss=np.zeros(trained, float) if validating else None,
+                all_val_accuracy=np.zeros(trained, float) if validating else None,
+                first_epoch=plan.first_epoch,
+            )
+            for _ in range(k)
+        ]
+        self.best_val = [math.inf] * k
+        # the latest test accuracy and validation (loss, accuracy) of each trial
+        self.accuracy, self.val = [0.0] * k, [(0.0, 0.0)] * k
+
+    def running(self) -> list[int]:
+        return [i for i, history in enumerate(self.histories) if history.failure is None]
+
+    def measure(self, epoch: int) -> list[float]:
+        """Test (and validate) every trial after `epoch` epochs; keep each running trial's
+        state if it is its best so far. Returns the test accuracies, kept as the latest."""
+        accuracies = evaluate(self.stacked, self.data.test)
+        measured = self.val
+        if self.data.val is not None:
+            measured = list(zip(*loss_and_accuracy(self.stacked, self.data.val), strict=True))
+        for i in self.running():
+            history = self.histories[i]
+            if self.data.val is None:
                 better = accuracies[i] > history.best_accuracy
             else:
-                better = history.best_state is None or measured[i][0] < best_val[i]
+                better = history.best_state is None or measured[i][0] < self.best_val[i]
             if better:
                 history.best_accuracy, history.best_epoch = accuracies[i], epoch
-                history.best_state = stacked.trial_state(i)
-                if val_set is not None:
-                    best_val[i] = measured[i][0]
+                history.best_state = self.stacked.trial_state(i)
+                if self.data.val is not None:
+                    self.best_val[i] = measured[i][0]
                     history.val_loss, history.val_accuracy = measured[i]
                     history.early_stop_epoch = epoch
-        return accuracies, measured
+        self.accuracy, self.val = accuracies, measured
+        return accuracies
 
-    def within(done: int, end: int) -> tuple[int, Callable[[], None]] | None:
-        """`after_steps` as train_epoch counts, if its step is among steps done+1..end."""
-        if after_steps is None or not done < after_steps[0] <= end:
-            return None
-        return after_steps[0] - done, after_steps[1]
-
-    bar = tqdm(range(first_epoch, epochs), desc=description, dynamic_ncols=True)
-    for e, epoch in enumerate(bar):
-        if e % valid_freq == 0:
-            accuracy, val = measure(epoch)
-        skipped = skip if e == 0 else 0
-        done = epoch * epoch_steps + skipped
-        losses = train_epoch(
-            stacked,
-            train_set,
-            batch_size,
-            optimizer,
-            masks,
-            randoms,
-            compiled=compiled,
-            augmented=augmented,
-            schedule=schedule,
-            skip=skipped,
-            after=within(done, (epoch + 1) * epoch_steps),
-        )
-        for i in running():
-            history = histories[i]
+    def record(
+        self,
+        epoch: int,
+        losses: Sequence[float],
+        optimizer: torch.optim.Optimizer,
+        on_epoch: Sequence[Callable[..., None]] | None,
+    ) -> None:
+        """Each running trial's loss of `epoch` beside its latest measures, and its `on_epoch`
+        call; a trial whose loss is not finite fails instead."""
+        e = epoch - self.plan.first_epoch
+        for i in self.running():
+            history = self.histories[i]
             if not math.isfinite(losses[i]):
-                history.failure = diverged(epoch, description, losses[i], optimizer)
+                history.failure = diverged(epoch, self.plan.description, losses[i], optimizer)
                 continue
-            history.all_loss[e], history.all_accuracy[e] = losses[i], accuracy[i]
+            history.all_loss[e], history.all_accuracy[e] = losses[i], self.accuracy[i]
             if history.all_val_loss is not None and history.all_val_accuracy is not None:
-                history.all_val_loss[e], history.all_val_accuracy[e] = val[i]
+                history.all_val_loss[e], history.all_val_accuracy[e] = self.val[i]
             if on_epoch is not None:
-                extra = dict(val_loss=val[i][0], val_accuracy=val[i][1]) if validating else {}
-                on_epoch[i](epoch, losses[i], accuracy[i], **extra)
-        if not running():
-            break
-        if epoch % print_freq == 0:
-            bar.set_description(
-                description
-                + progress_text(
-                    epoch, epochs, histories, losses, accuracy, val if validating else None
-                )
-            )
-    bar.close()
-    if running():
-        final, _ = measure(epochs)
-        for i in running():
-            histories[i].final_accuracy = final[i]
-    return histories
+                extra = {}
+                if self.data.val is not None:
+                    extra = dict(val_loss=self.val[i][0], val_accuracy=self.val[i][1])
+                on_epoch[i](epoch, losses[i], self.accuracy[i], **extra)
+
+    def progress(self, epoch: int, losses: Sequence[float]) -> str:
+        """The progress bar's text after `epoch` (`progress_text`)."""
+        val = self.val if self.data.val is not None else None
+        return progress_text(epoch, self.plan.epochs, self.histories, losses, self.accuracy, val)
+
+    def finish(self) -> list[LevelHistory]:
+        """The histories, each running trial's final accuracy measured after the last epoch."""
+        if self.running():
+            final = self.measure(self.plan.epochs)
+            for i in self.running():
+                self.histories[i].final_accuracy = final[i]
+        return self.histories
 
 
 def diverged(epoch: int, description: str, loss: float, optimizer: torch.optim.Optimizer) -> str:

@@ -71,7 +71,10 @@ from lth.results import RunDir  # noqa: E402
 from lth.steps import use_compile  # noqa: E402
 from lth.train import (  # noqa: E402
     WEIGHT_DECAY,
+    Batches,
     LevelHistory,
+    Stepper,
+    Trials,
     adam,
     evaluate,
     flush_denormals,
@@ -402,22 +405,14 @@ def training_case(
     floor = kernel_floor(model, BATCH, device)
     alone = stack.StackedModel([model])  # a run alone: a batch of one, the module itself
     masks = stack.stack_masks(alone, [make_mask(model)])
-    optimizer = adam(alone.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY)
-    randoms = [TrialRandom(0)]
+    stepper = Stepper(adam(alone.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY))
+    trials = Trials(masks, [TrialRandom(0)])
+    batches = Batches(BATCH, augmented=augmented, compiled=compiled)
     cpu_times: list[float] = []
 
     def epoch() -> None:
         start = time.process_time()
-        train_epoch(
-            alone,
-            train_set,
-            BATCH,
-            optimizer,
-            masks,
-            randoms,
-            compiled=compiled,
-            augmented=augmented,
-        )
+        train_epoch(alone, train_set, batches, trials, stepper)
         cpu_times.append(time.process_time() - start)
 
     torch.compiler.reset()  # compile from nothing, as a new process would
@@ -481,11 +476,11 @@ def batched_case(
         modules.append(initialize(archs.build(dataset, arch)).to(device))
     stacked = stack.StackedModel(modules)
     masks = stack.stack_masks(stacked, [make_mask(m) for m in modules])
-    optimizer = adam(stacked.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY)
-    randoms = [TrialRandom(trial) for trial in range(trials)]
+    stepper = Stepper(adam(stacked.parameters(), lr=1.2e-3, weight_decay=WEIGHT_DECAY))
+    batch = Trials(masks, [TrialRandom(trial) for trial in range(trials)])
 
     def epoch() -> None:
-        train_epoch(stacked, train_set, BATCH, optimizer, masks, randoms)
+        train_epoch(stacked, train_set, Batches(BATCH), batch, stepper)
 
     epoch()  # warm-up
     epoch_times = median_time(epoch, repeats, device)

@@ -233,10 +233,11 @@ def solo_case(
     alone = stack.StackedModel([model])
     masks = stack.stack_masks(alone, [make_mask(model)])
     optimizer = train.adam(alone.parameters(), lr=LR, weight_decay=train.WEIGHT_DECAY)
-    randoms = [TrialRandom(0)]
+    stepper, trials = train.Stepper(optimizer), train.Trials(masks, [TrialRandom(0)])
+    batches = train.Batches(batch, compiled=compiled)
 
     def epoch(on: data.Split) -> None:
-        train.train_epoch(alone, on, batch, optimizer, masks, randoms, compiled=compiled)
+        train.train_epoch(alone, on, batches, trials, stepper)
 
     warm = warmup_subset(split, batch)
     first = timed(lambda: epoch(warm), device)
@@ -262,9 +263,11 @@ def batched_epoch(
     optimizer = train.build_optimizer(
         argparse.Namespace(optimizer="adam", lr=LR, momentum=0.0), stacked
     )
-    stacked_masks = stack.stack_masks(stacked, masks)
-    randoms = [TrialRandom(100 + i) for i in range(len(modules))]
-    return lambda split: train.train_epoch(stacked, split, batch, optimizer, stacked_masks, randoms)
+    trials = train.Trials(
+        stack.stack_masks(stacked, masks), [TrialRandom(100 + i) for i in range(len(modules))]
+    )
+    stepper = train.Stepper(optimizer)
+    return lambda split: train.train_epoch(stacked, split, train.Batches(batch), trials, stepper)
 
 
 def batched_case(

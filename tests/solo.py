@@ -27,7 +27,8 @@ def epoch_alone(
     **options,
 ) -> float:
     """One `train.train_epoch` of `model` alone (in place; `optimizer` over its parameters),
-    `masks` aligned with its prunable weights; returns the mean loss.
+    `masks` aligned with its prunable weights, `options` those of `train.Batches` (`compiled`,
+    `augmented`); returns the mean loss.
 
     Its draws are those of a textbook loop run from the process's generators: the data order
     from their state now, dropout after it (the process's generators are moved past the order's
@@ -35,9 +36,9 @@ def epoch_alone(
     by_name = {name: m.unsqueeze(0) for name, m in zip(prunable(model), masks, strict=True)}
     random = TrialRandom.from_state(TrialRandom.process_states())
     torch.randperm(len(data))  # the process's generator where the textbook loop's order left it
-    (loss,) = train.train_epoch(
-        alone(model), data, batch_size, optimizer, by_name, [random], **options
-    )
+    trials = train.Trials(by_name, [random])
+    batches = train.Batches(batch_size, **options)
+    (loss,) = train.train_epoch(alone(model), data, batches, trials, train.Stepper(optimizer))
     return loss
 
 

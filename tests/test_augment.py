@@ -12,7 +12,7 @@ from torch.overrides import TorchFunctionMode
 
 import archs
 import combine_plots
-from lth import augment, experiment, runs, stack, train
+from lth import augment, cli, experiment, runs, stack, train
 from lth.data import Split
 from lth.initialization import initialize
 from lth.pruning import make_mask
@@ -120,9 +120,9 @@ def epoch_batches(monkeypatch, seeds: list[int], data: Split, augmented: bool = 
         modules.append(initialize(archs.build("cifar10", "fc1")))
     stacked = stack.StackedModel(modules)
     masks = stack.stack_masks(stacked, [make_mask(m) for m in modules])
-    optimizer = train.build_optimizer(SGD, stacked)
-    randoms = [TrialRandom(seed) for seed in seeds]
-    train.train_epoch(stacked, data, BATCH, optimizer, masks, randoms, augmented=augmented)
+    stepper = train.Stepper(train.build_optimizer(SGD, stacked))
+    trials = train.Trials(masks, [TrialRandom(seed) for seed in seeds])
+    train.train_epoch(stacked, data, train.Batches(BATCH, augmented=augmented), trials, stepper)
     monkeypatch.setattr(train, "trial_batch", real)
     return [[batch[i] for batch in seen] for i in range(len(seeds))]
 
@@ -183,9 +183,9 @@ def test_the_augmented_epoch_reads_nothing_back_but_the_losses_once(host_reads):
     per_epoch = []
     for count in (40, 80):
         host_reads.clear()
-        randoms = [TrialRandom(seed) for seed in (3, 4)]
-        data = cifar_like(count)
-        train.train_epoch(stacked, data, 8, optimizer, masks, randoms, augmented=True)
+        trials = train.Trials(masks, [TrialRandom(seed) for seed in (3, 4)])
+        data, stepper = cifar_like(count), train.Stepper(optimizer)
+        train.train_epoch(stacked, data, train.Batches(8, augmented=True), trials, stepper)
         per_epoch.append(sorted(host_reads))
     assert per_epoch[0] == per_epoch[1] == ["tolist"]
 
@@ -231,20 +231,13 @@ def test_only_the_training_batches_are_augmented(monkeypatch):
     module = initialize(archs.build("cifar10", "fc1"))
     stacked = stack.StackedModel([module])
     masks = stack.stack_masks(stacked, [make_mask(module)])
-    train.train_level(
-        stacked,
-        cifar_like(),
-        cifar_like(30, seed=1),
-        train.build_optimizer(SGD, stacked),
-        masks,
-        [TrialRandom(0)],
-        epochs=2,
-        batch_size=BATCH,
-        valid_freq=1,
-        print_freq=1,
-        augmented=True,
-        val_set=cifar_like(20, seed=2),
-    )
+    flags = ["--dataset=cifar10", "--end_iter=2", f"--batch_size={BATCH}", "--augment"]
+    flags += [f"--optimizer={SGD.optimizer}", f"--lr={SGD.lr}", f"--momentum={SGD.momentum}"]
+    recipe = experiment.Experiment.of(vars(cli.parse_args(flags)))
+    data = train.LevelData(cifar_like(), cifar_like(30, seed=1), cifar_like(20, seed=2))
+    plan = train.LevelPlan.of(recipe, data.train, [])
+    assert plan.batches == train.Batches(BATCH, augmented=True)
+    train.train_level(stacked, data, plan, train.Trials(masks, [TrialRandom(0)]))
     assert calls == [16, 16, 8] * 2
 
 

@@ -18,7 +18,7 @@ from torch import nn
 import instability
 import main
 from lth import instability as instability_engine
-from lth import lottery, runs
+from lth import lottery, runs, train
 from lth.data import Split
 from lth.initialization import initializer
 from lth.instability import (
@@ -250,14 +250,17 @@ def test_bad_input_is_one_line_and_writes_nothing(reference_run, tmp_path, capsy
 
 def test_the_copies_train_with_the_runs_augmentation(reference_run, monkeypatch):
     """A run made with --augment has its copies' training images cropped and flipped too, as
-    its levels' were (the recipe's `augment` reaches train_level); without it, not."""
+    its levels' were (the recipe's `augment` reaches train_level); without it, not. The copies'
+    plan is the one `train.LevelPlan.of` makes of the recipe, as main.py's levels' is."""
     run, recipe, loaded, model, start = recipe_of(reference_run)
     mask = read_mask(run.mask_path(1), model)
     seen = []
 
-    def recording(*args, **kwargs):
-        seen.append(kwargs["augmented"])
-        raise StopIteration  # the flag is all this test needs
+    def recording(stacked, data, plan, trials, *rest):
+        seen.append(plan.batches.augmented)
+        assert plan == train.LevelPlan.of(changed, loaded.train, [], start_step=0)
+        assert data == train.LevelData(loaded.train, loaded.test)
+        raise StopIteration  # the plan is all this test needs
 
     monkeypatch.setattr(instability_engine, "train_level", recording)
     for augment in (True, False):

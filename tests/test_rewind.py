@@ -67,7 +67,9 @@ def run_counting_steps(cwd: Path, *flags: str) -> Steps:
 
 def factor(step: int) -> float:
     """The schedule of the runs below: warm-up over 8 steps, the rate halved from epoch 2."""
-    return train.lr_factor(step, warmup_iters=8, drops=[2], gamma=0.5, epoch_steps=EPOCH_STEPS)
+    return train.Schedule(warmup_iters=8, drops=(2,), gamma=0.5, epoch_steps=EPOCH_STEPS).factor(
+        step
+    )
 
 
 SCHEDULE = ["--warmup_iters=8", "--lr_drops=2", "--lr_gamma=0.5"]

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from lth import train
+from lth import cli, train
+from lth.data import Split
+from lth.experiment import Experiment
 from tests.datafiles import write_mnist_files
 from tests.test_bad_input import check_refused
 from tests.test_main import TINY, run_main
@@ -98,18 +100,41 @@ def test_the_rate_of_every_step_follows_the_formula_at_every_level(
 
 def test_chosen_steps_by_hand():
     """Warm-up over 4 steps, drops at epochs 1 and 2 of 3 steps each, gamma 0.5."""
-    factor = {
-        s: train.lr_factor(s, warmup_iters=4, drops=[1, 2], gamma=0.5, epoch_steps=3)
-        for s in range(8)
-    }
+    schedule = train.Schedule(warmup_iters=4, drops=(1, 2), gamma=0.5, epoch_steps=3)
+    factor = {s: schedule.factor(s) for s in range(8)}
     assert factor == {0: 0.0, 1: 0.25, 2: 0.5, 3: 0.375, 4: 0.5, 5: 0.5, 6: 0.25, 7: 0.25}
 
 
 def test_no_flags_no_scheduler_and_steps_count_the_last_partial_batch():
     optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=LR)
-    assert train.lr_schedule(optimizer, warmup_iters=0, drops=[], gamma=0.1, epoch_steps=3) is None
+    assert (
+        train.Schedule(warmup_iters=0, drops=(), gamma=0.1, epoch_steps=3).attach(optimizer) is None
+    )
     assert optimizer.param_groups[0]["lr"] == LR and "initial_lr" not in optimizer.param_groups[0]
     assert train.steps_per_epoch(200, 32) == 7 and train.steps_per_epoch(192, 32) == 6
+
+
+def test_the_plan_takes_the_recipe_and_what_the_level_adds():
+    """`LevelPlan.of`: 200 images in batches of 32 are 7 steps an epoch; --lr_gamma's None is
+    no drop; `held` holds the rate of the level's last step; a level starting at step 9 starts
+    in epoch 1; the stepper counts from there and calls its call once, after step 16."""
+    flags = ["--end_iter=4", "--batch_size=32", "--warmup_iters=3", "--optimizer=sgd"]
+    recipe = Experiment.of(vars(cli.parse_args([*flags, "--lr=0.5", "--momentum=0.9"])))
+    images = Split(torch.zeros(200, 1, 2, 2), torch.zeros(200, dtype=torch.int64))
+    plan = train.LevelPlan.of(recipe, images, [], start_step=9, held=True, description="[x] ")
+    assert plan.schedule == train.Schedule(warmup_iters=3, drops=(), gamma=1.0, epoch_steps=7)
+    assert plan.batches == train.Batches(32, augmented=False, compiled=False)
+    assert (plan.epochs, plan.first_epoch, plan.start_step, plan.hold_at) == (4, 1, 9, 27)
+    assert (plan.valid_freq, plan.print_freq, plan.description) == (1, 1, "[x] ")
+    calls = []
+    stepper = plan.stepper(nn.Linear(2, 2), (16, lambda: calls.append(stepper.done)))
+    assert isinstance(stepper.optimizer, torch.optim.SGD) and stepper.done == 9
+    assert stepper.optimizer.defaults["momentum"] == 0.9
+    for _ in range(19):
+        stepper.step()
+    assert calls == [16] and stepper.done == 28
+    assert stepper.optimizer.param_groups[0]["lr"] == 0.5  # held at step 27: past the warm-up
+    assert train.LevelPlan.of(recipe, images, []).hold_at is None
 
 
 @pytest.mark.parametrize(

@@ -92,10 +92,12 @@ def train_stacked(modules, masks, args, epochs, data, path="auto", trials=None):
     trials = list(range(len(modules))) if trials is None else trials
     stacked = stack.StackedModel([copy.deepcopy(m) for m in modules], path=path)
     optimizer = build_optimizer(args, stacked)
-    stacked_masks = stack.stack_masks(stacked, masks)
-    gens = generators(order_seed(t) for t in trials)
+    batch = train.Trials(
+        stack.stack_masks(stacked, masks), generators(order_seed(t) for t in trials)
+    )
+    stepper = train.Stepper(optimizer)
     losses = [
-        train.train_epoch(stacked, data, BATCH, optimizer, stacked_masks, gens)
+        train.train_epoch(stacked, data, train.Batches(BATCH), batch, stepper)
         for _ in range(epochs)
     ]
     return stacked, losses
@@ -256,8 +258,9 @@ def test_the_epoch_reads_nothing_back_but_the_losses_once(host_reads):
     per_epoch = []
     for count in (40, 80):
         reads.clear()
-        gens = generators(range(K))
-        train.train_epoch(stacked, pixels(count, (1, 28, 28)), 8, optimizer, stacked_masks, gens)
+        trials = train.Trials(stacked_masks, generators(range(K)))
+        split, stepper = pixels(count, (1, 28, 28)), train.Stepper(optimizer)
+        train.train_epoch(stacked, split, train.Batches(8), trials, stepper)
         per_epoch.append(sorted(reads))
     assert per_epoch[0] == per_epoch[1] == ["tolist"]
 
