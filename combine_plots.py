@@ -25,9 +25,11 @@ from torch import nn
 
 import archs
 from lth import cli, layer_shares, plots, runs
-from lth.cli import OneDefaultFormatter, OneLineParser, arch_options, flag_group
+from lth.cli import OneDefaultFormatter, OneLineParser, flag_group
 from lth.errors import UserError, one_line
+from lth.experiment import identity
 from lth.results import save_png, write_csv
+from lth.settings import Recipe
 
 TABLE_FIELDS = ["line", "level", "weights_left", "trials", "measure"] + [
     f"{what}_{stat}" for what in ("accuracy", "epoch") for stat in ("mean", "min", "max")
@@ -121,7 +123,7 @@ def check_same_experiment(group: list[runs.Run]) -> list[runs.Run]:
     first = group[0]
     for run in group[1:]:
         for name in ("arch_type", "dataset"):
-            if run.args[name] != first.args[name]:
+            if identity(run.args, {name}) != identity(first.args, {name}):
                 raise UserError(
                     f"{run.root} has --{name} {run.args[name]} but {first.root} has"
                     f" {first.args[name]}; compare runs of one arch and data set at a time"
@@ -232,7 +234,7 @@ def network_layout(run: runs.Run) -> nn.Module:
         return archs.build(
             run.args["dataset"],
             run.args["arch_type"],
-            **arch_options(argparse.Namespace(**run.args)),
+            **Recipe.read(run.args).arch_options(),
         )
 
 

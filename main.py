@@ -17,7 +17,6 @@ run (`--masks_from`) or of the batch's `lt` trial of its seed (`reinit_ticket`).
 import argparse
 import contextlib
 import copy
-import datetime
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 import archs
 from lth import cli, data, memory, plots, resume, runs, stack
 from lth.errors import UserError, one_line
-from lth.experiment import AT_INIT, KEEP_TRAINED, Experiment, Trial
+from lth.experiment import AT_INIT, KEEP_TRAINED, Experiment, Trial, identity
 from lth.initialization import Initializer, initializer
 from lth.pretrain import pretrain_zae
 from lth.pruning import (
@@ -45,14 +44,13 @@ from lth.pruning import (
     weights_left,
 )
 from lth.record import (
+    RunRecord,
     TrialRandom,
     choose_seed,
     deterministic_algorithms,
     restore_rng_states,
     rng_states,
-    run_record,
     seed_everything,
-    with_resume,
 )
 from lth.results import RunDir, level_tag, read_mask
 from lth.saliency import at_init_mask, level_counts
@@ -236,7 +234,8 @@ def describe_batch(args: argparse.Namespace, explicit: set[str]) -> tuple[Experi
         if prune_type == cli.CONTROL:
             ticket = specs.index(("lt", seed))
         trials.append(Trial(seeds[seed], arguments.prune_type, arguments.masks_from, ticket))
-    assert all(e == experiments[0] for e in experiments), "the trials of a batch share a recipe"
+    shared = [identity(e.settings(), e.settings()) for e in experiments]
+    assert all(s == shared[0] for s in shared), "the trials of a batch share a recipe"
     return experiments[0], trials
 
 
@@ -319,10 +318,8 @@ def record_batch(experiment: Experiment, batch: list[TrialRun], device: torch.de
         trial = trial_run.trial
         ticket = batch[trial.ticket].run_dir.root.resolve() if trial.ticket is not None else None
         arguments = trial.args(experiment, str(ticket) if ticket is not None else None)
-        record = run_record(argparse.Namespace(**arguments), device)
-        record["started"] = datetime.datetime.now().isoformat()
-        record["batch"] = {"runs": names, "index": index, "ticket": trial.ticket}
-        trial_run.run_dir.write_json("args.json", record)
+        entry = {"runs": names, "index": index, "ticket": trial.ticket}
+        RunRecord.new(trial_run.run_dir.root, arguments, device, entry).write()
         trial_run.run_dir.save_model(trial_run.model, trial_run.run_dir.initial_state_path())
         trial_run.progress = fresh_progress(trial_run.model, experiment.prune_iterations)
         print(f"run folder: {trial_run.run_dir.root}")
@@ -335,7 +332,7 @@ def record_resume(
     removed; trials resumed without a checkpoint start again from their seeds."""
     for trial_run, record in zip(batch, resumed.records, strict=True):
         run_dir = trial_run.run_dir
-        run_dir.write_json("args.json", with_resume(record, resumed.start, resumed.changed, device))
+        record.resumed(resumed.start, resumed.changed, device).write()
         run_dir.remove_leftovers(resumed.start, levels)
         print(f"resuming {run_dir.root} at level {resumed.start}")
         if trial_run.progress is None:

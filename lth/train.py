@@ -7,7 +7,6 @@ mask, its own best state, early stop and failure; one optimiser and one learning
 for all of them (the trials of a batch share the recipe, so their schedules are the same).
 """
 
-import argparse
 import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -23,6 +22,7 @@ from lth import augment
 from lth.data import Split
 from lth.layers import CONV_OR_LINEAR
 from lth.record import TrialRandom
+from lth.settings import Recipe
 from lth.stack import StackedMasks, StackedModel, freeze_pruned_trials, gradient_masks
 from lth.steps import batch_losses, sample_losses
 
@@ -56,7 +56,7 @@ def adam(
     return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
-def build_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(args: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     """A fresh optimiser for one level: `--optimizer adam` (the original) or `sgd` with
     `--momentum`; both with `--lr` and L2 weight decay 1e-4.
 
@@ -148,7 +148,7 @@ def lr_schedule(
 
 
 def level_optimizer(
-    recipe: argparse.Namespace,
+    recipe: Recipe,
     model: nn.Module,
     *,
     drops: list[int],
