@@ -7,16 +7,9 @@ from collections.abc import Callable
 from typing import NoReturn
 
 import archs
-from lth import augment, data, settings
+from lth import augment, data, experiment, settings
 from lth.errors import UserError, one_line
-from lth.experiment import (
-    AT_INIT,
-    CONTROL,
-    KEEP_TRAINED,
-    KINDS,
-    PRUNE_TYPES,
-    REWOUND,
-)
+from lth.experiment import AT_INIT, CONTROL, KEEP_TRAINED, PRUNE_TYPES, REWOUND
 from lth.settings import (
     MAX_DPI,
     MAX_END_ITER,
@@ -86,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find lottery tickets by iterative magnitude pruning.",
         formatter_class=OneDefaultFormatter,
     )
-    settings.add_flags(parser, KINDS)
+    settings.add_flags(parser, experiment.KINDS)
     return parser
 
 
@@ -165,26 +158,22 @@ def explicit_flags(argv: list[str] | None) -> set[str]:
     return set(vars(parser.parse_args(sys.argv[1:] if argv is None else argv)))
 
 
-def _check(args: argparse.Namespace, *names: str) -> None:
-    """Each named setting's own check (lth.settings.Flag.check), in the order named."""
-    settings.check(args, KINDS, *names)
-
-
 def validate(args: argparse.Namespace) -> None:
     """Check every value before anything is loaded or written; raise UserError on the first fault.
 
     Each setting's own check comes from its field; the checks of several settings are here, in
-    the order the faults are named."""
-    _check(args, "dataset")
+    the order the faults are named; then those of any other setting (settings.Checks.rest)."""
+    check = settings.Checks(args, experiment.KINDS)
+    check("dataset")
     archs.check(args.dataset, args.arch_type)
     if args.prune_type not in PRUNE_TYPES:
         raise UserError(
             f"--prune_type {args.prune_type} is not supported; choose one of: {', '.join(PRUNE_TYPES)}"
         )
-    _check(args, "prune_percent", "lr")
-    _check(args, "prune_iterations", "end_iter", "batch_size", "valid_freq", "print_freq")
-    settings.check_most(args, KINDS, "end_iter", "prune_iterations")
-    _check(args, "plot_dpi")
+    check("prune_percent", "lr")
+    check("prune_iterations", "end_iter", "batch_size", "valid_freq", "print_freq")
+    check.most("end_iter", "prune_iterations")
+    check("plot_dpi")
     if not 0 <= args.start_iter < args.prune_iterations:
         raise UserError(
             f"--start_iter must be in 0..{args.prune_iterations - 1} (--prune_iterations - 1),"
@@ -194,18 +183,19 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError(
             f"--start_iter {args.start_iter} needs --resume RUN_DIR: levels before it come from that run"
         )
-    _check(args, "gpu", "seed", "results_root", "data_dir")
-    _validate_beyond_original(args)
+    check("gpu", "seed", "results_root", "data_dir")
+    _validate_beyond_original(args, check)
+    check.rest()
     if args.data_source is not None:  # last: every flag's own fault is named before the files
         check_not_empty("--data_source", args.data_source)
         data.check_source(args.dataset, args.data_source)
 
 
-def _validate_beyond_original(args: argparse.Namespace) -> None:
+def _validate_beyond_original(args: argparse.Namespace, check: settings.Checks) -> None:
     """The flags added beyond the original's; fills in the defaults that depend on --arch_type."""
     fclin = args.arch_type == "fclin"
-    settings.resolve(args, KINDS, "init")
-    _check(args, "init")
+    check.resolve("init")
+    check("init")
     if args.init == "data" and not fclin:
         raise UserError(
             f"--init data is a data-based scheme of fclin only, not --arch_type {args.arch_type}"
@@ -214,7 +204,7 @@ def _validate_beyond_original(args: argparse.Namespace) -> None:
         raise UserError(
             f"--rewind_epoch must be in 0..{args.end_iter - 1} (--end_iter - 1), got {args.rewind_epoch}"
         )
-    _check(args, "rewind_iter")
+    check("rewind_iter")
     if args.rewind_iter > 0 and args.rewind_epoch > 0:
         raise UserError(
             f"--rewind_iter {args.rewind_iter} and --rewind_epoch {args.rewind_epoch}: give one"
@@ -231,11 +221,11 @@ def _validate_beyond_original(args: argparse.Namespace) -> None:
             f"--masks_from applies to --prune_type reinit (the random-reinitialisation control),"
             f" not {args.prune_type}"
         )
-    _check(args, "prune_scope", "prune_percent_output", "prune_percent_conv", "optimizer")
-    _check(args, "momentum")
+    check("prune_scope", "prune_percent_output", "prune_percent_conv", "optimizer")
+    check("momentum")
     if args.momentum > 0 and args.optimizer != "sgd":
         raise UserError(f"--momentum applies to --optimizer sgd, not {args.optimizer}")
-    _check(args, "dropout", "compile")
+    check("dropout", "compile")
     if args.augment and args.dataset not in augment.DATASETS:
         raise UserError(
             f"--augment applies to --dataset {' or '.join(augment.DATASETS)} (random crops and"
@@ -243,27 +233,27 @@ def _validate_beyond_original(args: argparse.Namespace) -> None:
         )
     if args.fclin_depth is not None and not fclin:
         raise UserError(f"--fclin_depth applies to --arch_type fclin, not {args.arch_type}")
-    settings.resolve(args, KINDS, "fclin_depth")
-    _check(args, "fclin_depth")
-    _validate_schedule_and_validation(args)
-    _check(args, "pretrain")
+    check.resolve("fclin_depth")
+    check("fclin_depth")
+    _validate_schedule_and_validation(args, check)
+    check("pretrain")
     if args.pretrain == "zae" and not fclin:
         raise UserError(f"--pretrain zae applies to --arch_type fclin, not {args.arch_type}")
     if args.pretrain_epochs is not None and args.pretrain != "zae":
         raise UserError("--pretrain_epochs applies to --pretrain zae only")
-    settings.resolve(args, KINDS, "pretrain_epochs")
-    _check(args, "pretrain_epochs")
+    check.resolve("pretrain_epochs")
+    check("pretrain_epochs")
 
 
-def _validate_schedule_and_validation(args: argparse.Namespace) -> None:
+def _validate_schedule_and_validation(args: argparse.Namespace, check: settings.Checks) -> None:
     """--val_size (the upper bound needs the data: data.hold_out), --warmup_iters, --lr_drops
     and --lr_gamma; fills in --lr_gamma's default when there are drops."""
-    _check(args, "val_size", "warmup_iters")
+    check("val_size", "warmup_iters")
     drops = settings.drop_epochs(args.lr_drops, args.end_iter)
     if args.lr_gamma is not None and not drops:
         raise UserError("--lr_gamma applies to --lr_drops, which is not given")
-    _check(args, "lr_gamma")
-    settings.resolve(args, KINDS, "lr_gamma")
+    check("lr_gamma")
+    check.resolve("lr_gamma")
 
 
 def lr_drop_epochs(recipe: Recipe) -> list[int]:

@@ -491,27 +491,41 @@ def argparse_options(field: dataclasses.Field) -> dict[str, Any]:
     return options
 
 
-def check(values: Any, kinds: Iterable[type], *names: str) -> None:
-    """Each named setting's own check (`Flag.check`), in the order named, on its value in
-    `values` (an object with the settings as attributes); a value of None is not checked."""
-    found = settings_fields(kinds)
-    for name in names:
-        value, test = getattr(values, name), flag_of(found[name]).check
-        if value is not None and test is not None:
-            test(f"--{name}", value)
+class Checks:
+    """The settings' own checks (`Flag.check`, then `Flag.most`) on `values` (an object with the
+    settings as attributes), run in the order asked for; `rest` runs those of every setting not
+    asked for, so that a new flag's check runs with no other change. A value of None is not
+    checked."""
 
+    def __init__(self, values: Any, kinds: Iterable[type]) -> None:
+        self.values, self.fields = values, settings_fields(kinds)
+        self.done: set[str] = set()
 
-def check_most(values: Any, kinds: Iterable[type], *names: str) -> None:
-    """Each named setting's upper limit (`Flag.most`), in the order named."""
-    found = settings_fields(kinds)
-    for name in names:
-        most = flag_of(found[name]).most
-        if most is not None and getattr(values, name) > most:
-            raise UserError(f"--{name} must be at most {most}, got {getattr(values, name)}")
+    def __call__(self, *names: str) -> None:
+        for name in names:
+            value, test = getattr(self.values, name), flag_of(self.fields[name]).check
+            if value is not None and test is not None:
+                test(f"--{name}", value)
+        self.done.update(names)
 
+    def most(self, *names: str) -> None:
+        """Each named setting's upper limit (`Flag.most`), in the order named."""
+        for name in names:
+            most, value = flag_of(self.fields[name]).most, getattr(self.values, name)
+            if most is not None and value is not None and value > most:
+                raise UserError(f"--{name} must be at most {most}, got {value}")
 
-def resolve(values: Any, kinds: Iterable[type], name: str) -> None:
-    """Setting `name` of `values` at the default the other settings give it, if it is None."""
-    spec = flag_of(settings_fields(kinds)[name])
-    if getattr(values, name) is None and spec.resolve is not None:
-        setattr(values, name, spec.resolve(values))
+    def resolve(self, name: str) -> None:
+        """Setting `name` at the default the other settings give it, if it is None."""
+        spec = flag_of(self.fields[name])
+        if getattr(self.values, name) is None and spec.resolve is not None:
+            setattr(self.values, name, spec.resolve(self.values))
+
+    def rest(self) -> None:
+        """The defaults and checks of the settings not asked for yet, in the order of their
+        fields."""
+        left = [name for name in self.fields if name not in self.done]
+        for name in left:
+            self.resolve(name)
+        self(*left)
+        self.most(*left)
