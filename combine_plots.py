@@ -22,6 +22,7 @@ from pathlib import Path
 from lth import cli, compare, runs
 from lth.cli import OneDefaultFormatter, OneLineParser, flag_group
 from lth.errors import UserError, one_line
+from lth.experiment import identity
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +112,7 @@ def check_same_experiment(group: list[runs.Run]) -> list[runs.Run]:
     first = group[0]
     for run in group[1:]:
         for name in ("arch_type", "dataset"):
-            if run.args[name] != first.args[name]:
+            if identity(run.args, {name}) != identity(first.args, {name}):
                 raise UserError(
                     f"{run.root} has --{name} {run.args[name]} but {first.root} has"
                     f" {first.args[name]}; compare runs of one arch and data set at a time"

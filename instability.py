@@ -39,7 +39,7 @@ from lth.instability import (
 )
 from lth.lottery import build_model, load_data, saved_model_classes, select_device
 from lth.pruning import Mask, weights_left
-from lth.record import choose_seed, deterministic_algorithms, run_record
+from lth.record import RunRecord, choose_seed, deterministic_algorithms, run_record
 from lth.results import read_mask, save_png, write_json
 from lth.resume import saved_state
 from lth.train import LevelData, flush_denormals, steps_per_epoch
@@ -159,10 +159,10 @@ def check_flags(args: argparse.Namespace) -> None:
 
 
 def recorded_recipe(run: runs.Run, args: argparse.Namespace) -> Experiment:
-    """The run's recipe as main.py ran it: its recorded arguments over main.py's defaults (a
-    flag newer than the run takes its default), checked as main.py checks them, with this
-    command's --gpu, and its --data_dir and --plot_dpi where given."""
-    arguments = argparse.Namespace(**{**vars(cli.build_parser().parse_args([])), **run.args})
+    """The run's recipe as main.py ran it: its arguments as its latest resume left them (a
+    flag newer than the run at its default: runs.Run.args), checked as main.py checks them,
+    with this command's --gpu, and its --data_dir and --plot_dpi where given."""
+    arguments = argparse.Namespace(**run.args)
     arguments.resume, arguments.start_iter, arguments.gpu = None, 0, args.gpu
     if args.data_dir is not None:
         arguments.data_dir, arguments.data_source = args.data_dir, None
@@ -171,7 +171,7 @@ def recorded_recipe(run: runs.Run, args: argparse.Namespace) -> Experiment:
     try:
         cli.validate(arguments)
     except UserError as error:
-        raise UserError(f"{run.root / 'args.json'}: {error}") from None
+        raise UserError(f"{RunRecord.path(run.root)}: {error}") from None
     return Experiment.of(vars(arguments))
 
 

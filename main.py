@@ -16,7 +16,7 @@ import sys
 
 from lth import cli, lottery, resume, runs
 from lth.errors import UserError, one_line
-from lth.experiment import Experiment, Trial
+from lth.experiment import Experiment, Trial, identity
 from lth.record import choose_seed
 
 
@@ -75,7 +75,8 @@ def batch_start(args: argparse.Namespace, explicit: set[str]) -> lottery.BatchSt
         experiments.append(Experiment.of(vars(arguments)))
         ticket = specs.index(("lt", seed)) if prune_type == cli.CONTROL else None
         trials.append(Trial(seeds[seed], arguments.prune_type, arguments.masks_from, ticket))
-    assert all(e == experiments[0] for e in experiments), "the trials of a batch share a recipe"
+    shared = [identity(e.settings(), e.settings()) for e in experiments]
+    assert all(s == shared[0] for s in shared), "the trials of a batch share a recipe"
     return lottery.BatchStart(experiments[0], trials, None, args.batch_record)
 
 

@@ -8,9 +8,9 @@ one batch, one `main.py --prune_type T... --seed S...` process (a Ray job), at m
 trials each; `reinit_ticket` is the paper's control, `reinit` with the masks of the `lt` trial of
 its percent and seed, taken from memory when both are in one batch (else `--masks_from` that
 task's folder, once it has finished). A task's earlier run is the newest run there whose
-args.json records the same experiment (every argument but those in experiment.BOOKKEEPING): a
-complete one is skipped, an interrupted one resumed with `main.py --resume` (with the rest of its
-batch). So calling the sweep again with the same arguments finishes what is left. A job whose
+args.json records the same trial (experiment.identity of the recipe, prune type, mask source and
+seed, where the task has one): a complete one is skipped, an interrupted one resumed with
+`main.py --resume` (with the rest of its batch). So calling the sweep again with the same arguments finishes what is left. A job whose
 node (or Ray worker) dies is started again by the sweep itself, at most RESTARTS times: with
 `--resume` of the folders it had made, so it goes on from its last finished level. Ray is optional
 (requirements-ray.txt); it is imported only when there is a task to run.
@@ -228,7 +228,9 @@ def plan(tasks: list[Task], results_root: str) -> None:
             if task.ticket.status == "new":
                 continue
             task.take_masks_from(task.ticket.run_dir)
-        matching = [run for run in earlier if experiment.ran(run.args, vars(task.args))]
+        on = [n for n in experiment.trial_fields() if n != "seed" or task.args.seed is not None]
+        wanted = experiment.identity(vars(task.args), on)
+        matching = [run for run in earlier if experiment.identity(run.args, on) == wanted]
         if matching:
             task.earlier = matching[-1]
             task.run_dir = str(task.earlier.root)
@@ -441,7 +443,7 @@ def earlier_batch(task: Task) -> tuple:
     """The folders of the batch the task's earlier run ran in (its args.json), as a key."""
     assert task.earlier is not None
     record = resume.read_record(task.earlier.root)
-    names = record.get("batch", {}).get("runs") or [task.earlier.root.name]
+    names = record.batch.get("runs") or [task.earlier.root.name]
     return tuple(sorted(str(task.earlier.root.parent / name) for name in names))
 
 

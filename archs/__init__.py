@@ -57,7 +57,7 @@ def check(dataset: str, arch_type: str) -> Factory:
 
 def build(dataset: str, arch_type: str, **options: object) -> nn.Module:
     """A freshly constructed model for the pair (PyTorch's default initialisation); `options` go
-    to the factory (`cli.arch_options`)."""
+    to the factory (`Recipe.arch_options`)."""
     return check(dataset, arch_type)(**options)
 
 

@@ -11,8 +11,8 @@ from torch import nn
 
 import archs
 from lth import layer_shares, plots, runs
-from lth.experiment import arch_options_of
 from lth.results import save_png, write_csv
+from lth.settings import Recipe
 
 TABLE_FIELDS = ["line", "level", "weights_left", "trials", "measure"] + [
     f"{what}_{stat}" for what in ("accuracy", "epoch") for stat in ("mean", "min", "max")
@@ -122,7 +122,7 @@ def network_layout(run: runs.Run) -> nn.Module:
         return archs.build(
             run.args["dataset"],
             run.args["arch_type"],
-            **arch_options_of(run.args["arch_type"], run.args.get("fclin_depth")),
+            **Recipe.read(run.args).arch_options(),
         )
 
 

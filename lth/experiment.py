@@ -1,28 +1,26 @@
-"""What makes two runs the same experiment, defined once.
+"""What makes two runs the same experiment, defined once, and the types a batch is made of.
 
-A run's recorded arguments (its `args.json`) split three ways:
-- BOOKKEEPING: how it was run (the resume flags, where it read and wrote, how it reported, the
-  device, `--compile`): they never tell runs apart, and a resume may change the NEUTRAL ones;
-- TRIAL_FIELDS: what differs from trial to trial of one experiment (the seed, and the run whose
-  masks a `--masks_from` control takes: only whether it is set tells experiments apart);
-- everything else: the recipe every trial of the experiment shares.
+A run's settings split three ways: its `Recipe` (what changes the results), its `RunOptions`
+(how it is run: a resume may change them) and its `TrialSettings` (what differs from trial to
+trial of one experiment, and the resume flags). KINDS names the three types; the parser,
+args.json (record.RunRecord) and `identity` take their fields from there.
 
-`recipe` is that shared part as text (the key that groups trials in `combine_plots.py`),
-`ran` says whether a recorded run ran what a sweep's task asks for, and RESUME_LOOKUP names what
-`--resume` without a folder matches on. Inside the program a batch is an `Experiment` (the shared
-recipe) and its `Trial`s.
+`identity` is what a run's arguments say about its experiment, the settings that differ from
+their defaults: every question "the same experiment?" (grouping trials, matching a sweep's task
+with a run, a resume's changed flags, the newest run to resume) compares identities. Inside the
+program a batch is an `Experiment` (the recipe and run options its trials share) and its
+`Trial`s.
 """
 
-import json
-import re
 import types
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
-from lth.errors import UserError
+from lth import settings
+from lth.settings import ORIGINAL, PROTOCOL, Recipe, RunOptions, Settings, flag, seed_range
 
-COMPILE_CHOICES = ("auto", "on", "off")  # steps.use_compile says what each means
+COMPILE_CHOICES = settings.COMPILE_CHOICES
 # The paper's control as a prune type of a batch: reinit with the masks of the batch's lt trial of
 # the same seed (recorded as prune type reinit, --masks_from that trial's folder).
 CONTROL = "reinit_ticket"
@@ -35,11 +33,71 @@ KEEP_TRAINED = ("lrr", "finetune")
 AT_INIT = ("snip", "grasp", "synflow")
 # The prune types that rewind to --rewind_iter / --rewind_epoch.
 REWOUND = ("lt", "random")
+PRUNE_TYPES = ("lt", "reinit", "random", *KEEP_TRAINED, *AT_INIT)
 
-# Flags that do not change what a run computes: where it reads and writes, how it reports, the
-# device it runs on, and --compile (which changes the rounding of float sums only). A resume may
-# change them; they never tell runs apart.
-NEUTRAL = ("gpu", "data_dir", "data_source", "plot_dpi", "results_root", "print_freq", "compile")
+
+@dataclass(frozen=True)
+class TrialSettings(Settings):
+    """What one trial of an experiment has of its own (its seed, its prune type, the run whose
+    masks a control takes), and the resume flags. On the command line --seed and --prune_type
+    take several values: the batch's trials."""
+
+    seed: int | None = flag(
+        None,
+        "seed of every generator of a trial; several train together as one batch, one run"
+        " folder each (default: a random seed, printed and recorded)",
+        PROTOCOL,
+        rank=1,
+        type=int,
+        metavar="SEED",
+        nargs="+",
+        check=seed_range,
+    )
+    prune_type: str = flag(
+        "lt",
+        f"one of: {', '.join(PRUNE_TYPES)}; several (and {CONTROL}: reinit with the masks of"
+        " the lt trial of its seed) train together as one batch with every --seed",
+        ORIGINAL,
+        rank=8,
+        metavar="TYPE",
+        nargs="+",
+    )
+    masks_from: str | None = flag(
+        None,
+        "reinit only: level k trains the mask that lt run saved for level k with freshly"
+        " drawn weights, the paper's control (default: none, reinit prunes itself)",
+        PROTOCOL,
+        rank=3,
+        metavar="RUN_DIR",
+    )
+    resume: str | None = flag(
+        None,
+        "continue an interrupted run: its folder, or alone the newest run of the same"
+        " --dataset, --arch_type and --prune_type (default: off, a new run)",
+        ORIGINAL,
+        rank=7,
+        metavar="RUN_DIR",
+        nargs="?",
+        const="latest",
+    )
+    start_iter: int = flag(0, "first level to run; needs --resume", ORIGINAL, rank=3, type=int)
+
+
+# The settings types: the recipe, the run options, a trial's own. Every reader of the settings
+# (the parser, args.json, identity) takes their fields from here, so a new flag is one field.
+KINDS: tuple[type[Settings], ...] = (Recipe, RunOptions, TrialSettings)
+
+
+def recipe_fields() -> tuple[str, ...]:
+    return KINDS[0].names()
+
+
+def neutral_fields() -> tuple[str, ...]:
+    """The run options: they never tell runs apart, and a resume may change them."""
+    return KINDS[1].names()
+
+
+NEUTRAL = RunOptions.names()
 
 # The resume flags: recorded, but a resume never compares them.
 NOT_RECORDED = ("resume", "start_iter")
@@ -51,102 +109,19 @@ TRIAL_FIELDS = ("seed", "masks_from")
 # `--resume` without a folder takes the newest run with these of the command line.
 RESUME_LOOKUP = ("dataset", "arch_type", "prune_type")
 
-# Recipe flags added after the first release, which recorded only the original's flags, each
-# with the value that a run recorded before it existed ran (the value a default run records now).
-ADDED_LATER = {
-    "prune_scope": "layer",
-    "prune_percent_output": None,
-    "prune_percent_conv": None,
-    "rewind_iter": 0,
-    "rewind_epoch": 0,
-    "init": "xavier",
-    "optimizer": "adam",
-    "momentum": 0.0,
-    "dropout": 0.0,
-    "fclin_depth": None,
-    "pretrain": "none",
-    "pretrain_epochs": None,
-    "val_size": 0,
-    "warmup_iters": 0,
-    "lr_drops": None,
-    "lr_gamma": None,
-    "augment": False,
-}
+# Whether a run is a `--masks_from` control, as a setting of `identity`: which lt run it copies
+# does not tell experiments apart, only that it copies one.
+IS_CONTROL = "control"
 
 
-def recorded_args(record: Mapping) -> dict:
-    """The arguments of a run's args.json `record`, with the value of each flag of ADDED_LATER
-    it predates: so an older run resumes, groups and matches as the same run recorded now."""
-    return {**ADDED_LATER, **record["args"]}
+def experiment_fields() -> tuple[str, ...]:
+    """What `identity` compares by default: the recipe, the prune type, being a control."""
+    return (*recipe_fields(), "prune_type", IS_CONTROL)
 
 
-# What every args.json records, from the first release on, and reading a run needs.
-REQUIRED = ("dataset", "arch_type", "prune_type", "prune_iterations")
-
-
-def check_record(record: object, path: Path | str) -> dict:
-    """The recorded arguments of an args.json's content `record` (`recorded_args`), once it is
-    known to hold only what main.py writes there, each value of its flag's type: the run's
-    arguments, the "batch" it ran in (its trials' folders: names of siblings, no paths) and its
-    "resumes" (each changing NEUTRAL flags only). UserError naming `path` otherwise, so that a
-    damaged or foreign args.json is refused before anything reads it further.
-    """
-
-    def refuse(what: str) -> UserError:
-        return UserError(f"{path} is not an args.json lth wrote: {what}")
-
-    if not isinstance(record, dict) or not isinstance(record.get("args"), dict):
-        raise refuse('it holds no "args" object')
-    args = recorded_args(record)
-    missing = [name for name in REQUIRED if name not in args]
-    if missing:
-        raise refuse(f"its arguments lack {', '.join(missing)}")
-    for name, value in args.items():
-        kinds = RECORDED_TYPES.get(name)
-        if kinds is not None and not _of_kinds(value, kinds):
-            raise refuse(f"{name} is {value!r}, not {' or '.join(k.__name__ for k in kinds)}")
-    batch = record.get("batch", {})
-    runs = batch.get("runs", []) if isinstance(batch, dict) else None
-    if not isinstance(runs, list) or not all(_sibling_name(name) for name in runs):
-        raise refuse('its "batch" is not a list of the batch\'s run folder names')
-    ticket = batch.get("ticket")
-    if ticket is not None and not (_of_kinds(ticket, (int,)) and 0 <= ticket < len(runs)):
-        raise refuse(f'its "batch" names trial {ticket!r} as its ticket')
-    resumes = record.get("resumes", [])
-    if not isinstance(resumes, list) or not all(_neutral_changes(entry) for entry in resumes):
-        raise refuse('its "resumes" change more than the flags a resume may change')
-    if not isinstance(record.get("started", ""), str):
-        raise refuse('its "started" is not a time')
-    return args
-
-
-def _neutral_changes(entry: object) -> bool:
-    """Whether a "resumes" entry changed NEUTRAL flags only, each [old, new] of its type."""
-    changed = entry.get("changed") if isinstance(entry, dict) else None
-    return isinstance(changed, dict) and all(
-        name in NEUTRAL
-        and isinstance(pair, list)
-        and len(pair) == 2
-        and _of_kinds(pair[1], RECORDED_TYPES[name])
-        for name, pair in changed.items()
-    )
-
-
-def _sibling_name(name: object) -> bool:
-    """Whether `name` names a folder beside the run's own: one plain path component."""
-    return (
-        isinstance(name, str)
-        and name not in ("", ".", "..")
-        and Path(name).name == name
-        and "\\" not in name
-    )
-
-
-def _of_kinds(value: object, kinds: tuple[type, ...]) -> bool:
-    """isinstance, with an int as a float too and a bool as neither."""
-    if isinstance(value, bool):
-        return bool in kinds
-    return isinstance(value, kinds) or (float in kinds and isinstance(value, int))
+def trial_fields() -> tuple[str, ...]:
+    """What one trial is: its experiment's recipe and prune type, its seed, its mask source."""
+    return (*recipe_fields(), "prune_type", "masks_from", "seed")
 
 
 def is_control(args: Mapping) -> bool:
@@ -154,121 +129,55 @@ def is_control(args: Mapping) -> bool:
     return args.get("masks_from") is not None
 
 
-def recipe(args: Mapping) -> str:
-    """What the trials of one experiment share, as text: every recorded argument but those of
-    BOOKKEEPING and TRIAL_FIELDS, and whether the run is a `--masks_from` control."""
-    shared = {k: v for k, v in args.items() if k not in BOOKKEEPING + TRIAL_FIELDS}
-    shared["masks_from"] = is_control(args)
-    return json.dumps(shared, sort_keys=True, default=str)
+def identity(args: Mapping, on: Collection[str] | None = None) -> tuple[tuple[str, Any], ...]:
+    """The one answer to "the same experiment?": the settings of `on` (default:
+    `experiment_fields`) in a run's arguments `args` (recorded, or a command line's) that differ
+    from their defaults, as sorted (name, value) pairs. Two runs are the same on `on` when
+    their identities are equal.
 
-
-def ran(recorded: Mapping, wanted: Mapping) -> bool:
-    """Whether a run with the `recorded` arguments ran what `wanted` asks for: the same value
-    of every argument but the BOOKKEEPING ones (a `wanted` seed of None takes any seed)."""
-    ignore = set(BOOKKEEPING) | ({"seed"} if wanted.get("seed") is None else set())
-    return all(recorded.get(k) == v for k, v in wanted.items() if k not in ignore)
+    A setting `args` lacks (a run recorded before its flag existed) is its default, which that
+    run ran; a default that depends on the other settings is theirs (--init data for fclin).
+    IS_CONTROL stands for whether `masks_from` is set.
+    """
+    wanted = experiment_fields() if on is None else on
+    differ: dict[str, Any] = {}
+    for kind in KINDS:
+        differ |= kind.read(args).identity()
+    if is_control(args):
+        differ[IS_CONTROL] = True
+    return tuple(sorted((name, v) for name, v in differ.items() if name in wanted))
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """The recipe every trial of a batch shares: every flag but a trial's own (TRIAL_FIELDS and
-    the prune type) and the resume flags, checked and completed by `cli.validate`."""
+    """What every trial of a batch shares, checked and completed by `cli.validate`: its recipe
+    and how it is run. Each setting reads as an attribute (`experiment.lr`), and so do the
+    recipe's methods (`experiment.rewind_step(steps)`)."""
 
-    dataset: str
-    arch_type: str
-    lr: float
-    batch_size: int
-    end_iter: int
-    print_freq: int
-    valid_freq: int
-    prune_percent: float
-    prune_iterations: int
-    gpu: str
-    data_dir: str
-    data_source: str | None
-    plot_dpi: int
-    results_root: str
-    init: str
-    rewind_epoch: int
-    rewind_iter: int
-    prune_scope: str
-    prune_percent_output: float | None
-    prune_percent_conv: float | None
-    optimizer: str
-    momentum: float
-    dropout: float
-    fclin_depth: int | None
-    pretrain: str
-    pretrain_epochs: int | None
-    val_size: int
-    warmup_iters: int
-    lr_drops: str | None
-    lr_gamma: float | None
-    augment: bool
-    compile: str
+    recipe: Recipe
+    options: RunOptions
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("recipe", "options"):  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        for part in (self.recipe, self.options):
+            if hasattr(part, name):
+                return getattr(part, name)
+        raise AttributeError(f"{type(self).__name__} has no setting {name!r}")
 
     @classmethod
     def of(cls, args: Mapping) -> "Experiment":
-        """The recipe in a trial's checked arguments (a dict, or vars() of a Namespace)."""
-        return cls(**{f.name: args[f.name] for f in fields(cls)})
+        """The recipe and options in a trial's checked arguments (a dict, or vars() of a
+        Namespace)."""
+        return cls(KINDS[0].read(args), KINDS[1].read(args))  # type: ignore[arg-type]
 
-    def rewind_step(self, epoch_steps: int) -> int:
-        """The optimiser step of level 0 whose weights `lt` and `random` rewind to, and at which
-        every later level starts training: --rewind_iter, or --rewind_epoch epochs of
-        `epoch_steps` steps (at most one of them is nonzero); 0 rewinds to the initial weights.
-        Whether it is positive does not depend on `epoch_steps`."""
-        return self.rewind_iter + self.rewind_epoch * epoch_steps
-
-    def check_rewind_step(self, epoch_steps: int) -> None:
-        """--rewind_iter must fall inside level 0, whose length needs the data: `epoch_steps`
-        optimiser steps per epoch (--rewind_epoch is checked against --end_iter with the flags)."""
-        steps = self.end_iter * epoch_steps
-        if self.rewind_iter >= steps:
-            raise UserError(
-                f"--rewind_iter must be in 0..{steps - 1} (level 0 has --end_iter {self.end_iter}"
-                f" epochs of {epoch_steps} steps), got {self.rewind_iter}"
-            )
-
-    def lr_drop_epochs(self) -> list[int]:
-        """The epochs of --lr_drops after which the rate drops; [] if none."""
-        return lr_drop_epochs_of(self.lr_drops, self.end_iter)
-
-    def arch_options(self) -> dict:
-        """Keyword arguments of the architecture's factory (only fclin takes any)."""
-        return arch_options_of(self.arch_type, self.fclin_depth)
-
-    def prune_rates(self) -> dict:
-        """How pruning groups the layers and what each group's rate is, as lth.pruning and
-        lth.saliency take them: the scope and the output and conv layers' own rates."""
+    def settings(self) -> dict[str, Any]:
+        """Every setting by name, as args.json records it."""
         return {
-            "scope": self.prune_scope,
-            "output_percent": self.prune_percent_output,
-            "conv_percent": self.prune_percent_conv,
+            name: getattr(part, name)
+            for part in (self.recipe, self.options)
+            for name in part.names()
         }
-
-
-def lr_drop_epochs_of(lr_drops: str | None, end_iter: int) -> list[int]:
-    """The epochs of --lr_drops (E1,E2,...: increasing, each in 1..--end_iter - 1); [] if none;
-    UserError naming the flag otherwise."""
-    if lr_drops is None:
-        return []
-    wanted = (
-        f"a comma-separated list of increasing epochs in 1..{end_iter - 1}"
-        " (--end_iter - 1), such as 50,75"
-    )
-    parts = [part.strip() for part in str(lr_drops).split(",")]
-    if not all(re.fullmatch(r"[0-9]+", part, flags=re.ASCII) for part in parts):
-        raise UserError(f"--lr_drops must be {wanted}, got {lr_drops!r}")
-    drops = [int(part) for part in parts]
-    increasing = all(a < b for a, b in zip(drops, drops[1:], strict=False))
-    if not increasing or drops[0] < 1 or drops[-1] >= end_iter:
-        raise UserError(f"--lr_drops must be {wanted}, got {lr_drops!r}")
-    return drops
-
-
-def arch_options_of(arch_type: str, fclin_depth: int | None) -> dict:
-    """Keyword arguments of the architecture's factory (only fclin takes any)."""
-    return {"depth": fclin_depth} if arch_type == "fclin" else {}
 
 
 @dataclass(frozen=True)
@@ -291,7 +200,7 @@ class Trial:
         """The trial's arguments as args.json records them (`masks_from`: the folder of its
         ticket's run, for a control that takes its masks from memory)."""
         return {
-            **asdict(experiment),
+            **experiment.settings(),
             "seed": self.seed,
             "prune_type": self.prune_type,
             "masks_from": masks_from if masks_from is not None else self.masks_from,
@@ -307,13 +216,6 @@ def _kinds(annotation: object) -> tuple[type, ...]:
     return (annotation,)  # type: ignore[return-value]
 
 
-# The type of every argument an args.json records: the recipe's (Experiment's fields), a trial's,
-# and the resume flags.
-RECORDED_TYPES: dict[str, tuple[type, ...]] = {
-    **{f.name: _kinds(f.type) for f in fields(Experiment)},
-    "seed": (int, type(None)),
-    "prune_type": (str,),
-    "masks_from": (str, type(None)),
-    "resume": (str, type(None)),
-    "start_iter": (int,),
-}
+def recorded_types() -> dict[str, tuple[type, ...]]:
+    """The type of every argument an args.json records: each setting's, by its annotation."""
+    return {f.name: _kinds(f.type) for kind in KINDS for f in fields(kind)}  # type: ignore[arg-type]

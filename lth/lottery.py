@@ -18,7 +18,6 @@ seed (`reinit_ticket`).
 
 import contextlib
 import copy
-import datetime
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,13 +46,12 @@ from lth.pruning import (
     weights_left,
 )
 from lth.record import (
+    RunRecord,
     TrialRandom,
     deterministic_algorithms,
     restore_rng_states,
     rng_states,
-    run_record,
     seed_everything,
-    with_resume,
 )
 from lth.results import RunDir, level_tag, read_mask, write_json
 from lth.saliency import at_init_mask, level_counts
@@ -401,10 +399,9 @@ def record_batch(shared: Shared, trial_runs: list[TrialRun]) -> None:
         ticket = None
         if trial.ticket is not None:
             ticket = str(trial_runs[trial.ticket].run_dir.root.resolve())
-        record = run_record(trial.args(shared.experiment, ticket), shared.device)
-        record["started"] = datetime.datetime.now().isoformat()
-        record["batch"] = {"runs": names, "index": index, "ticket": trial.ticket}
-        trial_run.run_dir.write_json("args.json", record)
+        batch = {"runs": names, "index": index, "ticket": trial.ticket}
+        arguments = trial.args(shared.experiment, ticket)
+        RunRecord.new(trial_run.run_dir.root, arguments, shared.device, batch).write()
         trial_run.run_dir.save_model(trial_run.model, trial_run.run_dir.initial_state_path())
         trial_run.progress = fresh_progress(trial_run.model, levels)
         print(f"run folder: {trial_run.run_dir.root}")
@@ -416,8 +413,7 @@ def record_resume(trial_runs: list[TrialRun], resumed: resume.Resumed, shared: S
     levels = shared.experiment.prune_iterations
     for trial_run, record in zip(trial_runs, resumed.records, strict=True):
         run_dir = trial_run.run_dir
-        entry = with_resume(record, resumed.start, resumed.changed, shared.device)
-        run_dir.write_json("args.json", entry)
+        record.resumed(resumed.start, resumed.changed, shared.device).write()
         run_dir.remove_leftovers(resumed.start, levels)
         print(f"resuming {run_dir.root} at level {resumed.start}")
         if trial_run.progress is None:
@@ -548,7 +544,7 @@ def prune(trial_run: TrialRun, shared: Shared, level: int, trial_runs: list[Tria
         return saved
     if level == 0:
         return mask
-    rates = experiment.prune_rates()
+    rates = experiment.rates()
     if trial.prune_type in AT_INIT:
         counts = level_counts(model, level, experiment.prune_percent, **rates)
         with trial_run.random.active():

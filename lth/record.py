@@ -1,8 +1,10 @@
-"""What makes a run reproducible: its seed, arguments, package versions and code version."""
+"""What makes a run reproducible: its seed, arguments, package versions and code version, and
+the one reader and writer of a run folder's args.json (`RunRecord`)."""
 
 import contextlib
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import random
@@ -10,11 +12,17 @@ import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from lth import experiment
+from lth.errors import UserError
+from lth.results import write_json
 
 PACKAGES = ("torch", "torchvision", "numpy", "matplotlib", "tqdm", "tensorboard")
 
@@ -110,11 +118,11 @@ def git_commit() -> str | None:
         return None
 
 
-def run_record(arguments: dict, device: torch.device) -> dict:
-    """The content of `args.json`: every argument (the seed among them) and the environment."""
+def run_record(args: Mapping, device: torch.device) -> dict:
+    """What a run or an analysis ran: every argument (the seed among them) and the environment."""
     return {
-        "args": arguments,
-        "seed": arguments["seed"],
+        "args": dict(args),
+        "seed": args["seed"],
         "versions": package_versions(),
         "git_commit": git_commit(),
         "command": [sys.executable, *sys.argv],
@@ -123,17 +131,166 @@ def run_record(arguments: dict, device: torch.device) -> dict:
     }
 
 
-def with_resume(record: dict, at_level: int, changed: dict, device: torch.device) -> dict:
-    """`record` (args.json) with one more entry in its `resumes` list: the level the resume
-    starts at, the flags it changed ({flag: [old, new]}), when, where and on what device."""
-    entry = {
-        "at_level": at_level,
-        "changed": changed,
-        "started": datetime.datetime.now().isoformat(),
-        "host": socket.gethostname(),
-        "device": str(device),
-    }
-    return {**record, "resumes": [*record.get("resumes", []), entry]}
+ARGS_FILE = "args.json"
+
+# What every args.json records, from the first release on, and reading a run needs.
+REQUIRED = ("dataset", "arch_type", "prune_type", "prune_iterations")
+
+
+class UnreadableRecord(UserError):
+    """A folder without an args.json that can be read: `error` is None when there is none."""
+
+    def __init__(self, folder: Path, error: Exception | None) -> None:
+        super().__init__(f"{folder} is not a run folder (no readable {ARGS_FILE})")
+        self.error = error
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run folder's args.json: the run's arguments, the environment it ran in, the batch it
+    ran in (its trials' folders, siblings of it) and its resumes (each changing run options
+    only). The file's layout is the one main.py has always written; every reader of a run
+    folder reads it here, checked (`check`), with the resumes' changes applied (`args`)."""
+
+    folder: Path
+    content: dict
+
+    @staticmethod
+    def path(folder: Path | str) -> Path:
+        return Path(folder) / ARGS_FILE
+
+    @classmethod
+    def exists(cls, folder: Path | str) -> bool:
+        return cls.path(folder).is_file()
+
+    @classmethod
+    def read(cls, folder: Path | str) -> "RunRecord":
+        """The record in `folder`; UnreadableRecord when it has none that can be read, the
+        UserError of `check` when it is not one main.py writes."""
+        folder = Path(folder)
+        try:
+            content = json.loads(cls.path(folder).read_text())
+        except FileNotFoundError:
+            raise UnreadableRecord(folder, None) from None
+        except (OSError, ValueError) as error:
+            raise UnreadableRecord(folder, error) from None
+        check(content, cls.path(folder))
+        return cls(folder, content)
+
+    @classmethod
+    def new(cls, folder: Path, args: Mapping, device: torch.device, batch: dict) -> "RunRecord":
+        """The record of a new run: its arguments (every setting), the environment, when it
+        started, and the batch it runs in ({"runs": folder names, "index", "ticket"})."""
+        content = run_record(args, device)
+        content["started"] = datetime.datetime.now().isoformat()
+        content["batch"] = batch
+        return cls(folder, content)
+
+    def write(self) -> None:
+        write_json(self.path(self.folder), self.content)
+
+    def resumed(self, at_level: int, changed: dict, device: torch.device) -> "RunRecord":
+        """This record with one more entry in its `resumes` list: the level the resume starts
+        at, the run options it changed ({flag: [old, new]}), when, where and on what device."""
+        entry = {
+            "at_level": at_level,
+            "changed": changed,
+            "started": datetime.datetime.now().isoformat(),
+            "host": socket.gethostname(),
+            "device": str(device),
+        }
+        resumes = [*self.content.get("resumes", []), entry]
+        return RunRecord(self.folder, {**self.content, "resumes": resumes})
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """The run's arguments as its latest resume left them: every setting (one recorded
+        before its flag existed at its default, which the run ran), with the new values of the
+        run options each resume changed."""
+        args = recorded_args(self.content["args"])
+        for entry in self.content.get("resumes", []):
+            args.update({name: new for name, (_, new) in entry["changed"].items()})
+        return args
+
+    @property
+    def batch(self) -> dict:
+        return self.content.get("batch", {})
+
+    @property
+    def started(self) -> str:
+        return self.content.get("started", "")
+
+
+def recorded_args(recorded: Mapping) -> dict[str, Any]:
+    """Every setting of the `recorded` arguments, one they lack at its default (resolved from
+    the others: a run recorded before a flag existed ran its default)."""
+    defaults: dict[str, Any] = {}
+    for kind in experiment.KINDS:
+        defaults |= kind.read(recorded).values()
+    return {**defaults, **recorded}
+
+
+def check(content: object, path: Path) -> None:
+    """UserError naming `path` unless the args.json content holds only what main.py writes
+    there, each value of its setting's type: the run's arguments, the "batch" it ran in (its
+    trials' folders: names of siblings, no paths) and its "resumes" (each changing run options
+    only); so a damaged or foreign args.json is refused before anything reads it further."""
+
+    def refuse(what: str) -> UserError:
+        return UserError(f"{path} is not an {ARGS_FILE} lth wrote: {what}")
+
+    if not isinstance(content, dict) or not isinstance(content.get("args"), dict):
+        raise refuse('it holds no "args" object')
+    missing = [name for name in REQUIRED if name not in content["args"]]
+    if missing:
+        raise refuse(f"its arguments lack {', '.join(missing)}")
+    kinds = experiment.recorded_types()
+    for name, value in content["args"].items():
+        if name in kinds and not _of_kinds(value, kinds[name]):
+            shown = " or ".join(k.__name__ for k in kinds[name])
+            raise refuse(f"{name} is {value!r}, not {shown}")
+    batch = content.get("batch", {})
+    runs = batch.get("runs", []) if isinstance(batch, dict) else None
+    if not isinstance(runs, list) or not all(_sibling_name(name) for name in runs):
+        raise refuse('its "batch" is not a list of the batch\'s run folder names')
+    ticket = batch.get("ticket")
+    if ticket is not None and not (_of_kinds(ticket, (int,)) and 0 <= ticket < len(runs)):
+        raise refuse(f'its "batch" names trial {ticket!r} as its ticket')
+    resumes = content.get("resumes", [])
+    if not isinstance(resumes, list) or not all(_neutral_changes(entry) for entry in resumes):
+        raise refuse('its "resumes" change more than the flags a resume may change')
+    if not isinstance(content.get("started", ""), str):
+        raise refuse('its "started" is not a time')
+
+
+def _neutral_changes(entry: object) -> bool:
+    """Whether a "resumes" entry changed run options only, each [old, new] of its type."""
+    changed = entry.get("changed") if isinstance(entry, dict) else None
+    kinds = experiment.recorded_types()
+    return isinstance(changed, dict) and all(
+        name in experiment.neutral_fields()
+        and isinstance(pair, list)
+        and len(pair) == 2
+        and _of_kinds(pair[1], kinds[name])
+        for name, pair in changed.items()
+    )
+
+
+def _sibling_name(name: object) -> bool:
+    """Whether `name` names a folder beside the run's own: one plain path component."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and Path(name).name == name
+        and "\\" not in name
+    )
+
+
+def _of_kinds(value: object, kinds: tuple[type, ...]) -> bool:
+    """isinstance, with an int as a float too and a bool as neither."""
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds) or (float in kinds and isinstance(value, int))
 
 
 class TrialRandom:

@@ -12,7 +12,6 @@ ahead of the others.
 """
 
 import argparse
-import json
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,15 +26,15 @@ from lth import runs
 from lth.errors import UserError
 from lth.experiment import (
     CONTROL,
-    NEUTRAL,
     NOT_RECORDED,
     RESUME_LOOKUP,
     Experiment,
     Trial,
-    check_record,
-    recorded_args,
+    identity,
+    neutral_fields,
 )
 from lth.pruning import prunable
+from lth.record import RunRecord, UnreadableRecord
 from lth.results import RunDir, mask_from_bool, mask_to_bool
 from lth.safe_load import load_torch
 
@@ -62,72 +61,64 @@ class Resumed:
     # each trial's state at the end of level `start - 1` (its initial and rewind states are read
     # by whole_checkpoint, which needs the model); None: start afresh
     checkpoints: list[dict | None]
-    records: list[dict]  # the content of each trial's args.json
+    records: list[RunRecord]  # each trial's args.json
     changed: dict[str, list]  # result-neutral flag -> [the run's value, the new one]
     arguments: list[argparse.Namespace]  # each trial's arguments, as recorded and changed
 
 
-def read_record(folder: Path) -> dict:
-    """The content of the run's args.json, once `experiment.check_record` has checked it."""
+def read_record(folder: Path) -> RunRecord:
+    """The run's args.json (RunRecord.read), its faults in the words of --resume."""
     try:
-        record = json.loads((folder / "args.json").read_text())
-    except FileNotFoundError:
+        return RunRecord.read(folder)
+    except UnreadableRecord as unreadable:
+        if unreadable.error is None:
+            raise UserError(
+                f"--resume {folder}: no args.json there, so it is not a run folder"
+                " (or a run stopped before it recorded its arguments: start it again)"
+            ) from None
         raise UserError(
-            f"--resume {folder}: no args.json there, so it is not a run folder"
-            " (or a run stopped before it recorded its arguments: start it again)"
+            f"--resume {folder}: args.json cannot be read ({unreadable.error})"
         ) from None
-    except (OSError, ValueError) as error:
-        raise UserError(f"--resume {folder}: args.json cannot be read ({error})") from None
-    check_record(record, folder / "args.json")
-    return record
-
-
-def current_args(record: dict) -> dict:
-    """The run's arguments as its latest resume left them: the recorded ones (a flag added
-    since at the value the run ran, `experiment.recorded_args`), with the new values of the
-    result-neutral flags each resume changed."""
-    args = recorded_args(record)
-    for entry in record.get("resumes", []):
-        args.update({name: new for name, (_, new) in entry["changed"].items()})
-    return args
 
 
 def newest_matching_run(args: argparse.Namespace) -> Path:
     """The newest run under --results_root with the same dataset, arch and prune type."""
-    wanted = {name: getattr(args, name) for name in RESUME_LOOKUP}
-    types = ["reinit" if t == CONTROL else t for t in wanted.pop("prune_type")]
+    types = ["reinit" if t == CONTROL else t for t in args.prune_type]
+    wanted = {identity({**vars(args), "prune_type": t}, RESUME_LOOKUP) for t in types}
     matching = [
         run
         for run in runs.all_runs(args.results_root)
-        if all(run.args.get(name) == value for name, value in wanted.items())
-        and run.args.get("prune_type") in types
+        if identity(run.args, RESUME_LOOKUP) in wanted
     ]
     if not matching:
-        wanted = ", ".join(
+        shown = ", ".join(
             f"--{name} {' '.join(types) if name == 'prune_type' else getattr(args, name)}"
             for name in RESUME_LOOKUP
         )
-        raise UserError(f"--resume: no run under {args.results_root}/ with {wanted}")
+        raise UserError(f"--resume: no run under {args.results_root}/ with {shown}")
     return matching[-1].root
 
 
 def changed_flags(recorded: dict, args: argparse.Namespace, explicit: set[str]) -> dict:
-    """The result-neutral flags the command line changes, as name -> [old, new].
+    """The run options the command line changes, as name -> [old, new].
 
-    A flag that would change the results must keep the run's value: UserError naming every such
-    flag in one line.
+    A flag is changed when the run with the command line's value of it is another run
+    (`identity`); a setting the run's args.json lacks is its default, which it ran. A flag that
+    would change the results must keep the run's value: UserError naming every such flag in one
+    line.
     """
     changed, refused = {}, []
+    neutral = neutral_fields()
     for name in sorted(explicit - set(NOT_RECORDED) - set(TRIAL_FLAGS)):
         new = getattr(args, name)
-        if name not in recorded or recorded[name] == new:
+        if identity({**recorded, name: new}, {name}) == identity(recorded, {name}):
             continue
-        if name in NEUTRAL:
+        if name in neutral:
             changed[name] = [recorded[name], new]
         else:
             refused.append(f"--{name} {new} differs from the run's {recorded[name]}")
     if refused:
-        neutral = ", ".join(f"--{name}" for name in NEUTRAL)
+        neutral = ", ".join(f"--{name}" for name in neutral)
         raise UserError(f"--resume: {'; '.join(refused)} (only {neutral} may change)")
     return changed
 
@@ -290,14 +281,14 @@ def first_level(args: argparse.Namespace, explicit: set[str], done: int, folder:
     )
 
 
-def batch_folders(folder: Path, record: dict) -> list[Path]:
+def batch_folders(folder: Path, record: RunRecord) -> list[Path]:
     """The folders of the batch `folder` ran in, in the batch's order (its args.json's "batch":
     the names of its trials' folders, siblings of it); [folder] for a run of its own."""
-    names = record.get("batch", {}).get("runs")
+    names = record.batch.get("runs")
     if not names:
         return [folder]
     folders = [folder.parent / name for name in names]
-    missing = [str(f) for f in folders if not (f / "args.json").is_file()]
+    missing = [str(f) for f in folders if not RunRecord.exists(f)]
     if missing:
         raise UserError(
             f"--resume {folder}: it ran in a batch of {len(folders)} trials, and the run folder"
@@ -365,7 +356,7 @@ def locate(
     record = read_record(folder)
     folders = batch_folders(folder, record)
     records = [record if f == folder else read_record(f) for f in folders]
-    recorded = [current_args(r) for r in records]
+    recorded = [r.args for r in records]
     check_trial_flags(args, explicit, recorded)
     changed = changed_flags(recorded[0], args, explicit)
     arguments = []
@@ -377,7 +368,7 @@ def locate(
         try:
             validate(merged)
         except UserError as error:
-            raise UserError(f"{trial_folder / 'args.json'}{given}: {error}") from None
+            raise UserError(f"{RunRecord.path(trial_folder)}{given}: {error}") from None
         arguments.append(merged)
     run_dirs = [
         RunDir(f, a.arch_type, a.dataset, a.prune_type)
@@ -407,7 +398,7 @@ def locate(
         load_checkpoint(run_dirs[i].checkpoint_path()) if start > 0 else None for i in live
     ]
     experiment = Experiment.of(vars(arguments[0]))
-    batch = [r.get("batch", {}) for r in records]
+    batch = [r.batch for r in records]
     position = {index: live.index(index) for index in live}
     trials = []
     for i in live:

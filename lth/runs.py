@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from lth.errors import UserError
-from lth.experiment import BOOKKEEPING, check_record, is_control, recipe
+from lth.experiment import BOOKKEEPING, IS_CONTROL, identity, is_control
+from lth.record import RunRecord
 from lth.results import RunDir, level_tag
 from lth.safe_load import Refused, load_array
 
@@ -37,7 +38,7 @@ EARLY_STOP = ("test_accuracy", "early_stop_epoch")
 @dataclass
 class Run:
     root: Path
-    args: dict  # the arguments recorded in args.json (experiment.recorded_args)
+    args: dict  # its arguments, every setting, as its latest resume left them (RunRecord.args)
     started: str  # ISO time the run was created
 
     @property
@@ -116,13 +117,9 @@ def read_run(folder: Path | str) -> Run | None:
 
 def checked_run(folder: Path | str) -> Run:
     """The run in `folder`; UserError when it has no readable args.json, or one that
-    `experiment.check_record` refuses (the error says why)."""
-    folder = Path(folder)
-    try:
-        record = json.loads((folder / "args.json").read_text())
-    except (OSError, ValueError):
-        raise UserError(f"{folder} is not a run folder (no readable args.json)") from None
-    return Run(folder, check_record(record, folder / "args.json"), record.get("started", ""))
+    `record.check` refuses (the error says why)."""
+    record = RunRecord.read(folder)
+    return Run(record.folder, record.args, record.started)
 
 
 def load_run(folder: Path | str) -> Run:
@@ -177,8 +174,6 @@ def take_mask_args(args: argparse.Namespace, explicit: set[str]) -> None:
             f"--masks_from {args.masks_from} is not a run folder (no readable args.json)"
         )
     for name in MASK_ARGS:
-        if name not in source.args:  # recorded before the flag existed: it ran the default
-            continue
         theirs, mine = source.args[name], getattr(args, name)
         if name in explicit and mine != theirs:
             raise UserError(
@@ -207,15 +202,26 @@ def newest_complete(results_root: Path | str) -> dict[tuple[str, str], list[Run]
     runs of the same experiment with another seed), oldest first. Runs of the same seed are all
     there: distinct_trials (by way of `trials`) keeps the newest of them."""
     complete = [run for run in all_runs(results_root) if run.complete]
-    newest: dict[tuple[str, str, str, bool], Run] = {}
+    newest: dict[tuple, Run] = {}
     for run in complete:
-        a = run.args
-        newest[(a["arch_type"], a["dataset"], a["prune_type"], is_control(a))] = run
+        newest[identity(run.args, NEWEST_OF)] = run
     groups: dict[tuple[str, str], list[Run]] = {}
-    for (arch, dataset, _, _), run in sorted(newest.items()):
-        trials = [r for r in complete if recipe(r.args) == recipe(run.args)]
-        groups.setdefault((arch, dataset), []).extend(trials)
+    for run in sorted(newest.values(), key=newest_order):
+        trials = [r for r in complete if identity(r.args) == identity(run.args)]
+        groups.setdefault((run.args["arch_type"], run.args["dataset"]), []).extend(trials)
     return groups
+
+
+# What `newest_complete` keeps the newest run of: one per architecture, data set, prune type
+# and being a control (experiment.IS_CONTROL).
+NEWEST_OF = ("arch_type", "dataset", "prune_type", IS_CONTROL)
+
+
+def newest_order(run: Run) -> tuple[str, str, str, bool]:
+    """The order of `newest_complete`'s groups and lines: by architecture, data set, prune
+    type, the control after the plain run."""
+    a = run.args
+    return a["arch_type"], a["dataset"], a["prune_type"], is_control(a)
 
 
 def differing_args(runs: list[Run]) -> list[str]:
@@ -258,13 +264,13 @@ def trial_key(run: Run) -> tuple:
     `--masks_from` control, the trial whose masks it takes. A run without a recorded seed is a
     trial of its own (its folder stands for the seed)."""
     seed = run.args.get("seed")
-    key: tuple = (recipe(run.args), str(run.root.resolve()) if seed is None else seed)
+    key: tuple = (identity(run.args), str(run.root.resolve()) if seed is None else seed)
     if is_control(run.args):
         source = read_run(run.args["masks_from"])
         if source is None or source.args.get("seed") is None:
             key += (str(run.args["masks_from"]),)
         else:
-            key += (recipe(source.args), source.args["seed"])
+            key += (identity(source.args), source.args["seed"])
     return key
 
 
@@ -312,9 +318,9 @@ def age(run: Run) -> tuple[str, str]:
 def trial_groups(runs: list[Run]) -> list[list[Run]]:
     """The runs, one per trial (distinct_trials), grouped into trials of one experiment whose
     levels line up (the same weights left at every level), in order of first appearance."""
-    groups: dict[tuple[str, tuple[float, ...]], list[Run]] = {}
+    groups: dict[tuple[tuple, tuple[float, ...]], list[Run]] = {}
     for run in distinct_trials(runs)[0]:
-        key = (recipe(run.args), tuple(run.weights_left()))
+        key = (identity(run.args), tuple(run.weights_left()))
         groups.setdefault(key, []).append(run)
     return list(groups.values())
 

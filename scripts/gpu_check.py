@@ -204,7 +204,10 @@ def main_run_figures(results: Path) -> tuple[str, Path | None]:
     if len(runs) != 1:
         return "no run folder", None
     run = runs[0]
-    record = json.loads((run / "args.json").read_text())
+    sys.path.insert(0, str(ROOT))
+    from lth.record import RunRecord  # the one reader of args.json
+
+    record = RunRecord.read(run).content
     with (run / "summary.csv").open() as file:
         rows = list(csv.DictReader(file))
     best = "/".join(f"{float(r['best_accuracy']):.2f}" for r in rows)

@@ -268,7 +268,7 @@ def test_an_augmented_cifar_run_records_it_and_trains_on_other_images(tmp_path, 
         runs_of[name] = only_run(tmp_path / name)
     recorded = {n: json.loads((r / "args.json").read_text())["args"] for n, r in runs_of.items()}
     assert recorded["augmented"]["augment"] is True and recorded["plain"]["augment"] is False
-    assert experiment.recipe(recorded["augmented"]) != experiment.recipe(recorded["plain"])
+    assert experiment.identity(recorded["augmented"]) != experiment.identity(recorded["plain"])
     summaries = {n: (r / "summary.csv").read_text() for n, r in runs_of.items()}
     assert summaries["augmented"] != summaries["plain"]  # the same seed, other training images
     saves = Path("saves/fc1/cifar10/initial_state_dict_lt.pth.tar")
@@ -304,8 +304,9 @@ def test_a_run_recorded_before_the_flag_groups_with_the_same_run_recorded_now(
     read = runs.read_run(old)
     assert read is not None and read.args["augment"] is False
     now = runs.read_run(reference_run)
-    assert experiment.recipe(read.args) == experiment.recipe(now.args)
-    assert experiment.ran(read.args, now.args)
+    assert experiment.identity(read.args) == experiment.identity(now.args)
+    on = experiment.trial_fields()
+    assert experiment.identity(read.args, on) == experiment.identity(now.args, on)
     out = tmp_path / "figures"
     capsys.readouterr()
     argv = [str(old), str(reference_run), "--out", str(out), "--dpi", "20"]

@@ -10,7 +10,7 @@ import torch
 
 import main
 from lth import lottery, runs
-from lth.experiment import recipe
+from lth.experiment import identity
 from lth.pruning import prunable, state_copy
 from tests.datafiles import write_mnist_files
 from tests.resultfiles import back_to_level
@@ -194,7 +194,7 @@ def test_a_control_takes_the_rates_of_its_run_and_is_one_line_with_it(made, tmp_
     record = json.loads((other.root / "args.json").read_text())["args"]
     assert record["prune_percent"] == 50.0
     assert [record[name] for name in runs.MASK_ARGS] == [lt.args[n] for n in runs.MASK_ARGS]
-    assert recipe(other.args) == recipe(control.args)
+    assert identity(other.args) == identity(control.args)
 
     groups = runs.trial_groups([lt, runs.load_run(control.root), runs.load_run(other.root)])
     assert [[r.root for r in g] for g in groups] == [[lt.root], [control.root, other.root]]

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import main
-from lth import lottery, record, resume
+from lth import lottery, record, resume, runs
 from lth.errors import UserError
+from lth.record import RunRecord
 from lth.results import RunDir
 from tests.conftest import REFERENCE_FLAGS, ROOT, kept_checkpoints
 from tests.resultfiles import assert_same_results, snapshot, stopped_after
@@ -263,7 +264,8 @@ def test_resume_on_another_machine_may_change_the_neutral_flags(tmp_path, capsys
         "gpu": ["0", "1"],
         "plot_dpi": [20, 30],
     }
-    assert resume.current_args(recorded)["data_dir"] == str(new_dir)  # what the next resume uses
+    assert RunRecord(run, recorded).args["data_dir"] == str(new_dir)  # what the next resume uses
+    assert runs.read_run(run).args["data_dir"] == str(new_dir)  # and every other reader
 
 
 def test_a_flag_that_changes_results_is_refused_in_one_line(tmp_path, capsys, finished):
