@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lth import cli, plots, runs
+from lth import cli, methods, plots, runs
 from lth.errors import UserError, one_line
-from lth.experiment import KEEP_TRAINED, Experiment
+from lth.experiment import Experiment
 from lth.initialization import initializer
 from lth.instability import (
     POINTS,
@@ -90,26 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# The prune types whose levels do not start from a state of level 0, and what they start from.
-NO_REWIND_POINT = {
-    "reinit": "its levels train new random weights",
-    **{kind: "its levels go on from the weights the level before trained" for kind in KEEP_TRAINED},
-}
-
-
 def analyse(args: argparse.Namespace) -> None:
     """Every check before any training; the files only once every level is measured."""
     check_flags(args)
     run = runs.read_run(args.run_dir)
     if run is None:
         raise UserError(f"{args.run_dir} is not a run folder (no readable args.json)")
-    prune_type = run.args.get("prune_type")
-    if prune_type in NO_REWIND_POINT:
-        raise UserError(
-            f"{run.root} is a --prune_type {prune_type} run: {NO_REWIND_POINT[prune_type]}, so"
-            " it has no rewind point to train copies from; analyse an lt, random, snip, grasp or"
-            " synflow run"
-        )
+    check_rewind_point(run)
     recipe = recorded_recipe(run, args)
     levels = chosen_levels(run, args.levels)
     seed = choose_seed(args.seed if args.seed is not None else run.args.get("seed"))
@@ -147,6 +134,22 @@ def analyse(args: argparse.Namespace) -> None:
         print(f"replaced the earlier analysis with seed {seed}: {', '.join(map(str, replaced))}")
     for path in outputs.all():
         print(f"written: {path}")
+
+
+def check_rewind_point(run: runs.Run) -> None:
+    """UserError when the run's prune method (lth.methods, among the registered ones) starts
+    its levels from no state of level 0, naming what they start from and the methods whose
+    runs can be analysed. A prune type no registered method records is left to
+    `recorded_recipe`, which refuses it."""
+    prune_type = run.args.get("prune_type")
+    method = {m.name: m for m in methods.recordable()}.get(prune_type)
+    if method is not None and not method.has_rewind_point:
+        analysable = [m.name for m in methods.recordable() if m.has_rewind_point]
+        choices = f"{', '.join(analysable[:-1])} or {analysable[-1]}"
+        raise UserError(
+            f"{run.root} is a --prune_type {prune_type} run: {method.no_rewind_point}, so it has"
+            f" no rewind point to train copies from; analyse an {choices} run"
+        )
 
 
 def check_flags(args: argparse.Namespace) -> None:

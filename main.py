@@ -14,7 +14,7 @@ defaults give the original's run.
 import argparse
 import sys
 
-from lth import cli, lottery, resume, runs
+from lth import cli, lottery, methods, resume, runs
 from lth.errors import UserError, one_line
 from lth.experiment import Experiment, Trial, identity
 from lth.record import choose_seed
@@ -73,7 +73,8 @@ def batch_start(args: argparse.Namespace, explicit: set[str]) -> lottery.BatchSt
             arguments.masks_from = str(runs.mask_source(arguments.masks_from, arguments))
             runs.take_mask_args(arguments, explicit)
         experiments.append(Experiment.of(vars(arguments)))
-        ticket = specs.index(("lt", seed)) if prune_type == cli.CONTROL else None
+        source = methods.get(prune_type).ticket  # a control: the batch's trial of `source`
+        ticket = specs.index((source, seed)) if source is not None else None
         trials.append(Trial(seeds[seed], arguments.prune_type, arguments.masks_from, ticket))
     shared = [identity(e.settings(), e.settings()) for e in experiments]
     assert all(s == shared[0] for s in shared), "the trials of a batch share a recipe"

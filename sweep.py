@@ -30,14 +30,12 @@ from pathlib import Path
 
 import torch
 
-from lth import cli, compare, experiment, resume, runs
+from lth import cli, compare, experiment, methods, resume, runs
 from lth.errors import UserError, one_line
 
 MAIN = Path(__file__).resolve().parent / "main.py"
 SWEPT = ("prune_type", "prune_percent", "seed", "results_root")
 NOT_ALLOWED = SWEPT + ("resume", "start_iter")
-CONTROL = experiment.CONTROL  # reinit with the masks of the lt task of its percent and seed
-PRUNE_TYPES = (*cli.PRUNE_TYPES, CONTROL)
 LOST = ("NodeDiedError", "WorkerCrashedError")  # ray.exceptions: a job's node or worker died
 RESTARTS = 3  # times the sweep starts a lost job again (Ray itself retries none: max_retries=0)
 FOLDER_WAIT = 120  # seconds a restarted job waits for the lost process to let go of its folder
@@ -52,8 +50,8 @@ class Task:
     status: str = "new"  # new, resume, finished, done, failed
     run_dir: str = ""
     error: str = ""
-    ticket: "Task | None" = None  # a reinit_ticket task's lt task, whose run gives the masks
-    prune_type: str = ""  # as the sweep names it (reinit_ticket for the control)
+    ticket: "Task | None" = None  # a control task's ticket task, whose run gives the masks
+    prune_type: str = ""  # its method's registered name (reinit_ticket for the control)
     seed: int | None = None
     percent: float = 0.0
 
@@ -95,8 +93,7 @@ def add_grid_flags(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["lt", "reinit"],
         metavar="TYPE",
-        help=f"any of: {', '.join(PRUNE_TYPES)}; {CONTROL} is the paper's control: reinit with"
-        " the masks of the lt run of the same percent and seed (needs lt in the same sweep)",
+        help=prune_type_help(),
     )
     add(
         "--seed",
@@ -106,6 +103,18 @@ def add_grid_flags(parser: argparse.ArgumentParser) -> None:
         metavar="SEED",
         help="main.py's --seed of the tasks (default: random, recorded in each run)",
     )
+
+
+def prune_type_help() -> str:
+    """--prune_type's help, from the registry (lth.methods): every method, and what each control
+    (a method that takes its ticket's masks) runs."""
+    controls = "; ".join(
+        f"{m.name} is the paper's control: {m.recorded_name} with the masks of the {m.ticket} run"
+        f" of the same percent and seed (needs {m.ticket} in the same sweep)"
+        for m in methods.registered()
+        if m.needs_ticket
+    )
+    return f"any of: {', '.join(methods.names())}; {controls}"
 
 
 def add_results_flags(parser: argparse.ArgumentParser) -> None:
@@ -150,30 +159,38 @@ def make_tasks(options: argparse.Namespace, main_flags: list[str]) -> list[Task]
     """One task per (prune type, prune percent, seed), each checked as main.py would check it."""
     given = cli.explicit_flags(main_flags) & {*NOT_ALLOWED, "masks_from"}
     if "masks_from" in given:
+        controls = [m for m in methods.registered() if m.needs_ticket]
+        tickets = " or ".join(dict.fromkeys(m.ticket for m in controls))
         raise UserError(
-            f"--masks_from after `--`: the sweep gives it to each {CONTROL} task itself"
-            " (the lt run of the same percent and seed)"
+            f"--masks_from after `--`: the sweep gives it to each"
+            f" {' or '.join(m.name for m in controls)} task itself (the {tickets} run of the same"
+            " percent and seed)"
         )
     if given:
         name = sorted(given)[0]
         raise UserError(f"--{name} after `--`: give it to sweep.py itself (see --help)")
     check_own_flags(options)
-    for prune_type in options.prune_type:
-        if prune_type not in PRUNE_TYPES:
+    found = {spelling: methods.find(spelling) for spelling in dict.fromkeys(options.prune_type)}
+    for spelling, method in found.items():
+        if method is None:
             raise UserError(
-                f"--prune_type {prune_type} is not supported; choose any of: {', '.join(PRUNE_TYPES)}"
+                f"--prune_type {spelling} is not supported; choose any of:"
+                f" {', '.join(methods.names())}"
             )
-    if CONTROL in options.prune_type and "lt" not in options.prune_type:
-        raise UserError(
-            f"--prune_type {CONTROL} needs lt in the same sweep: each control takes the masks of"
-            " the lt run of its percent and seed"
-        )
+    types = list(dict.fromkeys(method.name for method in found.values()))
+    for prune_type in types:
+        ticket = methods.get(prune_type).ticket
+        if ticket is not None and ticket not in types:
+            raise UserError(
+                f"--prune_type {prune_type} needs {ticket} in the same sweep: each control takes"
+                f" the masks of the {ticket} run of its percent and seed"
+            )
     tasks = []
-    lists = (options.prune_type, options.prune_percent, options.seed)
+    lists = (types, options.prune_percent, options.seed)
     grid = itertools.product(*(list(dict.fromkeys(values)) for values in lists))  # no repeats
     for prune_type, percent, seed in grid:
-        main_type = "reinit" if prune_type == CONTROL else prune_type
-        argv = [*main_flags, "--prune_type", main_type, "--prune_percent", f"{percent:g}"]
+        recorded = methods.spelling(methods.get(prune_type).recorded_name)
+        argv = [*main_flags, "--prune_type", recorded, "--prune_percent", f"{percent:g}"]
         argv += ["--results_root", str(Path(options.results_root).resolve())]
         argv += ["--seed", str(seed)] if seed is not None else []
         args = cli.one_trial(cli.parse_args(argv))
@@ -209,11 +226,13 @@ def check_own_flags(options: argparse.Namespace) -> None:
 
 
 def link_controls(tasks: list[Task]) -> None:
-    """Give each reinit_ticket task its lt task: the one of the same percent and seed."""
-    lt = {t.name.removeprefix("lt_"): t for t in tasks if t.name.startswith("lt_")}
+    """Give each control task its ticket task: the one of its method's ticket (lth.methods) of
+    the same percent and seed."""
+    by_task = {(t.prune_type, t.percent, t.seed): t for t in tasks}
     for task in tasks:
-        if task.name.startswith(f"{CONTROL}_"):
-            task.ticket = lt[task.name.removeprefix(f"{CONTROL}_")]
+        ticket = methods.get(task.prune_type).ticket
+        if ticket is not None:
+            task.ticket = by_task[(ticket, task.percent, task.seed)]
 
 
 def plan(tasks: list[Task], results_root: str) -> None:
@@ -377,12 +396,12 @@ def make_jobs(tasks: list[Task], batch: int | None) -> list[Job]:
             kinds.setdefault(types, []).append(seed)
         for types, same in kinds.items():
             jobs += batches(types, same, percent, by_task, batch)
-    lt_jobs = {id(t): job for job in jobs for t in job.tasks if t.prune_type == "lt"}
+    job_of = {id(t): job for job in jobs for t in job.tasks}
     for job in jobs:
         for task in job.tasks:
             ticket = task.ticket
             if ticket is not None and ticket.status == "new" and ticket not in job.tasks:
-                job.after = lt_jobs[id(ticket)]
+                job.after = job_of[id(ticket)]
     return jobs
 
 
@@ -393,7 +412,8 @@ def batches(
     args = by_task[(types[0], percent, seeds[0])].args  # the recipe is the same for all
 
     def shares(prune_type: str) -> bool:
-        return (prune_type != CONTROL or "lt" in types) and not cli.trains_apart(prune_type, args)
+        ticket = methods.get(prune_type).ticket
+        return (ticket is None or ticket in types) and not cli.trains_apart(prune_type, args)
 
     together = [t for t in types if shares(t)]
     if batch is not None and batch < len(together):  # one prune type per process
@@ -404,10 +424,12 @@ def batches(
     groups += [[t] for t in alone]
     jobs = []
     for group in groups:
-        if group == [CONTROL]:  # controls apart from their lt trials: one process each
+        method = methods.get(group[0])
+        if len(group) == 1 and method.needs_ticket:  # controls apart from their tickets: one each
             for seed in seeds:
-                task = by_task[(CONTROL, percent, seed)]
-                argv = [*strip_trial_flags(task.argv), "--prune_type", "reinit"]
+                task = by_task[(method.name, percent, seed)]
+                recorded = methods.spelling(method.recorded_name)
+                argv = [*strip_trial_flags(task.argv), "--prune_type", recorded]
                 if task.args.masks_from is not None:
                     argv += ["--masks_from", task.args.masks_from]
                 argv += ["--seed", str(seed)] if seed is not None else []
@@ -417,7 +439,8 @@ def batches(
         for start in range(0, len(seeds), per):
             chunk = seeds[start : start + per]
             tasks = [by_task[(t, percent, seed)] for t in group for seed in chunk]
-            argv = [*strip_trial_flags(tasks[0].argv), "--prune_type", *group]
+            spelled = [methods.spelling(t) for t in group]
+            argv = [*strip_trial_flags(tasks[0].argv), "--prune_type", *spelled]
             if chunk != [None]:
                 argv += ["--seed", *(str(seed) for seed in chunk)]
             name = tasks[0].name if len(tasks) == 1 else f"{group[0]}_{percent:g}_batch{start}"
@@ -530,15 +553,15 @@ def release(job: Job) -> bool:
         if ticket.status != "done" or not ticket.run_dir:
             for task in job.tasks:
                 task.status = "failed"
-                task.error = f"not started: its lt task {ticket.name} failed"
+                task.error = f"not started: its {ticket.prune_type} task {ticket.name} failed"
                 print(f"sweep: {task.name} {task.status} {task.error}", flush=True)
             return False
-    (control,) = job.tasks  # a control waits alone: its masks are its lt run's
+    (control,) = job.tasks  # a control waits alone: its masks are its ticket's run's
     control.take_masks_from(control.ticket.run_dir)
     job.argv = [
         *strip_trial_flags(job.argv),
         "--prune_type",
-        "reinit",
+        methods.spelling(methods.get(control.prune_type).recorded_name),
         "--masks_from",
         control.args.masks_from,
     ]

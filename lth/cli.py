@@ -7,9 +7,8 @@ from collections.abc import Callable
 from typing import NoReturn
 
 import archs
-from lth import augment, data, experiment, settings
+from lth import augment, data, experiment, methods, settings
 from lth.errors import UserError, one_line
-from lth.experiment import AT_INIT, CONTROL, KEEP_TRAINED, PRUNE_TYPES, REWOUND
 from lth.settings import (
     MAX_DPI,
     MAX_END_ITER,
@@ -20,11 +19,6 @@ from lth.settings import (
 )
 
 __all__ = ["MAX_DPI", "MAX_END_ITER", "MAX_PRUNE_ITERATIONS", "check_dpi", "check_folder"]
-REWIND_REFUSAL = {
-    "reinit": "reinit draws new weights",
-    **{kind: f"{kind} keeps the trained weights" for kind in KEEP_TRAINED},
-    **{kind: f"{kind} trains the pruned initial network" for kind in AT_INIT},
-}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -93,29 +87,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def trial_specs(args: argparse.Namespace) -> list[tuple[str, int | None]]:
-    """The batch the command line asks for: (prune type, seed) for every --prune_type and every
-    --seed, types first, each once; UserError for a batch that cannot run."""
-    types = list(dict.fromkeys(args.prune_type))
+    """The batch the command line asks for: (prune method, seed) for every --prune_type and
+    every --seed, methods first, each once, by their registered names (a MODULE:ATTRIBUTE is
+    imported and registered, lth.methods.find); UserError for a batch that cannot run."""
     seeds = list(dict.fromkeys(args.seed))
     if None in seeds and len(seeds) > 1:
         raise UserError(f"--seed {' '.join(map(str, args.seed))}: every seed must be a number")
-    if CONTROL in types:
-        if "lt" not in types:
+    found = {spelling: methods.find(spelling) for spelling in dict.fromkeys(args.prune_type)}
+    named = {method.name for method in found.values() if method is not None}
+    for method in found.values():
+        if method is None or not method.needs_ticket:
+            continue
+        if method.ticket not in named:
             raise UserError(
-                f"--prune_type {CONTROL} needs lt in the same batch: each control takes the masks"
-                " of the lt trial of its seed"
+                f"--prune_type {method.name} needs {method.ticket} in the same batch: each control"
+                f" takes the masks of the {method.ticket} trial of its seed"
             )
         if args.masks_from is not None:
             raise UserError(
-                f"--prune_type {CONTROL} takes its masks from the lt trials of the batch, not"
-                " from --masks_from"
+                f"--prune_type {method.name} takes its masks from the {method.ticket} trials of"
+                " the batch, not from --masks_from"
             )
-    for prune_type in types:
-        if prune_type not in (*PRUNE_TYPES, CONTROL):
+    for spelling, method in found.items():
+        if method is None:
             raise UserError(
-                f"--prune_type {prune_type} is not supported; choose one of:"
-                f" {', '.join((*PRUNE_TYPES, CONTROL))}"
+                f"--prune_type {spelling} is not supported; choose one of:"
+                f" {', '.join(methods.names())}"
             )
+    types = list(dict.fromkeys(method.name for method in found.values()))
     apart = [t for t in types if trains_apart(t, args)]
     if apart and len(types) > 1:
         raise UserError(
@@ -126,18 +125,20 @@ def trial_specs(args: argparse.Namespace) -> list[tuple[str, int | None]]:
 
 
 def trains_apart(prune_type: str, args: argparse.Namespace) -> bool:
-    """Whether `prune_type` cannot share a batch (whose trials share one learning-rate
-    schedule) with other prune types: `finetune` under a schedule that is not constant."""
-    return prune_type == "finetune" and (args.warmup_iters > 0 or args.lr_drops is not None)
+    """Whether the registered method `prune_type` cannot share a batch (whose trials share one
+    learning-rate schedule) with other prune types: one that holds the schedule's final rate,
+    under a schedule that is not constant."""
+    holds = methods.get(prune_type).holds_final_rate
+    return holds and (args.warmup_iters > 0 or args.lr_drops is not None)
 
 
 def trial_namespace(
     args: argparse.Namespace, prune_type: str, seed: int | None
 ) -> argparse.Namespace:
-    """One trial's arguments: the command line's, with that trial's prune type (`reinit` for
-    the control) and seed, ready for `validate`."""
-    main_type = "reinit" if prune_type == CONTROL else prune_type
-    return argparse.Namespace(**{**vars(args), "prune_type": main_type, "seed": seed})
+    """One trial's arguments: the command line's, with that trial's seed and the prune type its
+    run records (the registered method `prune_type`'s recorded name), ready for `validate`."""
+    recorded = methods.get(prune_type).recorded_name
+    return argparse.Namespace(**{**vars(args), "prune_type": recorded, "seed": seed})
 
 
 def one_trial(args: argparse.Namespace) -> argparse.Namespace:
@@ -165,10 +166,7 @@ def validate(args: argparse.Namespace) -> None:
     check = settings.Checks(args, experiment.KINDS)
     check("dataset")
     archs.check(args.dataset, args.arch_type)
-    if args.prune_type not in PRUNE_TYPES:
-        raise UserError(
-            f"--prune_type {args.prune_type} is not supported; choose one of: {', '.join(PRUNE_TYPES)}"
-        )
+    methods.recorded(args.prune_type)
     check("prune_percent", "lr")
     check("prune_iterations", "end_iter", "batch_size", "valid_freq", "print_freq")
     check.most("end_iter", "prune_iterations")
@@ -209,16 +207,19 @@ def _validate_beyond_original(args: argparse.Namespace, check: settings.Checks) 
             f"--rewind_iter {args.rewind_iter} and --rewind_epoch {args.rewind_epoch}: give one"
             " of them (--rewind_epoch K is --rewind_iter K x steps per epoch)"
         )
+    method = methods.recorded(args.prune_type)
     for name in ("rewind_epoch", "rewind_iter"):
-        if getattr(args, name) > 0 and args.prune_type not in REWOUND:
+        if getattr(args, name) > 0 and not method.rewinds:
+            rewinding = " or ".join(m.name for m in methods.recordable() if m.rewinds)
             raise UserError(
-                f"--{name} applies to --prune_type {' or '.join(REWOUND)}, not"
-                f" {args.prune_type}: {REWIND_REFUSAL[args.prune_type]}"
+                f"--{name} applies to --prune_type {rewinding}, not {args.prune_type}:"
+                f" {args.prune_type} {method.rewind_refusal}"
             )
-    if args.masks_from is not None and args.prune_type != "reinit":
+    if args.masks_from is not None and not method.takes_masks_from:
+        controls = " or ".join(m.name for m in methods.recordable() if m.takes_masks_from)
         raise UserError(
-            f"--masks_from applies to --prune_type reinit (the random-reinitialisation control),"
-            f" not {args.prune_type}"
+            f"--masks_from applies to --prune_type {controls} (the random-reinitialisation"
+            f" control), not {args.prune_type}"
         )
     check("prune_scope", "prune_percent_output", "prune_percent_conv", "optimizer")
     check("momentum")

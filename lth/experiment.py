@@ -17,23 +17,10 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from lth import settings
+from lth import methods, settings
 from lth.settings import ORIGINAL, PROTOCOL, Recipe, RunOptions, Settings, flag, seed_range
 
 COMPILE_CHOICES = settings.COMPILE_CHOICES
-# The paper's control as a prune type of a batch: reinit with the masks of the batch's lt trial of
-# the same seed (recorded as prune type reinit, --masks_from that trial's folder).
-CONTROL = "reinit_ticket"
-# Prune types that keep the trained survivors from level to level instead of rewinding them
-# (Renda et al. 2020): learning-rate rewinding restarts the schedule, fine-tuning trains at its
-# final rate.
-KEEP_TRAINED = ("lrr", "finetune")
-# Pruning at initialisation (lth.saliency): each level prunes the initial network by the method's
-# scores to the density the magnitude rule reaches at that level, and trains it from there.
-AT_INIT = ("snip", "grasp", "synflow")
-# The prune types that rewind to --rewind_iter / --rewind_epoch.
-REWOUND = ("lt", "random")
-PRUNE_TYPES = ("lt", "reinit", "random", *KEEP_TRAINED, *AT_INIT)
 
 
 @dataclass(frozen=True)
@@ -55,8 +42,7 @@ class TrialSettings(Settings):
     )
     prune_type: str = flag(
         "lt",
-        f"one of: {', '.join(PRUNE_TYPES)}; several (and {CONTROL}: reinit with the masks of"
-        " the lt trial of its seed) train together as one batch with every --seed",
+        methods.prune_type_help(),
         ORIGINAL,
         rank=8,
         metavar="TYPE",

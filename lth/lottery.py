@@ -28,20 +28,15 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import archs
-from lth import data, memory, plots, resume, runs, stack
+from lth import data, memory, methods, plots, resume, runs, stack
 from lth.errors import UserError
-from lth.experiment import AT_INIT, KEEP_TRAINED, Experiment, Trial
+from lth.experiment import Experiment, Trial
 from lth.initialization import Initializer, initializer
 from lth.pretrain import pretrain_zae
 from lth.pruning import (
     Mask,
-    apply_mask,
     make_mask,
     print_nonzeros,
-    prune_at_random,
-    prune_by_percentile,
-    reinitialize,
-    rewind,
     state_copy,
     weights_left,
 )
@@ -54,7 +49,6 @@ from lth.record import (
     seed_everything,
 )
 from lth.results import RunDir, level_tag, read_mask, write_json
-from lth.saliency import at_init_mask, level_counts
 from lth.train import (
     EVAL_BATCH,
     Callbacks,
@@ -475,13 +469,13 @@ def train_trials(
     """
     experiment, rewind_at = shared.experiment, shared.rewind_at
     start = 0 if level == 0 else rewind_at  # level 0 runs whole; N = 0: no rewind state kept
-    finetuning = level > 0 and any(t.trial.prune_type == "finetune" for t in running)
+    held = level > 0 and any(methods.get(t.trial.prune_type).holds_final_rate for t in running)
     plan = LevelPlan.of(
         experiment,
         shared.loaded.train,
         experiment.lr_drop_epochs(),
         start_step=start,
-        held=finetuning,
+        held=held,
         description=f"[level {level}] ",
     )
     print(f"\n--- Pruning Level [0:{level}/{experiment.prune_iterations}]: ---")
@@ -520,48 +514,27 @@ def stop(trial_run: TrialRun, level: int, line: str) -> None:
 
 
 def prune(trial_run: TrialRun, shared: Shared, level: int, trial_runs: list[TrialRun]) -> Mask:
-    """One level's mask: dense at level 0; by magnitude (`lt`, `lrr`, `finetune`); at random
-    with the same per-layer counts (`random`, from the trial's own generator); by the scores of
-    a method of pruning at initialisation (`snip`, `grasp`, `synflow`: the initial network pruned
-    to the level's counts, its sample drawn from the trial's own generator); or, for a control,
-    by nothing of its own: the mask its ticket has for `level` (from memory for a ticket in the
-    batch, else the mask that --masks_from run saved for it)."""
-    trial, model, mask = trial_run.trial, trial_run.model, trial_run.progress.mask
-    experiment = shared.experiment
+    """One level's mask, by the trial's prune method (lth.methods: dense at level 0, then by
+    magnitude, at random, or by the scores of a method of pruning at initialisation, each draw
+    from the trial's own generator). A control takes its ticket's mask of `level`: from memory
+    for a ticket in the batch (a control whose ticket stopped stops too), else the mask that
+    --masks_from run saved for it."""
+    trial, model, progress = trial_run.trial, trial_run.model, trial_run.progress
+    experiment, taken = shared.experiment, None
     if trial.ticket is not None:
         ticket = trial_runs[trial.ticket]
         if ticket.failure is not None:
-            stop(
-                trial_run, level, f"its lt trial ({ticket.run_dir.root}) stopped: {ticket.failure}"
-            )
-            return mask
+            line = f"its {ticket.trial.prune_type} trial ({ticket.run_dir.root}) stopped:"
+            stop(trial_run, level, f"{line} {ticket.failure}")
+            return progress.mask
         taken = {name: m.copy() for name, m in ticket.progress.mask.items()}
-        apply_mask(model, taken)
-        return taken
-    if trial.masks_from is not None:
-        saved = saved_mask(model, trial.masks_from, level)
-        apply_mask(model, saved)
-        return saved
-    if level == 0:
-        return mask
-    rates = experiment.rates()
-    if trial.prune_type in AT_INIT:
-        counts = level_counts(model, level, experiment.prune_percent, **rates)
-        with trial_run.random.active():
-            new_mask = at_init_mask(
-                trial.prune_type,
-                model,
-                trial_run.progress.initial_state,
-                counts,
-                shared.loaded.train,
-                experiment.batch_size,
-                data.DATASETS[experiment.dataset].num_classes,
-            )
-        apply_mask(model, new_mask)
-        return new_mask
-    how = prune_at_random if trial.prune_type == "random" else prune_by_percentile
-    with trial_run.random.active():
-        return how(model, mask, experiment.prune_percent, **rates)
+    elif trial.masks_from is not None:
+        taken = saved_mask(model, trial.masks_from, level)
+    rates = methods.Rates(experiment.prune_percent, **experiment.rates())
+    classes = data.DATASETS[experiment.dataset].num_classes
+    sample = methods.Sample(shared.loaded.train, experiment.batch_size, classes)
+    state = methods.TrialState(model, progress.mask, progress.initial_state, trial_run.random)
+    return methods.get(trial.prune_type).mask(methods.Level(level, state, rates, sample, taken))
 
 
 def saved_mask(model: nn.Module, masks_from: str, level: int) -> Mask:
@@ -578,22 +551,18 @@ def check_saved_masks(model: nn.Module, masks_from: str, experiment: Experiment)
 
 
 def reset_survivors(trial_run: TrialRun, init: Initializer) -> None:
-    """`lt` and `random` rewind the survivors to their initial values (or, with --rewind_iter
-    or --rewind_epoch, to those after that many steps or epochs of level 0), as the methods of
-    pruning at initialisation do; `reinit` draws new random ones from the trial's own
-    generator; `lrr` and `finetune` keep the trained ones (pruned in place by `prune`)."""
-    model, progress = trial_run.model, trial_run.progress
-    if trial_run.trial.prune_type in KEEP_TRAINED:
-        return
-    if trial_run.trial.prune_type == "reinit":
-        model.load_state_dict(progress.initial_state)  # buffers (BatchNorm statistics) too
-        device = next(model.parameters()).device
-        with trial_run.random.active():  # drawn on the CPU, as the trial's module was built
-            reinitialize(model.cpu(), progress.mask, init)
-        model.to(device)
-    else:
-        late = progress.rewind_state
-        rewind(model, progress.mask, progress.initial_state if late is None else late)
+    """The survivors where the trial's prune method starts the next level (lth.methods): the
+    rewind point (the initial values, or those after --rewind_iter/--rewind_epoch steps of
+    level 0), new random ones from the trial's own generator, or the trained ones."""
+    progress = trial_run.progress
+    state = methods.TrialState(
+        trial_run.model,
+        progress.mask,
+        progress.initial_state,
+        trial_run.random,
+        progress.rewind_state,
+    )
+    methods.get(trial_run.trial.prune_type).start(state, init)
 
 
 def epoch_hook(writer: SummaryWriter, experiment: Experiment, level: int) -> Callable[..., None]:

@@ -22,10 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lth import runs
+from lth import methods, runs
 from lth.errors import UserError
 from lth.experiment import (
-    CONTROL,
     NOT_RECORDED,
     RESUME_LOOKUP,
     Experiment,
@@ -83,7 +82,7 @@ def read_record(folder: Path) -> RunRecord:
 
 def newest_matching_run(args: argparse.Namespace) -> Path:
     """The newest run under --results_root with the same dataset, arch and prune type."""
-    types = ["reinit" if t == CONTROL else t for t in args.prune_type]
+    types = [methods.record_name(t) for t in args.prune_type]
     wanted = {identity({**vars(args), "prune_type": t}, RESUME_LOOKUP) for t in types}
     matching = [
         run
@@ -298,9 +297,11 @@ def batch_folders(folder: Path, record: RunRecord) -> list[Path]:
 
 
 def check_trial_flags(args: argparse.Namespace, explicit: set[str], recorded: list[dict]) -> None:
-    """--seed and --prune_type given with --resume must name the batch's own."""
+    """--seed and --prune_type given with --resume must name the batch's own (a prune type as
+    its runs record it, lth.methods.record_name)."""
     for name in sorted(set(TRIAL_FLAGS) & explicit):
-        given = {"reinit" if v == CONTROL else v for v in getattr(args, name)}
+        as_recorded = methods.record_name if name == "prune_type" else lambda value: value
+        given = {as_recorded(v) for v in getattr(args, name)}
         theirs = {r[name] for r in recorded}
         if given != theirs:
             shown = " ".join(str(v) for v in sorted(theirs, key=str))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lth import methods
 from lth.errors import UserError
 from lth.experiment import BOOKKEEPING, IS_CONTROL, identity, is_control
 from lth.record import RunRecord
@@ -134,8 +135,9 @@ def load_run(folder: Path | str) -> Run:
 
 
 def mask_source(folder: str, args: argparse.Namespace) -> Path:
-    """The folder `--masks_from` names, resolved, once it is known to be a finished-enough `lt`
-    run of the same data set and architecture; UserError naming what differs otherwise.
+    """The folder `--masks_from` names, resolved, once it is known to be a finished-enough run
+    of the method whose masks the trial's method takes (lth.methods: `lt` for `reinit`) and of
+    the same data set and architecture; UserError naming what differs otherwise.
 
     (Whether its masks fit the model is checked when they are read: results.read_mask.)
     """
@@ -148,10 +150,11 @@ def mask_source(folder: str, args: argparse.Namespace) -> Path:
                 f"--masks_from {folder} is a run of --{name} {run.args.get(name)},"
                 f" not {getattr(args, name)}"
             )
-    if run.args.get("prune_type") != "lt":
+    source = methods.get(args.prune_type).masks_of
+    if run.args.get("prune_type") != source:
         raise UserError(
             f"--masks_from {folder} is a run of --prune_type {run.args.get('prune_type')};"
-            " the control takes the masks of an lt run (its winning tickets)"
+            f" the control takes the masks of an {source} run (its winning tickets)"
         )
     done = run.finished_levels()
     if done < args.prune_iterations:
@@ -244,12 +247,15 @@ def differing_args(runs: list[Run]) -> list[str]:
 
 def describe(args: dict, names: list[str]) -> str:
     """A short label from the arguments `names`: `lt, 20% pruned, seed 0, lr=0.001`; the
-    `--masks_from` control's prune type reads `reinit with lt masks`."""
+    `--masks_from` control's prune type names whose masks it takes (lth.methods), as
+    `reinit with lt masks`."""
     parts = []
     for name in names:
         value = args.get(name)
-        if name == "prune_type":
-            parts.append(f"{value} with lt masks" if is_control(args) else str(value))
+        if name == "prune_type" and is_control(args):
+            parts.append(f"{value} with {methods.recorded(value).masks_of} masks")
+        elif name == "prune_type":
+            parts.append(str(value))
         elif name == "prune_percent":
             parts.append(f"{value:g}% pruned")
         elif name == "seed":

@@ -194,26 +194,26 @@ def synflow_mask(
     return mask
 
 
-def at_init_mask(
-    method: str,
-    model: nn.Module,
-    initial_state: Mapping[str, torch.Tensor],
+def initial_network(model: nn.Module, initial_state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A copy of the network `model` is, at `initial_state`, dense, in eval mode: the network
+    the methods of pruning at initialisation score."""
+    scored = copy.deepcopy(model)
+    scored.load_state_dict(initial_state)
+    scored.eval()
+    return scored
+
+
+def scored_mask(
+    score: Callable[[nn.Module, Sequence[tuple]], Scores],
+    network: nn.Module,
     counts: Counts,
     train_set: Split,
     batch_size: int,
     classes: int,
 ) -> Mask:
-    """The mask `method` gives the network `model` is, at `initial_state`, dense, keeping
-    `counts`; draws SNIP's and GraSP's images from the current generator."""
-    scored = copy.deepcopy(model)
-    scored.load_state_dict(initial_state)
-    scored.eval()
-    if method == "synflow":
-        return synflow_mask(scored, counts, train_set.stored.shape[1:])
-    device = next(scored.parameters()).device
+    """The mask keeping `counts` of the weights of `network` (`initial_network`) with the
+    highest `score` (snip_scores, grasp_scores) on a sample of `train_set` drawn from the current
+    generator (`score_sample`), fed in chunks of `batch_size`."""
+    device = next(network.parameters()).device
     chunks = _chunks(train_set, score_sample(train_set, classes, device), batch_size)
-    score: Callable[[nn.Module, Sequence[tuple]], Scores] = {
-        "snip": snip_scores,
-        "grasp": grasp_scores,
-    }[method]
-    return keep_highest(score(scored, chunks), counts)
+    return keep_highest(score(network, chunks), counts)

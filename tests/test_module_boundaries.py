@@ -131,3 +131,84 @@ def test_main_reads_like_the_original_main_in_at_most_100_lines():
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
     }
     assert {"prune", "train", "record", "commit"} <= calls  # the level loop, as the original's
+
+
+STR_METHODS = {"startswith", "endswith", "removeprefix", "removesuffix"}
+
+
+def literal_strings(node: ast.AST) -> list[str]:
+    """The strings `node` is, or holds as a literal tuple, list or set, or as a dict's keys."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return [s for element in node.elts for s in literal_strings(element)]
+    if isinstance(node, ast.Dict):
+        return [s for key in node.keys if key is not None for s in literal_strings(key)]
+    return []
+
+
+def leading_text(node: ast.AST) -> str:
+    """The literal text a string or f-string starts with."""
+    if isinstance(node, ast.JoinedStr) and node.values:
+        node = node.values[0]
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
+
+
+def prune_type_comparisons(source: str, names: set[str]) -> list[tuple[int, str]]:
+    """(line, name) wherever `source` tells prune methods apart by their names: a comparison
+    (==, !=, in, not in, is) with a name or a literal collection of names, a dict literal keyed
+    by one, a subscript or a match case by one, or a name (or `name_`) given to startswith,
+    endswith, removeprefix or removesuffix; and a module's table of them: a name bound at the
+    top of the module to a name, or to a literal collection of names only."""
+    found = []
+    tree = ast.parse(source)
+    for node in tree.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            texts = literal_strings(node.value)
+            if texts and set(texts) <= names:
+                found += [(node.lineno, text) for text in texts]
+    for node in ast.walk(tree):
+        texts: list[str] = []
+        if isinstance(node, ast.Compare):
+            texts = [
+                s for operand in (node.left, *node.comparators) for s in literal_strings(operand)
+            ]
+        elif isinstance(node, ast.Dict):
+            texts = literal_strings(node)
+        elif isinstance(node, ast.Subscript):
+            texts = literal_strings(node.slice)
+        elif isinstance(node, ast.MatchValue):
+            texts = literal_strings(node.value)
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) in STR_METHODS:
+            texts = [leading_text(arg).removesuffix("_") for arg in node.args]
+        found += [(node.lineno, text) for text in texts if text in names]
+    return sorted(set(found))
+
+
+def test_the_scan_sees_every_way_of_telling_prune_types_apart():
+    names = {"lt", "reinit"}
+    code = (
+        'a == "lt"\nb in ("x", "reinit")\nc = {"lt": 1}\nd["reinit"]\nname.startswith("lt_")\n'
+        'name.removeprefix(f"lt_{x}")\nmatch t:\n    case "reinit":\n        pass\n'
+        'f(prune_type="lt")\ng == "ltx"\nCONTROL = "reinit"\nKEPT = ("lt", "reinit")\n'
+        'OTHER = ("lt", "x")\n'
+    )
+    found = sorted(line for line, _ in prune_type_comparisons(code, names))
+    assert found == [1, 2, 3, 4, 5, 6, 8, 12, 13, 13]
+
+
+def test_no_code_outside_the_registry_compares_prune_type_names():
+    """Every decision that tells prune types apart is lth.methods': the rest asks it."""
+    from lth import methods
+
+    names = set(methods.names())
+    code = [ROOT / name for name in sorted(COMMANDS)] + [ROOT / "utils.py"]
+    code += sorted((ROOT / "lth").glob("*.py")) + sorted((ROOT / "scripts").glob("*.py"))
+    code += sorted((ROOT / "archs").rglob("*.py"))
+    found = {
+        f"{path.relative_to(ROOT)}:{line}: {name}"
+        for path in code
+        if path != ROOT / "lth" / "methods.py"
+        for line, name in prune_type_comparisons(path.read_text(), names)
+    }
+    assert not found, sorted(found)

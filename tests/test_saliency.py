@@ -129,6 +129,15 @@ def tiny_split(seed: int = 0) -> Split:
     return Split(images, torch.arange(90) % 3)
 
 
+def at_init_mask(method: str, model, initial: dict, counts: saliency.Counts):
+    """The mask `method` gives the network `model` is at `initial`, keeping `counts`."""
+    network = saliency.initial_network(model, initial)
+    if method == "synflow":
+        return saliency.synflow_mask(network, counts, tiny_split().stored.shape[1:])
+    score = {"snip": saliency.snip_scores, "grasp": saliency.grasp_scores}[method]
+    return saliency.scored_mask(score, network, counts, tiny_split(), 32, 3)
+
+
 @pytest.mark.parametrize("method", ["snip", "grasp", "synflow"])
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_each_method_prunes_to_the_levels_counts_from_the_dense_initial_network(method, scope):
@@ -139,12 +148,12 @@ def test_each_method_prunes_to_the_levels_counts_from_the_dense_initial_network(
             p.mul_(-3.0)
     counts = saliency.level_counts(model, 3, 20, scope=scope, output_percent=10)
     with TrialRandom(7).active():
-        mask = saliency.at_init_mask(method, model, initial, counts, tiny_split(), 32, 3)
+        mask = at_init_mask(method, model, initial, counts)
     for layers, kept in counts:
         assert sum(int(mask[name].sum()) for name in layers) == kept
     other = small_net(3)  # another module of the same initial network
     with TrialRandom(7).active():
-        again = saliency.at_init_mask(method, other, initial, counts, tiny_split(), 32, 3)
+        again = at_init_mask(method, other, initial, counts)
     assert all(np.array_equal(mask[n], again[n]) for n in mask)  # the trial's seed decides
 
 

@@ -1,0 +1,476 @@
+"""The prune methods, each defined once, and the registry that holds them.
+
+A prune method (`PruneMethod`) is everything that tells one `--prune_type` from another: how a
+level's mask is made (`prune`), where the survivors start the next level (`start`: the rewind
+point, a fresh draw, the trained weights), and what the command line allows with it:
+--rewind_iter/--rewind_epoch (`rewind_refusal`), --masks_from (`masks_of`), a ticket of the
+same batch (`ticket`), a schedule shared with other methods (`holds_final_rate`). Its runs
+record it as `recorded_name`. The level loop (main.py), the command line (lth.cli), sweep.py,
+instability.py and the readers of run folders (lth.runs, lth.resume) ask the registry; none of
+them names a method.
+
+lth's own methods are registered here, in the order `--prune_type` lists them. A method defined
+elsewhere is registered with `register`, or named on a command line as MODULE:ATTRIBUTE
+(`find`), which imports MODULE; a name read from a run folder is only ever looked up among the
+registered methods (`recorded`), never imported.
+
+The rules import lth.pruning and lth.saliency when they run, so that the command line reads the
+registry without loading the training code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from lth.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from lth.data import Split
+    from lth.initialization import Initializer
+    from lth.pruning import Mask
+    from lth.record import TrialRandom
+    from lth.saliency import Counts
+
+# How a command line names a method defined outside lth: an attribute of an importable module.
+SPELLING = "MODULE:ATTRIBUTE"
+
+
+@dataclass(frozen=True)
+class Rates:
+    """How much a level prunes: --prune_percent of the survivors, ranked by --prune_scope, with
+    --prune_percent_output and --prune_percent_conv for those layers (None: --prune_percent)."""
+
+    percent: float
+    scope: str = "layer"
+    output_percent: float | None = None
+    conv_percent: float | None = None
+
+    def keywords(self) -> dict:
+        """The keyword arguments of lth.pruning's and lth.saliency's rules besides `percent`."""
+        return {
+            "scope": self.scope,
+            "output_percent": self.output_percent,
+            "conv_percent": self.conv_percent,
+        }
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The training data a method may score the network on (SNIP, GraSP): the split, the
+    recipe's --batch_size and the data set's number of classes."""
+
+    train_set: Split
+    batch_size: int
+    classes: int
+
+
+@dataclass(frozen=True)
+class TrialState:
+    """One trial as a method sees it: its module, its mask (in a `Level`, the level before's;
+    for `start`, the new one), its initial state, its own generators (draws go inside
+    `random.active()`), and the state of level 0 it rewinds to with --rewind_iter or
+    --rewind_epoch (None: the initial state)."""
+
+    model: nn.Module
+    mask: Mask
+    initial_state: Mapping[str, torch.Tensor]
+    random: TrialRandom
+    rewind_state: Mapping[str, torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Level:
+    """What a method's mask of one level sees: the level's number, the trial as the level before
+    left it (trained, with that level's mask), the rates, the training sample and, for a
+    control, the mask its ticket has for this level."""
+
+    number: int
+    trial: TrialState
+    rates: Rates
+    sample: Sample
+    ticket: Mask | None = None
+
+
+Prune = Callable[[Level], "Mask"]
+Start = Callable[[TrialState, "Initializer"], None]
+
+
+@dataclass(frozen=True)
+class PruneMethod:
+    """One prune method: its name on the command line, a line of help, and its rules.
+
+    `prune(level)`: the mask of a level after level 0, from the trained network of the level
+    before; the pruned weights zeroed in `level.trial.model`.
+    `start(trial, init)`: the survivors of `trial.mask` put where the next level starts them,
+    in `trial.model` (`init`: the run's initialiser, for a fresh draw).
+    `rewind_refusal`: why --rewind_iter/--rewind_epoch do not apply, after the method's name
+    ("keeps the trained weights"); None: they do, and `start` rewinds to that step.
+    `no_rewind_point`: what its levels train from instead of a state of level 0 ("its levels
+    train new random weights"), which instability.py needs; None: they start from one.
+    `masks_of`: the method whose finished run --masks_from may name; each level then trains
+    that run's mask of the level (a control); None: --masks_from does not apply.
+    `ticket`: the method whose trial of the same seed the batch must hold; each level trains
+    that trial's mask of the level (a control).
+    `holds_final_rate`: later levels train at the final rate of the learning-rate schedule, so
+    under a schedule that is not constant it trains in a batch of its own.
+    `records_as`: the method its runs are (another's name): this one is that method under
+    another name on the command line, with its own batch rules (`ticket`); the level loop runs
+    a trial by the method it records. None: its own name.
+    """
+
+    name: str
+    help: str
+    prune: Prune = field(repr=False)
+    start: Start = field(repr=False)
+    rewind_refusal: str | None = None
+    no_rewind_point: str | None = None
+    masks_of: str | None = None
+    ticket: str | None = None
+    holds_final_rate: bool = False
+    records_as: str | None = None
+
+    @property
+    def recorded_name(self) -> str:
+        """The prune type its runs record (args.json, the names of their result files)."""
+        return self.records_as if self.records_as is not None else self.name
+
+    @property
+    def rewinds(self) -> bool:
+        """Whether it takes --rewind_iter/--rewind_epoch."""
+        return self.rewind_refusal is None
+
+    @property
+    def has_rewind_point(self) -> bool:
+        """Whether every level starts from a state of level 0 (instability.py's copies do)."""
+        return self.no_rewind_point is None
+
+    @property
+    def needs_ticket(self) -> bool:
+        return self.ticket is not None
+
+    @property
+    def takes_masks_from(self) -> bool:
+        return self.masks_of is not None
+
+    @property
+    def keeps_trained(self) -> bool:
+        """Whether the survivors go on from the weights the level before trained."""
+        return self.start is keep_survivors
+
+    def mask(self, level: Level) -> Mask:
+        """The level's mask, its pruned weights zeroed in the trial's module: a control's is
+        its ticket's at every level (it prunes nothing itself); level 0 keeps the dense mask;
+        every later level's is `prune`'s."""
+        if level.ticket is not None:
+            from lth.pruning import apply_mask
+
+            apply_mask(level.trial.model, level.ticket)
+            return level.ticket
+        if level.number == 0:
+            return level.trial.mask
+        return self.prune(level)
+
+
+# --- the rules of lth's methods -------------------------------------------------------------
+
+
+def by_magnitude(level: Level) -> Mask:
+    """The survivors with the smallest trained magnitudes pruned (lth.pruning.prune_by_percentile)."""
+    from lth.pruning import prune_by_percentile
+
+    trial = level.trial
+    with trial.random.active():
+        return prune_by_percentile(
+            trial.model, trial.mask, level.rates.percent, **level.rates.keywords()
+        )
+
+
+def at_random(level: Level) -> Mask:
+    """As many survivors per layer as `by_magnitude` prunes, chosen at random from the trial's
+    own generator (lth.pruning.prune_at_random)."""
+    from lth.pruning import prune_at_random
+
+    trial = level.trial
+    with trial.random.active():
+        return prune_at_random(
+            trial.model, trial.mask, level.rates.percent, **level.rates.keywords()
+        )
+
+
+def at_init(mask_of: Callable[[nn.Module, Counts, Sample], Mask]) -> Prune:
+    """A rule of pruning at initialisation: `mask_of(network, counts, sample)` is the mask of
+    the initial network (dense, at the trial's initial state) that keeps `counts`, the weights
+    the magnitude rule keeps after as many levels (lth.saliency.level_counts); it draws what it
+    draws from the trial's own generator."""
+
+    def prune(level: Level) -> Mask:
+        from lth.pruning import apply_mask
+        from lth.saliency import initial_network, level_counts
+
+        trial, rates = level.trial, level.rates
+        counts = level_counts(trial.model, level.number, rates.percent, **rates.keywords())
+        with trial.random.active():
+            network = initial_network(trial.model, trial.initial_state)
+            new_mask = mask_of(network, counts, level.sample)
+        apply_mask(trial.model, new_mask)
+        return new_mask
+
+    return prune
+
+
+def snip_mask(network: nn.Module, counts: Counts, sample: Sample) -> Mask:
+    from lth.saliency import scored_mask, snip_scores
+
+    return scored_mask(
+        snip_scores, network, counts, sample.train_set, sample.batch_size, sample.classes
+    )
+
+
+def grasp_mask(network: nn.Module, counts: Counts, sample: Sample) -> Mask:
+    from lth.saliency import grasp_scores, scored_mask
+
+    return scored_mask(
+        grasp_scores, network, counts, sample.train_set, sample.batch_size, sample.classes
+    )
+
+
+def synflow_mask(network: nn.Module, counts: Counts, sample: Sample) -> Mask:
+    from lth import saliency
+
+    return saliency.synflow_mask(network, counts, sample.train_set.stored.shape[1:])
+
+
+def rewind_survivors(trial: TrialState, init: Initializer) -> None:
+    """The survivors back to the rewind point: the state after --rewind_iter/--rewind_epoch
+    steps of level 0 when the trial kept one, else the initial state."""
+    from lth.pruning import rewind
+
+    late = trial.rewind_state
+    rewind(trial.model, trial.mask, trial.initial_state if late is None else late)
+
+
+def draw_survivors(trial: TrialState, init: Initializer) -> None:
+    """Fresh random survivors from the trial's own generator, drawn on the CPU as the trial's
+    module was built; buffers (BatchNorm statistics) back to their initial values."""
+    from lth.pruning import reinitialize
+
+    model = trial.model
+    model.load_state_dict(trial.initial_state)
+    device = next(model.parameters()).device
+    with trial.random.active():
+        reinitialize(model.cpu(), trial.mask, init)
+    model.to(device)
+
+
+def keep_survivors(trial: TrialState, init: Initializer) -> None:
+    """The survivors keep their trained values (the mask has zeroed the pruned ones)."""
+
+
+# --- lth's methods ---------------------------------------------------------------------------
+
+GO_ON = "its levels go on from the weights the level before trained"
+AT_INIT = "trains the pruned initial network"
+
+LT = PruneMethod(
+    "lt",
+    "prune the trained weights by magnitude and rewind the survivors: the winning tickets",
+    prune=by_magnitude,
+    start=rewind_survivors,
+)
+REINIT = PruneMethod(
+    "reinit",
+    "prune by magnitude (or train the masks of an lt run: --masks_from) with new random weights",
+    prune=by_magnitude,
+    start=draw_survivors,
+    rewind_refusal="draws new weights",
+    no_rewind_point="its levels train new random weights",
+    masks_of="lt",
+)
+RANDOM = PruneMethod(
+    "random",
+    "prune at random, as many weights per layer as lt, and rewind the survivors",
+    prune=at_random,
+    start=rewind_survivors,
+)
+LRR = PruneMethod(
+    "lrr",
+    "prune by magnitude and train the survivors on, the schedule restarted (learning-rate"
+    " rewinding)",
+    prune=by_magnitude,
+    start=keep_survivors,
+    rewind_refusal="keeps the trained weights",
+    no_rewind_point=GO_ON,
+)
+FINETUNE = PruneMethod(
+    "finetune",
+    "prune by magnitude and train the survivors on at the schedule's final rate",
+    prune=by_magnitude,
+    start=keep_survivors,
+    rewind_refusal="keeps the trained weights",
+    no_rewind_point=GO_ON,
+    holds_final_rate=True,
+)
+SNIP = PruneMethod(
+    "snip",
+    "prune the initial network by SNIP's scores to lt's density and train it",
+    prune=at_init(snip_mask),
+    start=rewind_survivors,
+    rewind_refusal=AT_INIT,
+)
+GRASP = PruneMethod(
+    "grasp",
+    "prune the initial network by GraSP's scores to lt's density and train it",
+    prune=at_init(grasp_mask),
+    start=rewind_survivors,
+    rewind_refusal=AT_INIT,
+)
+SYNFLOW = PruneMethod(
+    "synflow",
+    "prune the initial network by SynFlow's scores to lt's density and train it",
+    prune=at_init(synflow_mask),
+    start=rewind_survivors,
+    rewind_refusal=AT_INIT,
+)
+# The paper's control inside a batch: reinit with the masks of the batch's lt trial of the same
+# seed, from memory; its runs are reinit runs with --masks_from that trial's folder.
+REINIT_TICKET = dataclasses.replace(
+    REINIT,
+    name="reinit_ticket",
+    help="reinit with the masks of the lt trial of its seed",
+    masks_of=None,
+    ticket="lt",
+    records_as="reinit",
+)
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+
+@dataclass
+class Registry:
+    """The prune methods by name, in the order registered, and the MODULE:ATTRIBUTE of each
+    one a command line imported (how a new process finds it)."""
+
+    methods: dict[str, PruneMethod] = field(default_factory=dict)
+    spellings: dict[str, str] = field(default_factory=dict)
+
+    def copy(self) -> Registry:
+        return Registry(dict(self.methods), dict(self.spellings))
+
+
+REGISTRY = Registry()
+
+
+def register(method: PruneMethod) -> PruneMethod:
+    """Add `method` to the registry (again: no change); returns it. ValueError when its name is
+    not an identifier or is another method's, or when it names, as the method it records as,
+    takes masks of or takes its ticket from, one not registered that records as itself."""
+    known = REGISTRY.methods.get(method.name)
+    if known is method:
+        return method
+    if not method.name.isidentifier():
+        raise ValueError(f"a prune method's name is an identifier, not {method.name!r}")
+    if known is not None:
+        raise ValueError(f"another prune method is registered as {method.name}")
+    for other in (method.records_as, method.masks_of, method.ticket):
+        if other is not None and other not in {m.name for m in recordable()}:
+            raise ValueError(f"{method.name} names {other}, which is no registered prune method")
+    REGISTRY.methods[method.name] = method
+    return method
+
+
+def get(name: str) -> PruneMethod:
+    """The registered method `name`; KeyError naming it when there is none."""
+    return REGISTRY.methods[name]
+
+
+def names() -> tuple[str, ...]:
+    """Every registered method's name, in the order registered: `--prune_type`'s choices."""
+    return tuple(REGISTRY.methods)
+
+
+def registered() -> tuple[PruneMethod, ...]:
+    """Every registered method, in the order registered."""
+    return tuple(REGISTRY.methods.values())
+
+
+def recordable() -> tuple[PruneMethod, ...]:
+    """The registered methods a run records as its prune type (those recorded as themselves)."""
+    return tuple(m for m in registered() if m.records_as is None)
+
+
+def find(spelling: str) -> PruneMethod | None:
+    """The method a command line names: a registered name, or MODULE:ATTRIBUTE, a PruneMethod
+    in an importable module (imported and registered here); None for any other name.
+    UserError when MODULE:ATTRIBUTE cannot be imported, is not a PruneMethod, or has the name
+    of another registered method."""
+    if spelling in REGISTRY.methods:
+        return REGISTRY.methods[spelling]
+    module_name, colon, attribute = spelling.partition(":")
+    if not colon:
+        return None
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UserError(f"--prune_type {spelling}: cannot import {module_name} ({error})") from None
+    method = getattr(module, attribute, None)
+    if not isinstance(method, PruneMethod):
+        raise UserError(
+            f"--prune_type {spelling}: {module_name} has no prune method {attribute}"
+            " (an lth.methods.PruneMethod)"
+        )
+    try:
+        register(method)
+    except ValueError as error:
+        raise UserError(f"--prune_type {spelling}: {error}") from None
+    REGISTRY.spellings[method.name] = spelling
+    return method
+
+
+def spelling(name: str) -> str:
+    """How a command line in a new process names the registered method `name`: MODULE:ATTRIBUTE
+    for one a command line imported, else its name."""
+    return REGISTRY.spellings.get(name, name)
+
+
+def recorded(name: str) -> PruneMethod:
+    """The method of a recorded prune type (a run folder's args.json), among the registered
+    ones only: a name read from a folder is never imported. UserError naming the choices, and
+    how a method defined outside lth becomes known, otherwise."""
+    method = REGISTRY.methods.get(name)
+    if method is None or method.records_as is not None:
+        choices = ", ".join(m.name for m in recordable())
+        raise UserError(
+            f"--prune_type {name} is not supported; choose one of: {choices} (a method defined"
+            f" outside lth is known once the command line names it: --prune_type {SPELLING})"
+        )
+    return method
+
+
+def prune_type_help() -> str:
+    """--prune_type's help: the methods a run records, and each one that runs only with its
+    ticket in the batch."""
+    recorded_ones = ", ".join(m.name for m in recordable())
+    batch_only = "; ".join(f"{m.name}: {m.help}" for m in registered() if m.needs_ticket)
+    return (
+        f"one of: {recorded_ones}; several (and {batch_only}) train together as one batch with"
+        " every --seed"
+    )
+
+
+def record_name(spelling: str) -> str:
+    """The prune type a run of the method a command line names (`find`) records; the spelling
+    itself when it names no method (it then matches no recorded prune type)."""
+    method = find(spelling)
+    return method.recorded_name if method is not None else spelling
+
+
+for _method in (LT, REINIT, RANDOM, LRR, FINETUNE, SNIP, GRASP, SYNFLOW, REINIT_TICKET):
+    register(_method)
