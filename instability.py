@@ -31,6 +31,7 @@ from lth.instability import (
     SEED_RANGE,
     Outputs,
     PathErrors,
+    Subnetwork,
     alphas,
     copy_seeds,
     errors_along_path,
@@ -220,15 +221,11 @@ def analyse_level(
 ) -> PathErrors:
     """Two copies of the level's subnetwork trained as one batch, then the path between them."""
     first, second = train_copies(
-        model,
-        start,
-        mask,
+        Subnetwork(model, start, mask),
         copy_seeds(seed),
         recipe,
-        loaded.train,
-        loaded.test,
+        loaded,
         start_step=rewind_at,
-        drops=recipe.lr_drop_epochs(),
         description=f"[level {level}: two copies] ",
     )
     errors = errors_along_path(

@@ -104,30 +104,37 @@ def errors_along_path(
     return np.array(errors)
 
 
+@dataclass(frozen=True)
+class Subnetwork:
+    """A level's subnetwork at its starting point: the network `model` is (left as it is), the
+    state its copies start from, and the level's mask."""
+
+    model: nn.Module
+    start: Mapping[str, torch.Tensor]
+    mask: Mask
+
+
 def train_copies(
-    model: nn.Module,
-    start: Mapping[str, torch.Tensor],
-    mask: Mask,
+    subnetwork: Subnetwork,
     seeds: Sequence[int],
     recipe: Experiment,
-    train_set: Split,
-    test_set: Split,
+    data: LevelData,
     *,
     start_step: int,
-    drops: list[int],
     description: str = "",
 ) -> list[dict[str, torch.Tensor]]:
-    """One copy of `model` per seed, each at the state `start` with `mask` applied, trained
-    together as one batch (one copy: alone) from optimiser step `start_step` to the end of the
-    recipe's last epoch, on the plan a level of the run makes (`train.LevelPlan.of`): the run's
-    optimiser, learning rate and schedule (`drops`: the epochs of its --lr_drops) started at
-    `start_step`, its batches and --augment, each copy with the data order of its own
-    `TrialRandom(seed)`, without a validation set. Returns each copy's state at the end of
-    training (not its best).
+    """One copy of the subnetwork per seed, each at its start state with its mask applied,
+    trained together as one batch (one copy: alone) from optimiser step `start_step` to the end
+    of the recipe's last epoch, on the plan a level of the run makes (`train.LevelPlan.of`):
+    the run's optimiser, learning rate and schedule started at `start_step`, its batches and
+    --augment, each copy with the data order of its own `TrialRandom(seed)`, without a
+    validation set (`data.val` is not used). Returns each copy's state at the end of training
+    (not its best).
 
     The batch's shared draws (dropout) start from the first seed, as a batch's in main.py.
     UserError when a copy's loss stops being finite.
     """
+    model, start, mask = subnetwork.model, subnetwork.start, subnetwork.mask
     copies = []
     for _ in seeds:
         one = copy.deepcopy(model)
@@ -135,10 +142,11 @@ def train_copies(
         copies.append(one)
     stacked = StackedModel(copies)
     seed_everything(seeds[0])
-    plan = LevelPlan.of(recipe, train_set, drops, start_step=start_step, description=description)
+    drops = recipe.lr_drop_epochs()
+    plan = LevelPlan.of(recipe, data.train, drops, start_step=start_step, description=description)
     histories = train_level(
         stacked,
-        LevelData(train_set, test_set),
+        LevelData(data.train, data.test),
         plan,
         Trials(stack_masks(stacked, [mask] * len(seeds)), [TrialRandom(seed) for seed in seeds]),
     )

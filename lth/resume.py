@@ -360,6 +360,41 @@ def locate(
     recorded = [r.args for r in records]
     check_trial_flags(args, explicit, recorded)
     changed = changed_flags(recorded[0], args, explicit)
+    arguments = merged_arguments(args, folder, recorded, folders, changed, validate)
+    run_dirs = [
+        RunDir(f, a.arch_type, a.dataset, a.prune_type)
+        for f, a in zip(folders, arguments, strict=True)
+    ]
+    settle(run_dirs)
+    start, live = resume_point(args, explicit, folder, run_dirs, arguments[0].prune_iterations)
+    for i in live:
+        arguments[i].start_iter = start
+        run_dirs[i].failure_path().unlink(missing_ok=True)  # it runs that level again
+    checkpoints = [
+        load_checkpoint(run_dirs[i].checkpoint_path()) if start > 0 else None for i in live
+    ]
+    return Resumed(
+        Experiment.of(vars(arguments[0])),
+        live_trials([arguments[i] for i in live], [records[i].batch for i in live], live),
+        [run_dirs[i] for i in live],
+        start,
+        checkpoints,
+        [records[i] for i in live],
+        changed,
+        [arguments[i] for i in live],
+    )
+
+
+def merged_arguments(
+    args: argparse.Namespace,
+    folder: Path,
+    recorded: list[dict],
+    folders: list[Path],
+    changed: dict[str, list],
+    validate: Callable[[argparse.Namespace], None],
+) -> list[argparse.Namespace]:
+    """Each trial's recorded arguments over the command line's, with the `changed` run options,
+    checked by `validate` (its error naming the trial's args.json and the changes)."""
     arguments = []
     given = "".join(f" with --{name} {new}" for name, (_, new) in changed.items())
     for values, trial_folder in zip(recorded, folders, strict=True):
@@ -371,13 +406,15 @@ def locate(
         except UserError as error:
             raise UserError(f"{RunRecord.path(trial_folder)}{given}: {error}") from None
         arguments.append(merged)
-    run_dirs = [
-        RunDir(f, a.arch_type, a.dataset, a.prune_type)
-        for f, a in zip(folders, arguments, strict=True)
-    ]
-    settle(run_dirs)
+    return arguments
+
+
+def resume_point(
+    args: argparse.Namespace, explicit: set[str], folder: Path, run_dirs: list[RunDir], levels: int
+) -> tuple[int, list[int]]:
+    """The level the batch continues at and the indices of the trials that run it; RunFinished
+    when none is left to run, UserError when the trials finished different numbers of levels."""
     again = "start_iter" in explicit and args.start_iter == 0
-    levels = arguments[0].prune_iterations
     stopped = [d.failed_at() for d in run_dirs]
     live = [i for i, d in enumerate(run_dirs) if stopped[i] is None]
     finished = {run_dirs[i].root.name: finished_levels(run_dirs[i], levels) for i in live}
@@ -392,33 +429,24 @@ def locate(
     live = [i for i in range(len(run_dirs)) if stopped[i] is None or stopped[i] >= start]
     if start >= levels or not live:
         raise RunFinished(f"{folder} has finished all {levels} levels")
-    for i in live:
-        arguments[i].start_iter = start
-        run_dirs[i].failure_path().unlink(missing_ok=True)  # it runs that level again
-    checkpoints = [
-        load_checkpoint(run_dirs[i].checkpoint_path()) if start > 0 else None for i in live
-    ]
-    experiment = Experiment.of(vars(arguments[0]))
-    batch = [r.batch for r in records]
+    return start, live
+
+
+def live_trials(
+    arguments: list[argparse.Namespace], batches: list[dict], live: list[int]
+) -> list[Trial]:
+    """The Trials of the trials that run on (`live`: their indices in the batch), a control's
+    ticket renumbered among them."""
     position = {index: live.index(index) for index in live}
     trials = []
-    for i in live:
-        ticket = batch[i].get("ticket")
+    for values, batch in zip(arguments, batches, strict=True):
+        ticket = batch.get("ticket")
         trials.append(
             Trial(
-                seed=arguments[i].seed,
-                prune_type=arguments[i].prune_type,
-                masks_from=arguments[i].masks_from if ticket is None else None,
+                seed=values.seed,
+                prune_type=values.prune_type,
+                masks_from=values.masks_from if ticket is None else None,
                 ticket=position.get(ticket) if ticket is not None else None,
             )
         )
-    return Resumed(
-        experiment,
-        trials,
-        [run_dirs[i] for i in live],
-        start,
-        checkpoints,
-        [records[i] for i in live],
-        changed,
-        [arguments[i] for i in live],
-    )
+    return trials

@@ -22,6 +22,7 @@ from lth import lottery, runs, train
 from lth.data import Split
 from lth.initialization import initializer
 from lth.instability import (
+    Subnetwork,
     alphas,
     error_barrier,
     errors_along_path,
@@ -121,10 +122,9 @@ def test_the_copies_train_as_a_batch_of_two_each_as_it_would_alone(reference_run
     pruned weights stay zero, and its test error is the same to one test image."""
     run, recipe, loaded, model, start = recipe_of(reference_run)
     mask = read_mask(run.mask_path(1), model)
-    data = (recipe, loaded.train, loaded.test)
-    options = dict(start_step=0, drops=[])
-    pair = train_copies(model, start, mask, [3, 4], *data, **options)
-    alone = [train_copies(model, start, mask, [seed], *data, **options)[0] for seed in (3, 4)]
+    subnetwork = Subnetwork(model, start, mask)
+    pair = train_copies(subnetwork, [3, 4], recipe, loaded, start_step=0)
+    alone = [train_copies(subnetwork, [seed], recipe, loaded, start_step=0)[0] for seed in (3, 4)]
     assert any(not torch.equal(pair[0][k], pair[1][k]) for k in pair[0])
     for copy, solo in zip(pair, alone, strict=True):
         for name, value in solo.items():
@@ -199,9 +199,9 @@ def test_a_late_rewound_run_trains_its_copies_from_the_rewind_state(
     (run,) = [path for path in tmp_path.iterdir() if path.is_dir()]
     seen = []
 
-    def recording(model, start, mask, seeds, *args, **options):
-        seen.append((start, options["start_step"], seeds))
-        return train_copies(model, start, mask, seeds, *args, **options)
+    def recording(subnetwork, seeds, *args, **options):
+        seen.append((subnetwork.start, options["start_step"], seeds))
+        return train_copies(subnetwork, seeds, *args, **options)
 
     monkeypatch.setattr(instability, "train_copies", recording)
     assert instability.main([str(run), "--points", "5", "--seed", "7"]) == 0
@@ -264,17 +264,9 @@ def test_the_copies_train_with_the_runs_augmentation(reference_run, monkeypatch)
 
     monkeypatch.setattr(instability_engine, "train_level", recording)
     for augment in (True, False):
-        changed = dataclasses.replace(recipe, augment=augment)
+        changed = dataclasses.replace(
+            recipe, recipe=dataclasses.replace(recipe.recipe, augment=augment)
+        )
         with pytest.raises(StopIteration):
-            train_copies(
-                model,
-                start,
-                mask,
-                [3, 4],
-                changed,
-                loaded.train,
-                loaded.test,
-                start_step=0,
-                drops=[],
-            )
+            train_copies(Subnetwork(model, start, mask), [3, 4], changed, loaded, start_step=0)
     assert seen == [True, False]
