@@ -23,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from lth.errors import UserError
 
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from lth.data import Split
     from lth.initialization import Initializer
     from lth.pruning import Mask
-    from lth.record import TrialRandom
     from lth.saliency import Counts
 
 # How a command line names a method defined outside lth: an attribute of an importable module.
@@ -71,6 +71,13 @@ class Sample:
     classes: int
 
 
+class Generators(Protocol):
+    """A trial's own random generators (lth.record.TrialRandom): its draws go inside
+    `active()`."""
+
+    def active(self) -> AbstractContextManager[None]: ...
+
+
 @dataclass(frozen=True)
 class TrialState:
     """One trial as a method sees it: its module, its mask (in a `Level`, the level before's;
@@ -81,7 +88,7 @@ class TrialState:
     model: nn.Module
     mask: Mask
     initial_state: Mapping[str, torch.Tensor]
-    random: TrialRandom
+    random: Generators
     rewind_state: Mapping[str, torch.Tensor] | None = None
 
 
