@@ -8,7 +8,8 @@ For each level: the level's subnetwork at the run's rewind point (its rewind sta
 as one batch of two copies on two data orders (seeds S and S+1, --seed), with the run's recipe
 from the rewind step on; then the test error is measured at --points evenly spaced points of the
 straight line between the two trained copies. The error barrier (the highest error minus the
-mean of the ends) under 2 percentage points is "stable". Writes, into RUN/instability/,
+mean of the ends) under 2 percentage points is "stable"; the excess over the straight line
+between the ends' errors, and the alpha where it peaks, stand beside it. Writes, into RUN/instability/,
 `instability_seed{S}.csv` (every point), `instability_seed{S}_barriers.csv` (one row per level),
 `instability_seed{S}.png` and `instability_seed{S}.json` (the analysis's arguments, seeds and
 versions); an earlier analysis with the same seed is replaced, and the command says so.
@@ -35,6 +36,7 @@ from lth.instability import (
     alphas,
     copy_seeds,
     errors_along_path,
+    table,
     train_copies,
     write_tables,
 )
@@ -131,6 +133,7 @@ def analyse(args: argparse.Namespace) -> None:
     write_json(outputs.record, analysis_record(args, run, levels, seed, rewind_at, device))
     for result in results:
         print(result.verdict())
+    print("\n".join(table(results)))
     if replaced:
         print(f"replaced the earlier analysis with seed {seed}: {', '.join(map(str, replaced))}")
     for path in outputs.all():

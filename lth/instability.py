@@ -4,7 +4,10 @@ weights on two data orders, then measure the test error along the straight line 
 
 A subnetwork is *stable* when the error barrier on that line (the highest error minus the mean
 of its two ends) is under 2 percentage points, the paper's threshold: the two trainings ended in
-one linearly connected minimum, so the outcome does not depend on the data order.
+one linearly connected minimum, so the outcome does not depend on the data order. Beside it
+stands the excess over the straight line between the ends' errors (the highest error minus the
+ends' interpolated error at the same point) and where it peaks: when the ends differ, the
+barrier measures part of that difference as instability, the excess does not.
 
 The copies train as one batch of two through the one training path (`train.train_level` over a
 `stack.StackedModel`), with the run's optimiser and schedule, as `main.run_level` trains a level
@@ -44,6 +47,8 @@ BARRIER_FIELDS = [
     "error_max",
     "barrier",
     "stable",
+    "excess",
+    "excess_alpha",
 ]
 
 
@@ -76,6 +81,15 @@ def error_barrier(errors: Sequence[float] | np.ndarray) -> float:
     """The highest test error on the path minus the mean of its two ends (never negative)."""
     errors = np.asarray(errors, dtype=float)
     return float(errors.max() - (errors[0] + errors[-1]) / 2)
+
+
+def excess_over_line(weights: np.ndarray, errors: np.ndarray) -> tuple[float, float]:
+    """The highest test error on the path above the straight line between its ends' errors,
+    and the interpolation weight where it peaks (the first, on a tie). Never negative: the
+    ends lie on the line."""
+    line = errors[0] + (errors[-1] - errors[0]) * weights
+    peak = int(np.argmax(errors - line))
+    return float(errors[peak] - line[peak]), float(weights[peak])
 
 
 def is_stable(barrier: float) -> bool:
@@ -173,6 +187,11 @@ class PathErrors:
     def stable(self) -> bool:
         return is_stable(self.barrier)
 
+    @property
+    def excess(self) -> tuple[float, float]:
+        """(excess over the ends' straight line, the alpha where it peaks)."""
+        return excess_over_line(self.alphas, self.errors)
+
     def point_rows(self) -> list[dict]:
         """Rows of the points table (POINT_FIELDS), one per interpolation weight."""
         return [
@@ -190,6 +209,8 @@ class PathErrors:
             "error_max": rounded(self.errors.max()),
             "barrier": rounded(self.barrier),
             "stable": self.stable,
+            "excess": rounded(self.excess[0]),
+            "excess_alpha": rounded(self.excess[1]),
         }
 
     def verdict(self) -> str:
@@ -200,6 +221,21 @@ class PathErrors:
             f" {self.errors[-1]:.2f}% at alpha 1, at most {self.errors.max():.2f}%):"
             f" {'stable' if self.stable else 'unstable'}"
         )
+
+
+TABLE_HEADER = "| level | weights left | barrier | excess over the line | at alpha | stable |"
+
+
+def table(results: Sequence[PathErrors]) -> list[str]:
+    """The levels' measures as a Markdown table, printed after the verdicts."""
+    rows = [TABLE_HEADER, "|---|---|---|---|---|---|"]
+    for r in results:
+        excess, at = r.excess
+        rows.append(
+            f"| {r.level} | {r.weights_left:g}% | {r.barrier:.2f} | {excess:.2f} | {at:.3f} |"
+            f" {'stable' if r.stable else 'unstable'} |"
+        )
+    return rows
 
 
 def rounded(values: np.ndarray | float) -> list[float] | float:

@@ -26,6 +26,7 @@ from lth.instability import (
     alphas,
     error_barrier,
     errors_along_path,
+    excess_over_line,
     interpolate,
     is_stable,
     train_copies,
@@ -60,6 +61,22 @@ def test_barrier_is_the_highest_error_above_the_mean_of_the_ends():
     assert error_barrier([5.0, 3.0, 4.0]) == pytest.approx(0.5)  # the highest is an end
     assert error_barrier([7.0] * 30) == 0.0
     assert is_stable(1.99) and not is_stable(2.0)  # the paper's 2 points
+
+
+def test_the_excess_is_the_highest_error_above_the_straight_line_between_the_ends():
+    """Ends at 10% and 20% error: the line is 10, 12.5, 15, 17.5, 20 at alpha 0, 1/4, .., 1.
+    The path 10, 14, 16, 17, 20 rises 1.5, 1, -0.5 above it: the excess is 1.5 at alpha 1/4,
+    where the barrier (highest minus the ends' mean, 20 - 15) counts the ends' gap as 5."""
+    weights = alphas(5)
+    errors = np.array([10.0, 14.0, 16.0, 17.0, 20.0])
+    assert excess_over_line(weights, errors) == pytest.approx((1.5, 0.25))
+    assert error_barrier(errors) == pytest.approx(5.0)
+    # a path below its line everywhere but the ends: the excess is 0, at an end
+    assert excess_over_line(weights, np.array([10.0, 9.0, 8.0, 9.0, 10.0])) == (0.0, 0.0)
+    result = instability_engine.PathErrors(3, 12.5, weights, errors)
+    row = result.barrier_row()
+    assert (row["excess"], row["excess_alpha"], row["barrier"]) == (1.5, 0.25, 5.0)
+    assert instability_engine.table([result])[2] == "| 3 | 12.5% | 5.00 | 1.50 | 0.250 | unstable |"
 
 
 def test_identical_copies_have_a_flat_path_and_barrier_0():
@@ -154,6 +171,8 @@ def test_instability_py_on_the_reference_run_writes_30_points_per_level(
     lines = verdicts(out)
     assert len(lines) == 2, out
     assert all(line.endswith((": stable", ": unstable")) for line in lines), lines
+    table = out.splitlines()[out.splitlines().index(instability_engine.TABLE_HEADER) :][2:4]
+    assert [row.split(" | ")[0] for row in table] == ["| 0", "| 1"]
     folder = run / "instability"
     assert files_under(folder) == {
         "instability_seed5.csv",
@@ -174,6 +193,14 @@ def test_instability_py_on_the_reference_run_writes_30_points_per_level(
         errors = [float(r["test_error"]) for r in points if r["level"] == row["level"]]
         assert float(row["barrier"]) == pytest.approx(error_barrier(errors), abs=1e-6)
         assert (row["stable"] == "True") == (float(row["barrier"]) < 2)
+        excess, at = excess_over_line(alphas(30), np.array(errors))
+        assert float(row["excess"]) == pytest.approx(excess, abs=1e-5)
+        assert float(row["excess_alpha"]) == pytest.approx(at, abs=1e-6)
+        assert (
+            0
+            <= float(row["excess"])
+            <= float(row["error_max"]) - min(float(row["error_start"]), float(row["error_end"]))
+        )
         assert line.startswith(f"level {row['level']} ") and f"{float(row['barrier']):.2f}" in line
     record = json.loads((folder / "instability_seed5.json").read_text())
     assert record["seed"] == 5 and record["copy_seeds"] == [5, 6] and record["start_step"] == 0
