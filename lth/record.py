@@ -1,5 +1,5 @@
-"""What makes a run reproducible: its seed, arguments, package versions and code version, and
-the one reader and writer of a run folder's args.json (`RunRecord`)."""
+"""What makes a run reproducible (seeds, random states, versions) and the one reader and writer
+of a run folder's args.json (`RunRecord`)."""
 
 import contextlib
 import datetime
@@ -28,7 +28,6 @@ PACKAGES = ("torch", "torchvision", "numpy", "matplotlib", "tqdm", "tensorboard"
 
 
 def choose_seed(seed: int | None) -> int:
-    """The given seed, or a fresh random one (printed and recorded so the run can be repeated)."""
     return secrets.randbits(32) if seed is None else seed
 
 
@@ -161,10 +160,8 @@ class RunRecord:
     @classmethod
     def new(cls, folder: Path, args: Mapping, device: torch.device, batch: dict) -> "RunRecord":
         """The record of a new run in its `batch` ({"runs": folder names, "index", "ticket"})."""
-        content = run_record(args, device)
-        content["started"] = datetime.datetime.now().isoformat()
-        content["batch"] = batch
-        return cls(folder, content)
+        started = {"started": datetime.datetime.now().isoformat(), "batch": batch}
+        return cls(folder, {**run_record(args, device), **started})
 
     def write(self) -> None:
         write_json(self.path(self.folder), self.content)
@@ -278,12 +275,11 @@ class TrialRandom:
     """
 
     def __init__(self, seed: int) -> None:
-        saved = self.process_states()
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.random.default_generator.manual_seed(seed)  # the CPU generator only
         self.states = self.process_states()
-        self.restore_process(saved)
+        with self.active():
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.random.default_generator.manual_seed(seed)  # the CPU generator only
 
     @staticmethod
     def process_states() -> dict:

@@ -35,14 +35,9 @@ PRUNING = "pruning and rewinding"
 OPTIMISATION = "optimisation"
 NETWORKS = "networks"
 RUN_MANAGEMENT = "run management"
-HEADINGS = {
-    ORIGINAL: "the original runner's names and defaults",
-    PROTOCOL: None,
-    PRUNING: None,
-    OPTIMISATION: None,
-    NETWORKS: None,
-    RUN_MANAGEMENT: None,
-}
+HEADINGS = {ORIGINAL: "the original runner's names and defaults"} | dict.fromkeys(
+    (PROTOCOL, PRUNING, OPTIMISATION, NETWORKS, RUN_MANAGEMENT)
+)
 
 Check = Callable[[str, Any], None]  # (--flag, value): UserError when the value is refused
 
@@ -93,14 +88,6 @@ def one_of(choices: Iterable[str]) -> Check:
     return check
 
 
-def at_least(low: int, note: str = "") -> Check:
-    def check(name: str, value: Any) -> None:
-        if value < low:
-            raise UserError(f"{name} must be at least {low}{note}, got {value}")
-
-    return check
-
-
 def refusing(test: Callable[[Any], bool], wanted: str, shown: Callable = str) -> Check:
     """The check that refuses a value failing `test`: "--flag must be `wanted`, got value"."""
 
@@ -117,6 +104,10 @@ rate = refusing(lambda v: math.isfinite(v) and 0 <= v < 1, "at least 0 and below
 device_index = refusing(lambda v: re.fullmatch(r"\d+", v), "a device index such as 0 or 1", repr)
 seed_range = refusing(lambda v: 0 <= v < 2**32, f"in 0..{2**32 - 1}")
 check_dpi = refusing(lambda v: 1 <= v <= MAX_DPI, f"in 1..{MAX_DPI}")
+
+
+def at_least(low: int, note: str = "") -> Check:
+    return refusing(lambda v: v >= low, f"at least {low}{note}")
 
 
 def check_not_empty(name: str, path: str) -> None:
@@ -159,19 +150,12 @@ class Settings:
 
     def values(self) -> dict[str, Any]:
         """Every setting, a default that depends on the others resolved."""
-        found = {}
-        for name in self.names():
-            value = getattr(self, name)
-            found[name] = self.resolved_default(name) if value is None else value
-        return found
+        found = {name: getattr(self, name) for name in self.names()}
+        return {k: self.resolved_default(k) if v is None else v for k, v in found.items()}
 
     def identity(self) -> dict[str, Any]:
         """The settings that differ from their resolved defaults (--init data is fclin's)."""
-        return {
-            name: value
-            for name, value in self.values().items()
-            if value != self.resolved_default(name)
-        }
+        return {k: v for k, v in self.values().items() if v != self.resolved_default(k)}
 
 
 def _fclin(settings: Any) -> bool:
