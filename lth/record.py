@@ -267,12 +267,8 @@ def _of_kinds(value: object, kinds: tuple[type, ...]) -> bool:
 
 class TrialRandom:
     """One trial's own random generators (Python's, numpy's, torch's CPU one), kept apart from
-    the process's so that each trial of a batch draws what it would draw alone.
-
-    `with trial_random.active():` swaps them in for the draws inside. Seeded as
-    `seed_everything` seeds the process, so a batch of one draws what a lone run of that seed
-    draws.
-    """
+    the process's so that each trial of a batch draws what it would draw alone; `active()`
+    swaps them in for the draws inside. Seeded as `seed_everything` seeds the process."""
 
     def __init__(self, seed: int) -> None:
         self.states = self.process_states()

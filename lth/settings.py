@@ -45,13 +45,10 @@ Check = Callable[[str, Any], None]  # (--flag, value): UserError when the value 
 @dataclass(frozen=True)
 class Flag:
     """A setting's flag: its help line and --help heading, how argparse reads it (`type`
-    defaults to the field's int or float), and what is refused.
-
-    `rank` orders it under its heading (ties: field order). `check` refuses a bad value (None is
-    never checked), `most` is an upper limit checked after every lower one, and `resolve` gives a
-    default that depends on the other settings. A setting not `recorded` is left out of
-    args.json, and so of a run's identity and of what a resume compares.
-    """
+    defaults to the field's int or float), and what is refused (`check`, then the upper limit
+    `most`; None is never checked). `rank` orders it under its heading (ties: field order),
+    `resolve` gives a default that depends on the other settings, and a setting not `recorded`
+    is left out of args.json, and so of a run's identity and of what a resume compares."""
 
     help: str
     heading: str
