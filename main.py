@@ -1,14 +1,8 @@
 """lth: find lottery tickets by iterative magnitude pruning (Frankle & Carbin, ICLR 2019).
 
-Reads like the original runner: parse the flags, build the data and the networks, then for
-every pruning level prune, rewind (or re-initialise), train and write the original's result
-files. The engine (`lth.lottery`) does the work; this file is the reading of it.
-
-Every run is a batch of trials (one trial: the original's run). `--seed 0 1 2` and
-`--prune_type lt reinit_ticket random` ask for several, which train together as one stacked
-model, each writing the run folder it would write alone. The flags beyond the original's
-(README) choose the initialisation, the rewind point, the pruning scope and the optimiser; their
-defaults give the original's run.
+For every pruning level: prune, rewind (or re-initialise), train and record; the engine
+(`lth.lottery`) does the work. Every run is a batch of trials (`--seed 0 1 2`, several
+--prune_type) trained together as one stacked model, each writing its own run folder.
 """
 
 import argparse
@@ -57,9 +51,8 @@ def run(args: argparse.Namespace, explicit: set[str]) -> list[str]:
 
 
 def batch_start(args: argparse.Namespace, explicit: set[str]) -> lottery.BatchStart:
-    """The batch the command line asks for: the one `--resume` names, or a new one whose trials'
-    arguments are each checked (cli.validate), with a random seed drawn where none is given (one
-    for all the batch's prune types, so that a control pairs with its ticket)."""
+    """The batch `--resume` names, or a new one of checked trials; a seed drawn where none is
+    given is shared by the batch's prune types, so that a control pairs with its ticket."""
     if args.resume is not None:
         resumed = resume.locate(args, explicit, cli.validate)
         return lottery.BatchStart(resumed.experiment, resumed.trials, resumed, args.batch_record)

@@ -1,5 +1,5 @@
-"""The command line: the original's flags with their names and defaults, plus the new ones,
-each made from its setting's field (lth.settings, lth.experiment.KINDS)."""
+"""The command line: one flag per setting's field (lth.settings, lth.experiment.KINDS), and the
+checks of the settings together."""
 
 import argparse
 import sys
@@ -33,12 +33,8 @@ DEFAULT_TEXT = "(default:"
 
 class OneDefaultFormatter(argparse.HelpFormatter):
     """Help that ends each flag's line in one default text: the flag's own `(default: ...)` where
-    its help gives one, else its default value (a list as its items, a switch as on or off).
-
-    A default of None stands for something different from flag to flag (a random seed, "as
-    --prune_percent", nothing), so such a flag says what in its help; argparse's own
-    ArgumentDefaultsHelpFormatter would add a second "(default: None)".
-    """
+    its help gives one, else its default value. A default of None means something different
+    from flag to flag, so such a flag says what in its help."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -65,8 +61,7 @@ def flag_group(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """main.py's flags, one for each setting (lth.settings.add_flags): the original's first,
-    then ours by purpose, one --help heading each."""
+    """main.py's flags, one for each setting (lth.settings.add_flags)."""
     parser = OneLineParser(
         prog="main.py",
         description="Find lottery tickets by iterative magnitude pruning.",
@@ -88,8 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def trial_specs(args: argparse.Namespace) -> list[tuple[str, int | None]]:
     """The batch the command line asks for: (prune method, seed) for every --prune_type and
-    every --seed, methods first, each once, by their registered names (a MODULE:ATTRIBUTE is
-    imported and registered, lth.methods.find); UserError for a batch that cannot run."""
+    every --seed, each once, by registered name; UserError for a batch that cannot run."""
     seeds = list(dict.fromkeys(args.seed))
     if None in seeds and len(seeds) > 1:
         raise UserError(f"--seed {' '.join(map(str, args.seed))}: every seed must be a number")
@@ -125,9 +119,8 @@ def trial_specs(args: argparse.Namespace) -> list[tuple[str, int | None]]:
 
 
 def trains_apart(prune_type: str, args: argparse.Namespace) -> bool:
-    """Whether the registered method `prune_type` cannot share a batch (whose trials share one
-    learning-rate schedule) with other prune types: one that holds the schedule's final rate,
-    under a schedule that is not constant."""
+    """Whether `prune_type` cannot share a batch's learning-rate schedule with other prune
+    types: it holds the final rate of a schedule that is not constant."""
     holds = methods.get(prune_type).holds_final_rate
     return holds and (args.warmup_iters > 0 or args.lr_drops is not None)
 
@@ -135,15 +128,13 @@ def trains_apart(prune_type: str, args: argparse.Namespace) -> bool:
 def trial_namespace(
     args: argparse.Namespace, prune_type: str, seed: int | None
 ) -> argparse.Namespace:
-    """One trial's arguments: the command line's, with that trial's seed and the prune type its
-    run records (the registered method `prune_type`'s recorded name), ready for `validate`."""
+    """One trial's arguments: the command line's, with its seed and recorded prune type."""
     recorded = methods.get(prune_type).recorded_name
     return argparse.Namespace(**{**vars(args), "prune_type": recorded, "seed": seed})
 
 
 def one_trial(args: argparse.Namespace) -> argparse.Namespace:
-    """The arguments of the one trial a command line names (one --prune_type, one --seed), as
-    `trial_namespace` gives them; UserError when it names a batch."""
+    """The arguments of the one trial a command line names; UserError when it names a batch."""
     specs = trial_specs(args)
     if len(specs) != 1:
         raise UserError(f"one --prune_type and one --seed only here, got {len(specs)} trials")
@@ -160,9 +151,7 @@ def explicit_flags(argv: list[str] | None) -> set[str]:
 
 def validate(args: argparse.Namespace) -> None:
     """Check every value before anything is loaded or written; raise UserError on the first fault.
-
-    Each setting's own check comes from its field; the checks of several settings are here, in
-    the order the faults are named; then those of any other setting (settings.Checks.rest)."""
+    The checks of several settings are here, in the order the faults are named."""
     check = settings.Checks(args, experiment.KINDS)
     check("dataset")
     archs.check(args.dataset, args.arch_type)
@@ -246,8 +235,7 @@ def _validate_beyond_original(args: argparse.Namespace, check: settings.Checks) 
 
 
 def _validate_schedule_and_validation(args: argparse.Namespace, check: settings.Checks) -> None:
-    """--val_size (the upper bound needs the data: data.hold_out), --warmup_iters, --lr_drops
-    and --lr_gamma; fills in --lr_gamma's default when there are drops."""
+    """--val_size, --warmup_iters, --lr_drops and --lr_gamma (filling in its default)."""
     check("val_size", "warmup_iters")
     drops = settings.drop_epochs(args.lr_drops, args.end_iter)
     if args.lr_gamma is not None and not drops:

@@ -1,18 +1,10 @@
-"""What makes two runs the same experiment, defined once, and the types a batch is made of.
+"""What makes two runs the same experiment (`identity`), and the types a batch is made of.
 
-A run's settings split three ways: its `Recipe` (what changes the results), its `RunOptions`
-(how it is run: a resume may change them) and its `TrialSettings` (what differs from trial to
-trial of one experiment, and the resume flags). KINDS names the three types; the parser,
-args.json (record.RunRecord) and `identity` take their fields from there.
-
-`identity` is what a run's arguments say about its experiment, the settings that differ from
-their defaults: every question "the same experiment?" (grouping trials, matching a sweep's task
-with a run, a resume's changed flags, the newest run to resume) compares identities. Inside the
-program a batch is an `Experiment` (the recipe and run options its trials share) and its
-`Trial`s.
+A run's settings are its `Recipe`, its `RunOptions` and its `TrialSettings` (KINDS): the parser,
+args.json and `identity` take their fields from there. A batch is an `Experiment` (what its
+trials share) and its `Trial`s.
 """
 
-import types
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -25,9 +17,8 @@ COMPILE_CHOICES = settings.COMPILE_CHOICES
 
 @dataclass(frozen=True)
 class TrialSettings(Settings):
-    """What one trial of an experiment has of its own (its seed, its prune type, the run whose
-    masks a control takes), and the resume flags. On the command line --seed and --prune_type
-    take several values: the batch's trials."""
+    """What one trial has of its own, and the resume flags; several --seed and --prune_type
+    values make a batch of trials."""
 
     seed: int | None = flag(
         None,
@@ -35,18 +26,12 @@ class TrialSettings(Settings):
         " folder each (default: a random seed, printed and recorded)",
         PROTOCOL,
         rank=1,
-        type=int,
         metavar="SEED",
         nargs="+",
         check=seed_range,
     )
     prune_type: str = flag(
-        "lt",
-        methods.prune_type_help(),
-        ORIGINAL,
-        rank=8,
-        metavar="TYPE",
-        nargs="+",
+        "lt", methods.prune_type_help(), ORIGINAL, rank=8, metavar="TYPE", nargs="+"
     )
     masks_from: str | None = flag(
         None,
@@ -66,11 +51,9 @@ class TrialSettings(Settings):
         nargs="?",
         const="latest",
     )
-    start_iter: int = flag(0, "first level to run; needs --resume", ORIGINAL, rank=3, type=int)
+    start_iter: int = flag(0, "first level to run; needs --resume", ORIGINAL, rank=3)
 
 
-# The settings types: the recipe, the run options, a trial's own. Every reader of the settings
-# (the parser, args.json, identity) takes their fields from here, so a new flag is one field.
 KINDS: tuple[type[Settings], ...] = (Recipe, RunOptions, TrialSettings)
 
 
@@ -79,7 +62,6 @@ def recipe_fields() -> tuple[str, ...]:
 
 
 def neutral_fields() -> tuple[str, ...]:
-    """The run options: they never tell runs apart, and a resume may change them."""
     return KINDS[1].names()
 
 
@@ -101,30 +83,21 @@ IS_CONTROL = "control"
 
 
 def experiment_fields() -> tuple[str, ...]:
-    """What `identity` compares by default: the recipe, the prune type, being a control."""
     return (*recipe_fields(), "prune_type", IS_CONTROL)
 
 
 def trial_fields() -> tuple[str, ...]:
-    """What one trial is: its experiment's recipe and prune type, its seed, its mask source."""
     return (*recipe_fields(), "prune_type", "masks_from", "seed")
 
 
 def is_control(args: Mapping) -> bool:
-    """Whether the run is the random-reinitialisation control (`--masks_from`)."""
     return args.get("masks_from") is not None
 
 
 def identity(args: Mapping, on: Collection[str] | None = None) -> tuple[tuple[str, Any], ...]:
     """The one answer to "the same experiment?": the settings of `on` (default:
-    `experiment_fields`) in a run's arguments `args` (recorded, or a command line's) that differ
-    from their defaults, as sorted (name, value) pairs. Two runs are the same on `on` when
-    their identities are equal.
-
-    A setting `args` lacks (a run recorded before its flag existed) is its default, which that
-    run ran; a default that depends on the other settings is theirs (--init data for fclin).
-    IS_CONTROL stands for whether `masks_from` is set.
-    """
+    `experiment_fields`) in a run's arguments that differ from their (resolved) defaults, as
+    sorted (name, value) pairs; a setting `args` lacks is at its default."""
     wanted = experiment_fields() if on is None else on
     differ: dict[str, Any] = {}
     for kind in KINDS:
@@ -136,9 +109,8 @@ def identity(args: Mapping, on: Collection[str] | None = None) -> tuple[tuple[st
 
 @dataclass(frozen=True)
 class Experiment:
-    """What every trial of a batch shares, checked and completed by `cli.validate`: its recipe
-    and how it is run. Each setting reads as an attribute (`experiment.lr`), and so do the
-    recipe's methods (`experiment.rewind_step(steps)`)."""
+    """What every trial of a batch shares: its recipe and run options, each setting (and recipe
+    method) read as an attribute (`experiment.lr`)."""
 
     recipe: Recipe
     options: RunOptions
@@ -153,8 +125,7 @@ class Experiment:
 
     @classmethod
     def of(cls, args: Mapping) -> "Experiment":
-        """The recipe and options in a trial's checked arguments (a dict, or vars() of a
-        Namespace)."""
+        """The recipe and options in a trial's checked arguments."""
         return cls(KINDS[0].read(args), KINDS[1].read(args))  # type: ignore[arg-type]
 
     def settings(self) -> dict[str, Any]:
@@ -168,10 +139,8 @@ class Experiment:
 
 @dataclass(frozen=True)
 class Trial:
-    """What one trial of a batch is: its seed, its prune type, and where a `reinit` control's
-    masks come from: a finished `lt` run (`masks_from`) or, with `ticket`, the `lt` trial of
-    that index in the same batch, whose mask of each level it takes from memory (its folder is
-    then recorded as `masks_from`)."""
+    """One trial of a batch: its seed, its prune type, and where a control's masks come from: a
+    finished run (`masks_from`) or the batch's trial of index `ticket`, taken from memory."""
 
     seed: int
     prune_type: str
@@ -183,8 +152,7 @@ class Trial:
         return self.masks_from is not None or self.ticket is not None
 
     def args(self, experiment: Experiment, masks_from: str | None = None) -> dict:
-        """The trial's arguments as args.json records them (`masks_from`: the folder of its
-        ticket's run, for a control that takes its masks from memory)."""
+        """The trial's arguments as args.json records them (`masks_from`: its ticket's folder)."""
         return {
             **experiment.settings(),
             "seed": self.seed,
@@ -195,13 +163,6 @@ class Trial:
         }
 
 
-def _kinds(annotation: object) -> tuple[type, ...]:
-    """The types a field's annotation allows (`str | None` -> (str, NoneType))."""
-    if isinstance(annotation, types.UnionType):
-        return tuple(annotation.__args__)
-    return (annotation,)  # type: ignore[return-value]
-
-
 def recorded_types() -> dict[str, tuple[type, ...]]:
     """The type of every argument an args.json records: each setting's, by its annotation."""
-    return {f.name: _kinds(f.type) for kind in KINDS for f in fields(kind)}  # type: ignore[arg-type]
+    return {f.name: settings.kinds_of(f.type) for kind in KINDS for f in fields(kind)}  # type: ignore[arg-type]

@@ -1,5 +1,5 @@
-"""What makes a run reproducible: its seed, arguments, package versions and code version, and
-the one reader and writer of a run folder's args.json (`RunRecord`)."""
+"""What makes a run reproducible (seeds, random states, versions) and the one reader and writer
+of a run folder's args.json (`RunRecord`)."""
 
 import contextlib
 import datetime
@@ -28,7 +28,6 @@ PACKAGES = ("torch", "torchvision", "numpy", "matplotlib", "tqdm", "tensorboard"
 
 
 def choose_seed(seed: int | None) -> int:
-    """The given seed, or a fresh random one (printed and recorded so the run can be repeated)."""
     return secrets.randbits(32) if seed is None else seed
 
 
@@ -39,12 +38,8 @@ def seed_everything(seed: int) -> None:
 
 
 def deterministic_algorithms(device: torch.device) -> None:
-    """On CUDA, make a seeded run repeat bit for bit on the same GPU model and software.
-
-    cuBLAS needs a fixed workspace for that, set before its first use (the variable a user set
-    is kept). Operations without a deterministic CUDA kernel warn instead of stopping the run.
-    On the CPU nothing changes: its kernels repeat already.
-    """
+    """On CUDA, make a seeded run repeat bit for bit on the same GPU model and software (cuBLAS
+    needs a fixed workspace, set before its first use); the CPU's kernels repeat already."""
     if device.type != "cuda":
         return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -52,24 +47,15 @@ def deterministic_algorithms(device: torch.device) -> None:
 
 
 def rng_states() -> dict:
-    """Every random generator's state, for an exact resume: "cuda" holds one state per CUDA
-    device of this machine (none without CUDA)."""
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
+    """Every random generator's state, for an exact resume ("cuda": one per CUDA device)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {**TrialRandom.process_states(), "cuda": cuda}
 
 
 def restore_rng_states(states: dict) -> None:
-    """Put every generator where `states` (rng_states) had it, on this machine too when it has
-    fewer CUDA devices than the one that saved them, or none: then the states of the devices it
-    has are set (the first ones) and the others left out, with a one-line notice that the
-    random draws will differ from the original machine's."""
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
+    """Put every generator where `states` (rng_states) had it; on a machine with fewer CUDA
+    devices, those it has, with a notice that the random draws may differ."""
+    TrialRandom.restore_process(states)
     saved = list(states["cuda"])
     if not saved:
         return
@@ -97,22 +83,18 @@ def package_versions() -> dict[str, str | None]:
 
 def git_commit() -> str | None:
     """The commit of the code that ran, with `-dirty` when it had uncommitted changes."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
+    here = str(Path(__file__).resolve().parent)
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["git", "-C", here, *args], capture_output=True, text=True, timeout=10
         )
+
+    try:
+        commit = git("rev-parse", "HEAD")
         if commit.returncode != 0:
             return None
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
+        dirty = git("status", "--porcelain", "--untracked-files=no")
         return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -147,9 +129,8 @@ class UnreadableRecord(UserError):
 
 @dataclass(frozen=True)
 class RunRecord:
-    """A run folder's args.json: the run's arguments, the environment it ran in, the batch it
-    ran in (its trials' folders, siblings of it) and its resumes (each changing run options
-    only). The file's layout is the one main.py has always written; every reader of a run
+    """A run folder's args.json: the run's arguments, its environment, its batch (its trials'
+    sibling folders) and its resumes (each changing run options only). Every reader of a run
     folder reads it here, checked (`check`), with the resumes' changes applied (`args`)."""
 
     folder: Path
@@ -165,8 +146,7 @@ class RunRecord:
 
     @classmethod
     def read(cls, folder: Path | str) -> "RunRecord":
-        """The record in `folder`; UnreadableRecord when it has none that can be read, the
-        UserError of `check` when it is not one main.py writes."""
+        """The record in `folder`; UnreadableRecord or `check`'s UserError when there is none."""
         folder = Path(folder)
         try:
             content = json.loads(cls.path(folder).read_text())
@@ -179,19 +159,15 @@ class RunRecord:
 
     @classmethod
     def new(cls, folder: Path, args: Mapping, device: torch.device, batch: dict) -> "RunRecord":
-        """The record of a new run: its arguments (every setting), the environment, when it
-        started, and the batch it runs in ({"runs": folder names, "index", "ticket"})."""
-        content = run_record(args, device)
-        content["started"] = datetime.datetime.now().isoformat()
-        content["batch"] = batch
-        return cls(folder, content)
+        """The record of a new run in its `batch` ({"runs": folder names, "index", "ticket"})."""
+        started = {"started": datetime.datetime.now().isoformat(), "batch": batch}
+        return cls(folder, {**run_record(args, device), **started})
 
     def write(self) -> None:
         write_json(self.path(self.folder), self.content)
 
     def resumed(self, at_level: int, changed: dict, device: torch.device) -> "RunRecord":
-        """This record with one more entry in its `resumes` list: the level the resume starts
-        at, the run options it changed ({flag: [old, new]}), when, where and on what device."""
+        """This record with one more `resumes` entry (`changed`: {flag: [old, new]})."""
         entry = {
             "at_level": at_level,
             "changed": changed,
@@ -204,9 +180,8 @@ class RunRecord:
 
     @property
     def args(self) -> dict[str, Any]:
-        """The run's arguments as its latest resume left them: every setting (one recorded
-        before its flag existed at its default, which the run ran), with the new values of the
-        run options each resume changed."""
+        """The run's arguments (each missing one at its default) as its latest resume left
+        them."""
         args = recorded_args(self.content["args"])
         for entry in self.content.get("resumes", []):
             args.update({name: new for name, (_, new) in entry["changed"].items()})
@@ -222,8 +197,7 @@ class RunRecord:
 
 
 def recorded_args(recorded: Mapping) -> dict[str, Any]:
-    """Every setting of the `recorded` arguments, one they lack at its default (resolved from
-    the others: a run recorded before a flag existed ran its default)."""
+    """Every setting of the `recorded` arguments, one they lack at its (resolved) default."""
     defaults: dict[str, Any] = {}
     for kind in experiment.KINDS:
         defaults |= kind.read(recorded).values()
@@ -232,9 +206,7 @@ def recorded_args(recorded: Mapping) -> dict[str, Any]:
 
 def check(content: object, path: Path) -> None:
     """UserError naming `path` unless the args.json content holds only what main.py writes
-    there, each value of its setting's type: the run's arguments, the "batch" it ran in (its
-    trials' folders: names of siblings, no paths) and its "resumes" (each changing run options
-    only); so a damaged or foreign args.json is refused before anything reads it further."""
+    there, each value of its setting's type, so a damaged or foreign one is refused early."""
 
     def refuse(what: str) -> UserError:
         return UserError(f"{path} is not an {ARGS_FILE} lth wrote: {what}")
@@ -294,23 +266,16 @@ def _of_kinds(value: object, kinds: tuple[type, ...]) -> bool:
 
 
 class TrialRandom:
-    """One trial's own random generators (Python's, numpy's and torch's CPU one), kept apart from
-    the process's: each trial of a batch draws its initial and reinit weights, its random masks
-    and its data orders from them, so that it draws what it would draw alone.
-
-    `with trial_random.active():` puts them in place of the process's generators for the draws
-    inside, then keeps their new states and puts the process's back. Seeded as `seed_everything`
-    seeds the process, so a batch of one draws exactly what a run of that seed drew before
-    batches existed.
-    """
+    """One trial's own random generators (Python's, numpy's, torch's CPU one), kept apart from
+    the process's so that each trial of a batch draws what it would draw alone; `active()`
+    swaps them in for the draws inside. Seeded as `seed_everything` seeds the process."""
 
     def __init__(self, seed: int) -> None:
-        saved = self.process_states()
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.random.default_generator.manual_seed(seed)  # the CPU generator only
         self.states = self.process_states()
-        self.restore_process(saved)
+        with self.active():
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.random.default_generator.manual_seed(seed)  # the CPU generator only
 
     @staticmethod
     def process_states() -> dict:
@@ -337,7 +302,6 @@ class TrialRandom:
             self.restore_process(saved)
 
     def state(self) -> dict:
-        """The generators' states, for a checkpoint."""
         return dict(self.states)
 
     @classmethod

@@ -1,22 +1,16 @@
-"""The settings of a run, each declared once: a field of a frozen type that carries its flag.
+"""The settings of a run, each declared once as a field of a frozen type carrying its flag.
 
-`Recipe` holds what changes a run's results, `RunOptions` how it is run (the device, the
-folders, the figures' resolution, compiling, progress): a resume may change those. Each field
-carries its flag (`Flag`): its default, its help line under its --help heading, how argparse
-reads it, and its own check. main.py's parser is made from the fields (`add_flags`), so a new
-flag is one field. A default that depends on the other settings (--init is `data` for fclin)
-is the flag's `resolve`.
-
-What follows from a recipe is the recipe's own: the rewind step, the epochs of the rate drops,
-the network's options, the rates pruning uses. Its identity is the fields that differ from
-their defaults: a run recorded before a flag existed ran that flag's default, so it is the same
-experiment as one run at the default now.
+`Recipe` holds what changes a run's results, `RunOptions` how it is run (a resume may change
+those). main.py's parser is made from the fields (`add_flags`), so a new flag is one field. A
+run's identity is the fields that differ from their defaults, so a run recorded before a flag
+existed is the same experiment as one run at that flag's default now.
 """
 
 import argparse
 import dataclasses
 import math
 import re
+import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -41,31 +35,20 @@ PRUNING = "pruning and rewinding"
 OPTIMISATION = "optimisation"
 NETWORKS = "networks"
 RUN_MANAGEMENT = "run management"
-HEADINGS = {
-    ORIGINAL: "the original runner's names and defaults",
-    PROTOCOL: None,
-    PRUNING: None,
-    OPTIMISATION: None,
-    NETWORKS: None,
-    RUN_MANAGEMENT: None,
-}
+HEADINGS = {ORIGINAL: "the original runner's names and defaults"} | dict.fromkeys(
+    (PROTOCOL, PRUNING, OPTIMISATION, NETWORKS, RUN_MANAGEMENT)
+)
 
 Check = Callable[[str, Any], None]  # (--flag, value): UserError when the value is refused
 
 
 @dataclass(frozen=True)
 class Flag:
-    """A setting's flag: its help line and --help heading, how argparse reads it, and what is
-    refused.
-
-    `rank` places it under its heading (the original's flags: their place in the original's
-    list); flags of equal rank follow the order of their fields. `nargs` "+" takes several values,
-    the field's default then being the one value of the list argparse defaults to. `check` refuses
-    a bad value (None, "not given", is never checked), `most` is an upper limit checked after
-    every lower one, and `resolve` gives the default that depends on the other settings (a field
-    default of None stands for it until the settings are checked). A setting not `recorded`
-    is left out of args.json, and so of a run's identity and of what a resume compares.
-    """
+    """A setting's flag: its help line and --help heading, how argparse reads it (`type`
+    defaults to the field's int or float), and what is refused (`check`, then the upper limit
+    `most`; None is never checked). `rank` orders it under its heading (ties: field order),
+    `resolve` gives a default that depends on the other settings, and a setting not `recorded`
+    is left out of args.json, and so of a run's identity and of what a resume compares."""
 
     help: str
     heading: str
@@ -102,43 +85,26 @@ def one_of(choices: Iterable[str]) -> Check:
     return check
 
 
-def at_least(low: int, note: str = "") -> Check:
+def refusing(test: Callable[[Any], bool], wanted: str, shown: Callable = str) -> Check:
+    """The check that refuses a value failing `test`: "--flag must be `wanted`, got value"."""
+
     def check(name: str, value: Any) -> None:
-        if value < low:
-            raise UserError(f"{name} must be at least {low}{note}, got {value}")
+        if not test(value):
+            raise UserError(f"{name} must be {wanted}, got {shown(value)}")
 
     return check
 
 
-def percent(name: str, value: Any) -> None:
-    if not 0 < value < 100:
-        raise UserError(f"{name} must be between 0 and 100 (exclusive), got {value}")
+percent = refusing(lambda v: 0 < v < 100, "between 0 and 100 (exclusive)")
+positive = refusing(lambda v: math.isfinite(v) and v > 0, "a positive number")
+rate = refusing(lambda v: math.isfinite(v) and 0 <= v < 1, "at least 0 and below 1")
+device_index = refusing(lambda v: re.fullmatch(r"\d+", v), "a device index such as 0 or 1", repr)
+seed_range = refusing(lambda v: 0 <= v < 2**32, f"in 0..{2**32 - 1}")
+check_dpi = refusing(lambda v: 1 <= v <= MAX_DPI, f"in 1..{MAX_DPI}")
 
 
-def positive(name: str, value: Any) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise UserError(f"{name} must be a positive number, got {value}")
-
-
-def rate(name: str, value: Any) -> None:
-    if not (math.isfinite(value) and 0 <= value < 1):
-        raise UserError(f"{name} must be at least 0 and below 1, got {value}")
-
-
-def device_index(name: str, value: Any) -> None:
-    if not re.fullmatch(r"\d+", value):
-        raise UserError(f"{name} must be a device index such as 0 or 1, got {value!r}")
-
-
-def seed_range(name: str, value: Any) -> None:
-    if not 0 <= value < 2**32:
-        raise UserError(f"{name} must be in 0..{2**32 - 1}, got {value}")
-
-
-def check_dpi(name: str, dpi: int) -> None:
-    """UserError unless `dpi` (of `name`) is in 1..MAX_DPI."""
-    if not 1 <= dpi <= MAX_DPI:
-        raise UserError(f"{name} must be in 1..{MAX_DPI}, got {dpi}")
+def at_least(low: int, note: str = "") -> Check:
+    return refusing(lambda v: v >= low, f"at least {low}{note}")
 
 
 def check_not_empty(name: str, path: str) -> None:
@@ -148,8 +114,7 @@ def check_not_empty(name: str, path: str) -> None:
 
 
 def check_folder(name: str, path: str) -> None:
-    """UserError unless `path` can be a folder to write into: not empty, not a file, not below
-    a file (a folder that does not exist yet is fine)."""
+    """UserError unless `path` can be a folder to write into (one not there yet is fine)."""
     check_not_empty(name, path)
     for place in (Path(path), *Path(path).parents):
         if place.exists():
@@ -169,8 +134,8 @@ class Settings:
 
     @classmethod
     def read(cls, values: Mapping) -> Self:
-        """The settings in `values` (a run's recorded arguments, or vars() of checked ones); a
-        setting they lack, recorded before its flag existed, at its default (which it ran)."""
+        """The settings in `values`; one they lack (recorded before its flag existed) at its
+        default, which that run ran."""
         every = (f.name for f in fields(cls))  # type: ignore[arg-type]
         return cls(**{name: values[name] for name in every if name in values})
 
@@ -182,21 +147,12 @@ class Settings:
 
     def values(self) -> dict[str, Any]:
         """Every setting, a default that depends on the others resolved."""
-        found = {}
-        for name in self.names():
-            value = getattr(self, name)
-            found[name] = self.resolved_default(name) if value is None else value
-        return found
+        found = {name: getattr(self, name) for name in self.names()}
+        return {k: self.resolved_default(k) if v is None else v for k, v in found.items()}
 
     def identity(self) -> dict[str, Any]:
-        """The settings that differ from their defaults (resolved ones: --init xavier is the
-        default of fc1, data that of fclin): what tells this from the default, and a run
-        recorded before a flag existed from one given it now."""
-        return {
-            name: value
-            for name, value in self.values().items()
-            if value != self.resolved_default(name)
-        }
+        """The settings that differ from their resolved defaults (--init data is fclin's)."""
+        return {k: v for k, v in self.values().items() if v != self.resolved_default(k)}
 
 
 def _fclin(settings: Any) -> bool:
@@ -219,33 +175,21 @@ class Recipe(Settings):
         "fc1", "the network (README: those of each dataset)", ORIGINAL, rank=11, type=str
     )
     lr: float = flag(
-        1.2e-3,
-        "learning rate, at every level (level 0 too)",
-        ORIGINAL,
-        rank=1,
-        type=float,
-        check=positive,
+        1.2e-3, "learning rate, at every level (level 0 too)", ORIGINAL, rank=1, check=positive
     )
-    batch_size: int = flag(60, "training batch size", ORIGINAL, rank=2, type=int, check=at_least(1))
+    batch_size: int = flag(60, "training batch size", ORIGINAL, rank=2, check=at_least(1))
     end_iter: int = flag(
-        100,
-        "epochs of training per level",
-        ORIGINAL,
-        rank=4,
-        type=int,
-        check=at_least(1),
-        most=MAX_END_ITER,
+        100, "epochs of training per level", ORIGINAL, rank=4, check=at_least(1), most=MAX_END_ITER
     )
-    valid_freq: int = flag(1, "test every N epochs", ORIGINAL, rank=6, type=int, check=at_least(1))
+    valid_freq: int = flag(1, "test every N epochs", ORIGINAL, rank=6, check=at_least(1))
     prune_percent: float = flag(
-        10, "percent of survivors pruned per level", ORIGINAL, rank=12, type=float, check=percent
+        10, "percent of survivors pruned per level", ORIGINAL, rank=12, check=percent
     )
     prune_iterations: int = flag(
         35,
         "number of levels (level 0 is dense)",
         ORIGINAL,
         rank=13,
-        type=int,
         check=at_least(1),
         most=MAX_PRUNE_ITERATIONS,
     )
@@ -255,7 +199,6 @@ class Recipe(Settings):
         " minimum validation loss; 0: none, the best test accuracy as the original",
         PROTOCOL,
         rank=2,
-        type=int,
         metavar="N",
         check=at_least(0, " (0: no validation set)"),
     )
@@ -277,7 +220,6 @@ class Recipe(Settings):
         None,
         "percent of the output layer's survivors pruned per level (default: --prune_percent)",
         PRUNING,
-        type=float,
         metavar="P",
         check=percent,
     )
@@ -285,7 +227,6 @@ class Recipe(Settings):
         None,
         "percent of each conv layer's survivors pruned per level (default: --prune_percent)",
         PRUNING,
-        type=float,
         metavar="P",
         check=percent,
     )
@@ -294,16 +235,11 @@ class Recipe(Settings):
         "lt and random rewind to the weights after N optimiser steps of level 0 and train"
         " each later level from step N on; 0: the initial weights",
         PRUNING,
-        type=int,
         metavar="N",
         check=at_least(0),
     )
     rewind_epoch: int = flag(
-        0,
-        "as --rewind_iter K x steps per epoch (give one of the two)",
-        PRUNING,
-        type=int,
-        metavar="K",
+        0, "as --rewind_iter K x steps per epoch (give one of the two)", PRUNING, metavar="K"
     )
     init: str = flag(
         None,
@@ -315,12 +251,11 @@ class Recipe(Settings):
     optimizer: str = flag(
         "adam", f"one of: {', '.join(OPTIMIZERS)}", OPTIMISATION, check=one_of(OPTIMIZERS)
     )
-    momentum: float = flag(0.0, "momentum of --optimizer sgd", OPTIMISATION, type=float, check=rate)
+    momentum: float = flag(0.0, "momentum of --optimizer sgd", OPTIMISATION, check=rate)
     warmup_iters: int = flag(
         0,
         "linear learning-rate warm-up over the first K optimiser steps of every level",
         OPTIMISATION,
-        type=int,
         metavar="K",
         check=at_least(0),
     )
@@ -335,19 +270,15 @@ class Recipe(Settings):
         None,
         "factor of each --lr_drops drop (default: 0.1 with --lr_drops)",
         OPTIMISATION,
-        type=float,
         metavar="G",
         check=positive,
         resolve=lambda s: 0.1 if s.lr_drops is not None else None,
     )
-    dropout: float = flag(
-        0.0, "dropout rate on every layer's input", OPTIMISATION, type=float, check=rate
-    )
+    dropout: float = flag(0.0, "dropout rate on every layer's input", OPTIMISATION, check=rate)
     fclin_depth: int | None = flag(
         None,
         "fclin only: number of 4000-wide layers, 2 for the shorter net (default: 4)",
         NETWORKS,
-        type=int,
         check=at_least(1),
         resolve=lambda s: 4 if _fclin(s) else None,
     )
@@ -361,21 +292,17 @@ class Recipe(Settings):
         None,
         "epochs of --pretrain zae per hidden layer (default: 10)",
         NETWORKS,
-        type=int,
         check=at_least(1),
         resolve=lambda s: 10 if s.pretrain == "zae" else None,
     )
 
     def rewind_step(self, epoch_steps: int) -> int:
-        """The optimiser step of level 0 whose weights `lt` and `random` rewind to, and at
-        which every later level starts training: --rewind_iter, or --rewind_epoch epochs of
-        `epoch_steps` steps (at most one of them is nonzero); 0 rewinds to the initial weights.
-        Whether it is positive does not depend on `epoch_steps`."""
+        """The step of level 0 that `lt` and `random` rewind to and later levels start at (0:
+        the initial weights); whether it is positive does not depend on `epoch_steps`."""
         return self.rewind_iter + self.rewind_epoch * epoch_steps
 
     def check_rewind_step(self, epoch_steps: int) -> None:
-        """--rewind_iter must fall inside level 0, whose length needs the data: `epoch_steps`
-        optimiser steps per epoch (--rewind_epoch is checked against --end_iter with the flags)."""
+        """--rewind_iter must fall inside level 0, whose length needs the data."""
         steps = self.end_iter * epoch_steps
         if self.rewind_iter >= steps:
             raise UserError(
@@ -384,7 +311,6 @@ class Recipe(Settings):
             )
 
     def lr_drop_epochs(self) -> list[int]:
-        """The epochs of --lr_drops (`drop_epochs`); [] if none."""
         return drop_epochs(self.lr_drops, self.end_iter)
 
     def arch_options(self) -> dict:
@@ -392,8 +318,7 @@ class Recipe(Settings):
         return {"depth": self.fclin_depth} if _fclin(self) else {}
 
     def rates(self) -> dict:
-        """How pruning spreads --prune_percent: the scope of one ranking and the rates of the
-        output and conv layers (None: --prune_percent), as pruning's keyword arguments."""
+        """Pruning's keyword arguments: the scope and the output and conv layers' rates."""
         return {
             "scope": self.prune_scope,
             "output_percent": self.prune_percent_output,
@@ -402,8 +327,7 @@ class Recipe(Settings):
 
 
 def drop_epochs(lr_drops: str | None, end_iter: int) -> list[int]:
-    """The epochs of --lr_drops (E1,E2,...: increasing, each in 1..--end_iter - 1); [] if none;
-    UserError for any other text."""
+    """The epochs of --lr_drops (increasing, each in 1..--end_iter - 1); [] if none."""
     if lr_drops is None:
         return []
     wanted = (
@@ -411,20 +335,18 @@ def drop_epochs(lr_drops: str | None, end_iter: int) -> list[int]:
         " (--end_iter - 1), such as 50,75"
     )
     parts = [part.strip() for part in str(lr_drops).split(",")]
-    if not all(re.fullmatch(r"[0-9]+", part, flags=re.ASCII) for part in parts):
-        raise UserError(f"--lr_drops must be {wanted}, got {lr_drops!r}")
-    drops = [int(part) for part in parts]
+    numbers = all(re.fullmatch(r"[0-9]+", part, flags=re.ASCII) for part in parts)
+    drops = [int(part) for part in parts] if numbers else []
     increasing = all(a < b for a, b in zip(drops, drops[1:], strict=False))
-    if not increasing or drops[0] < 1 or drops[-1] >= end_iter:
+    if not drops or not increasing or drops[0] < 1 or drops[-1] >= end_iter:
         raise UserError(f"--lr_drops must be {wanted}, got {lr_drops!r}")
     return drops
 
 
 @dataclass(frozen=True)
 class RunOptions(Settings):
-    """How a run is run: where it reads and writes, how it reports, the device, and --compile
-    (which changes the rounding of float sums only). They never tell runs apart, and a resume
-    may change them."""
+    """How a run is run (--compile changes the rounding of float sums only): these never tell
+    runs apart, and a resume may change them."""
 
     gpu: str = flag(
         "0",
@@ -450,18 +372,13 @@ class RunOptions(Settings):
         metavar="DIR",
     )
     plot_dpi: int = flag(
-        1200, "resolution of the saved figures", RUN_MANAGEMENT, rank=4, type=int, check=check_dpi
+        1200, "resolution of the saved figures", RUN_MANAGEMENT, rank=4, check=check_dpi
     )
     results_root: str = flag(
         "results", "where run folders are created", RUN_MANAGEMENT, rank=3, check=check_folder
     )
     print_freq: int = flag(
-        1,
-        "refresh the progress bar's text every N epochs",
-        ORIGINAL,
-        rank=5,
-        type=int,
-        check=at_least(1),
+        1, "refresh the progress bar's text every N epochs", ORIGINAL, rank=5, check=at_least(1)
     )
     compile: str = flag(
         "auto",
@@ -484,13 +401,11 @@ class RunOptions(Settings):
 
 
 def settings_fields(kinds: Iterable[type]) -> dict[str, dataclasses.Field]:
-    """Every field of the settings types `kinds`, by name, in their order."""
     return {f.name: f for kind in kinds for f in fields(kind)}
 
 
 def add_flags(parser: argparse.ArgumentParser, kinds: Iterable[type]) -> None:
-    """The flags of every field of `kinds`, one argument group per heading of HEADINGS in its
-    order, each group's flags by rank, then in the order of their fields."""
+    """The flags of every field of `kinds`, one argument group per heading of HEADINGS."""
     ordered = list(settings_fields(kinds).values())
     for heading, description in HEADINGS.items():
         group = parser.add_argument_group(heading, description)
@@ -499,27 +414,30 @@ def add_flags(parser: argparse.ArgumentParser, kinds: Iterable[type]) -> None:
             group.add_argument(f"--{field.name}", **argparse_options(field))
 
 
+def kinds_of(annotation: object) -> tuple[type, ...]:
+    """The types a field's annotation allows (`str | None` -> (str, NoneType))."""
+    if isinstance(annotation, types.UnionType):
+        return tuple(annotation.__args__)
+    return (annotation,)  # type: ignore[return-value]
+
+
 def argparse_options(field: dataclasses.Field) -> dict[str, Any]:
     """`add_argument`'s keywords for the flag of `field`."""
     spec = flag_of(field)
     if field.type is bool:
         return {"action": "store_true", "help": spec.help}
-    options: dict[str, Any] = {"default": field.default, "help": spec.help}
-    if spec.nargs == "+":
-        options["default"] = [field.default]
-    if spec.const is not None:
-        options["const"] = spec.const
-    for name in ("type", "metavar", "nargs"):
-        if getattr(spec, name) is not None:
-            options[name] = getattr(spec, name)
-    return options
+    numeric = [kind for kind in kinds_of(field.type) if kind in (int, float)]
+    options = {"type": spec.type or next(iter(numeric), None), "metavar": spec.metavar}
+    options |= {"nargs": spec.nargs, "const": spec.const}
+    default = [field.default] if spec.nargs == "+" else field.default
+    given = {name: value for name, value in options.items() if value is not None}
+    return {"default": default, "help": spec.help, **given}
 
 
 class Checks:
-    """The settings' own checks (`Flag.check`, then `Flag.most`) on `values` (an object with the
-    settings as attributes), run in the order asked for; `rest` runs those of every setting not
-    asked for, so that a new flag's check runs with no other change. A value of None is not
-    checked."""
+    """The settings' own checks on `values` (the settings as attributes), in the order asked
+    for; `rest` runs those of every setting not asked for, so a new flag's check needs nothing
+    else."""
 
     def __init__(self, values: Any, kinds: Iterable[type]) -> None:
         self.values, self.fields = values, settings_fields(kinds)
@@ -533,7 +451,6 @@ class Checks:
         self.done.update(names)
 
     def most(self, *names: str) -> None:
-        """Each named setting's upper limit (`Flag.most`), in the order named."""
         for name in names:
             most, value = flag_of(self.fields[name]).most, getattr(self.values, name, None)
             if most is not None and value is not None and value > most:
@@ -546,8 +463,7 @@ class Checks:
             setattr(self.values, name, spec.resolve(self.values))
 
     def rest(self) -> None:
-        """The defaults and checks of the settings not asked for yet, in the order of their
-        fields."""
+        """The defaults and checks of the settings not asked for yet, in field order."""
         left = [name for name in self.fields if name not in self.done]
         for name in left:
             self.resolve(name)
