@@ -529,20 +529,15 @@ def release(job: Job) -> bool:
 def report(tasks: list[Task]) -> str:
     rows = []
     for task in tasks:
-        row = {
-            "task": task.name,
-            "status": task.status,
-            "seed": task.args.seed if task.args.seed is not None else "random",
-            "run": task.run_dir,
-            "error": task.error,
-        }
+        seed = task.args.seed if task.args.seed is not None else "random"
+        row = {"task": task.name, "status": task.status, "seed": seed, "run": task.run_dir}
+        row["error"] = task.error
         run = runs.read_run(task.run_dir) if task.run_dir else None
         if run is not None and run.complete:
             last = run.summary()[-1]
-            row["seed"] = run.args["seed"]
-            row["weights_left"] = last["weights_left"]
-            row["best_accuracy"] = f"{last['best_accuracy']:.2f}"
-            row["best_epoch"] = last["best_epoch"]
+            row |= {"seed": run.args["seed"], "weights_left": last["weights_left"]}
+            accuracy = f"{last['best_accuracy']:.2f}"
+            row |= {"best_accuracy": accuracy, "best_epoch": last["best_epoch"]}
         rows.append(row)
     columns = ["task", "status", "seed", "weights_left", "best_accuracy", "best_epoch", "run"]
     return runs.table(rows, columns + (["error"] if any(t.error for t in tasks) else []))

@@ -217,6 +217,9 @@ def differing_args(runs: list[Run]) -> list[str]:
     return [n for n in first if n in differ] + [n for n in differ if n not in first]
 
 
+LABELS = {"prune_type": "{}", "prune_percent": "{:g}% pruned", "seed": "seed {}"}
+
+
 def describe(args: dict, names: list[str]) -> str:
     """A short label from the arguments `names`: `lt, 20% pruned, seed 0, lr=0.001`, a control's
     prune type as `reinit with lt masks`."""
@@ -224,15 +227,8 @@ def describe(args: dict, names: list[str]) -> str:
     for name in names:
         value = args.get(name)
         if name == "prune_type" and is_control(args):
-            parts.append(f"{value} with {methods.recorded(value).masks_of} masks")
-        elif name == "prune_type":
-            parts.append(str(value))
-        elif name == "prune_percent":
-            parts.append(f"{value:g}% pruned")
-        elif name == "seed":
-            parts.append(f"seed {value}")
-        else:
-            parts.append(f"{name}={value}")
+            value = f"{value} with {methods.recorded(value).masks_of} masks"
+        parts.append(LABELS.get(name, name + "={}").format(value))
     return ", ".join(parts)
 
 
