@@ -25,12 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Draw the accuracy-vs-weights-left lines of several runs in one figure.",
         formatter_class=OneDefaultFormatter,
     )
-    for add_arguments in COMBINE_FLAG_GROUPS:
-        add_arguments(parser)
-    return parser
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add = flag_group(parser, "runs")
     add(
         "run_dirs",
@@ -44,9 +38,6 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="without RUN_DIRs: compare the newest complete run of each prune type for each"
         " arch/dataset here",
     )
-
-
-def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
     add = flag_group(parser, "figures")
     add("--dpi", default=1200, type=int, help="resolution of the figures (as main.py's --plot_dpi)")
     add(
@@ -60,10 +51,7 @@ def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="folder for the figures and tables (default: combined_plots/ beside the runs)",
     )
-
-
-# The --help headings in their order; a new argument goes into the helper of its purpose.
-COMBINE_FLAG_GROUPS = (add_run_arguments, add_figure_arguments)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

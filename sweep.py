@@ -65,12 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
         " checks them.",
         formatter_class=cli.OneDefaultFormatter,
     )
-    for add_flags in SWEEP_FLAG_GROUPS:
-        add_flags(parser)
-    return parser
-
-
-def add_grid_flags(parser: argparse.ArgumentParser) -> None:
     add = cli.flag_group(parser, "the grid", "one task per prune percent, prune type and seed")
     add(
         "--prune_percent",
@@ -89,29 +83,12 @@ def add_grid_flags(parser: argparse.ArgumentParser) -> None:
         metavar="SEED",
         help="main.py's --seed of the tasks (default: random, recorded in each run)",
     )
-
-
-def prune_type_help() -> str:
-    """--prune_type's help, from the registry (lth.methods)."""
-    controls = "; ".join(
-        f"{m.name} is the paper's control: {m.recorded_name} with the masks of the {m.ticket} run"
-        f" of the same percent and seed (needs {m.ticket} in the same sweep)"
-        for m in methods.registered()
-        if m.needs_ticket
-    )
-    return f"any of: {', '.join(methods.names())}; {controls}"
-
-
-def add_results_flags(parser: argparse.ArgumentParser) -> None:
     add = cli.flag_group(parser, "results")
     add(
         "--results_root",
         default="results",
         help="where every run folder, sweep_logs/ and combined_plots/ go (shared storage)",
     )
-
-
-def add_ray_flags(parser: argparse.ArgumentParser) -> None:
     add = cli.flag_group(parser, "Ray and batches")
     add("--address", default=None, help="join this Ray cluster (default: a local Ray instance)")
     add("--num_cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
@@ -124,10 +101,18 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="at most N trials in one main.py process (default: every task of a prune percent)",
     )
+    return parser
 
 
-# The --help headings in their order; a new flag goes into the helper of its purpose.
-SWEEP_FLAG_GROUPS = (add_grid_flags, add_results_flags, add_ray_flags)
+def prune_type_help() -> str:
+    """--prune_type's help, from the registry (lth.methods)."""
+    controls = "; ".join(
+        f"{m.name} is the paper's control: {m.recorded_name} with the masks of the {m.ticket} run"
+        f" of the same percent and seed (needs {m.ticket} in the same sweep)"
+        for m in methods.registered()
+        if m.needs_ticket
+    )
+    return f"any of: {', '.join(methods.names())}; {controls}"
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -317,8 +302,7 @@ class Job:
         """Each task's status: `failed` when it has a failure.txt, or the process failed and its
         run is not complete; `done` otherwise."""
         if self.argv[:1] != ["--resume"]:  # a new batch prints its folders in task order
-            for task, folder in zip(self.tasks, folders, strict=False):
-                task.run_dir = folder
+            self.place(folders)
         for task in self.tasks:
             failure = Path(task.run_dir, "failure.txt") if task.run_dir else None
             if failure is not None and failure.exists():
@@ -329,16 +313,18 @@ class Job:
                 task.status, task.error = "failed", error or f"exit status {status}"
 
     def restart(self, log: Path) -> None:
-        """After its process was lost: resume the folders it made (its batch record names them),
-        or, when it made none yet, start afresh."""
+        """After its process was lost: resume the folders it made, or, with none, start afresh."""
         self.lost += 1
         if self.argv[:1] == ["--resume"]:
             return
         folders = runs.batch_record_folders(batch_record_path(log))
         if folders:
-            for task, folder in zip(self.tasks, folders, strict=False):
-                task.run_dir = folder
+            self.place(folders)
             self.argv = ["--resume", folders[0]]
+
+    def place(self, folders: list[str]) -> None:
+        for task, folder in zip(self.tasks, folders, strict=False):
+            task.run_dir = folder
 
 
 def make_jobs(tasks: list[Task], batch: int | None) -> list[Job]:
@@ -437,8 +423,7 @@ def earlier_batch(task: Task) -> tuple:
 
 
 def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> None:
-    """Run the tasks as Ray jobs (make_jobs); record each task's outcome (a failure stops no
-    other job)."""
+    """Run the tasks as Ray jobs; record each task's outcome (a failure stops no other job)."""
     try:
         import ray
     except ImportError:
@@ -509,19 +494,16 @@ def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> No
 
 
 def release(job: Job) -> bool:
-    """After the job its control waits for ended: whether it can start (with its lt run's masks);
-    if not, its tasks are marked failed."""
-    for control in job.tasks:
-        ticket = control.ticket
-        assert ticket is not None
-        if ticket.status != "done" or not ticket.run_dir:
-            for task in job.tasks:
-                task.status = "failed"
-                task.error = f"not started: its {ticket.prune_type} task {ticket.name} failed"
-                print(f"sweep: {task.name} {task.status} {task.error}", flush=True)
-            return False
+    """After the job its control waits for: whether it can start; if not, it is marked failed."""
     (control,) = job.tasks  # a control waits alone: its masks are its ticket's run's
-    control.take_masks_from(control.ticket.run_dir)
+    ticket = control.ticket
+    assert ticket is not None
+    if ticket.status != "done" or not ticket.run_dir:
+        control.status = "failed"
+        control.error = f"not started: its {ticket.prune_type} task {ticket.name} failed"
+        print(f"sweep: {control.name} {control.status} {control.error}", flush=True)
+        return False
+    control.take_masks_from(ticket.run_dir)
     job.argv = control_argv(control)
     return True
 

@@ -81,8 +81,7 @@ def accuracy_table(trials: list[runs.Trials]) -> str:
 
 
 def axis_labels(early_stop: set[bool]) -> tuple[str, str]:
-    """The y-axis labels of the accuracy and epoch figures, for lines that stopped early (on a
-    validation set), did not, or both."""
+    """The y-axis labels of the accuracy and epoch figures, for lines that stopped early or not."""
     if early_stop == {True}:
         return (
             "test accuracy at the early stop (least validation loss)",

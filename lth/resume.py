@@ -75,11 +75,8 @@ def newest_matching_run(args: argparse.Namespace) -> Path:
     """The newest run under --results_root with the same dataset, arch and prune type."""
     types = [methods.record_name(t) for t in args.prune_type]
     wanted = {identity({**vars(args), "prune_type": t}, RESUME_LOOKUP) for t in types}
-    matching = [
-        run
-        for run in runs.all_runs(args.results_root)
-        if identity(run.args, RESUME_LOOKUP) in wanted
-    ]
+    found = runs.all_runs(args.results_root)
+    matching = [run for run in found if identity(run.args, RESUME_LOOKUP) in wanted]
     if not matching:
         shown = ", ".join(
             f"--{name} {' '.join(types) if name == 'prune_type' else getattr(args, name)}"
@@ -231,8 +228,7 @@ def whole_checkpoint(
 def saved_state(
     path: Path, what: str, classes: Iterable[type], hint: str = RESTART
 ) -> dict[str, torch.Tensor]:
-    """The state of a model saved whole (RunDir.save_model); UserError ending with `hint` when
-    the file is missing, damaged or not a model."""
+    """The state of a model saved whole; UserError ending with `hint` when it is not one."""
     model = load_verified(path, what, classes, hint)
     if not isinstance(model, nn.Module):
         raise UserError(f"{what} {path} holds a {type(model).__name__}, not a model; {hint}")
@@ -354,8 +350,7 @@ def merged_arguments(
     changed: dict[str, list],
     validate: Callable[[argparse.Namespace], None],
 ) -> list[argparse.Namespace]:
-    """Each trial's recorded arguments over the command line's, with the `changed` run options,
-    checked by `validate`."""
+    """Each trial's recorded arguments over the command line's and `changed`, by `validate`."""
     arguments = []
     given = "".join(f" with --{name} {new}" for name, (_, new) in changed.items())
     for values, trial_folder in zip(recorded, folders, strict=True):

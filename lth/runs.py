@@ -64,8 +64,7 @@ class Run:
         return load_array(self.files.dump_path("bestaccuracy"))
 
     def finished_levels(self) -> int:
-        """How many levels finished: each has its summary row and the checkpoint (written last)
-        is of the last of them or later."""
+        """Levels with a summary row and a checkpoint (written last) of that level or later."""
         rows = len(self.summary()) if (self.root / "summary.csv").exists() else 0
         checkpointed = self.files.checkpoint_level()
         return 0 if checkpointed is None else min(rows, checkpointed + 1)
@@ -277,8 +276,7 @@ def age(run: Run) -> tuple[str, str]:
 
 
 def trial_groups(runs: list[Run]) -> list[list[Run]]:
-    """The runs, one per trial, grouped into trials of one experiment with the same weights left
-    at every level, in order of first appearance."""
+    """The runs, one per trial, grouped by experiment and weights left, in order of appearance."""
     groups: dict[tuple[tuple, tuple[float, ...]], list[Run]] = {}
     for run in distinct_trials(runs)[0]:
         key = (identity(run.args), tuple(run.weights_left()))
