@@ -115,14 +115,6 @@ def prune_type_help() -> str:
     return f"any of: {', '.join(methods.names())}; {controls}"
 
 
-def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
-    """sweep.py's own flags, and main.py's flags after `--`."""
-    if "--" in argv:
-        at = argv.index("--")
-        return argv[:at], argv[at + 1 :]
-    return argv, []
-
-
 def make_tasks(options: argparse.Namespace, main_flags: list[str]) -> list[Task]:
     """One task per (prune type, prune percent, seed), each checked as main.py would check it."""
     given = cli.explicit_flags(main_flags) & {*NOT_ALLOWED, "masks_from"}
@@ -536,8 +528,9 @@ def draw(tasks: list[Task], out: Path, dpi: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    own, main_flags = split_argv(sys.argv[1:] if argv is None else argv)
-    options = build_parser().parse_args(own)
+    argv = sys.argv[1:] if argv is None else argv
+    at = argv.index("--") if "--" in argv else len(argv)  # main.py's flags come after `--`
+    options, main_flags = build_parser().parse_args(argv[:at]), argv[at + 1 :]
     try:
         tasks = make_tasks(options, main_flags)
         plan(tasks, options.results_root)
