@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -423,17 +424,7 @@ def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> No
             "sweep.py needs Ray: pip install -r requirements-ray.txt (it is not installed)"
         ) from None
     jobs = make_jobs(tasks, options.batch)
-    local = options.address is None
-    try:
-        ray.init(
-            address=options.address,
-            num_cpus=options.num_cpus if local else None,
-            include_dashboard=False,
-            log_to_driver=False,
-        )
-    except Exception as error:  # Ray raises several types for an unreachable or bad cluster
-        where = "start a local Ray instance" if local else f"join --address {options.address}"
-        raise UserError(f"cannot {where}: {error}".splitlines()[0]) from None
+    init_ray(ray, options)
     try:
         # no retries by Ray: it would run a lost job's first command again, into new folders
         resources = {"num_cpus": options.cpus_per_run, "num_gpus": options.gpus_per_run}
@@ -483,6 +474,21 @@ def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> No
                     start(later)
     finally:
         ray.shutdown()
+
+
+def init_ray(ray: ModuleType, options: argparse.Namespace) -> None:
+    """Start a local Ray instance or join --address; UserError when it cannot."""
+    local = options.address is None
+    try:
+        ray.init(
+            address=options.address,
+            num_cpus=options.num_cpus if local else None,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    except Exception as error:  # Ray raises several types for an unreachable or bad cluster
+        where = "start a local Ray instance" if local else f"join --address {options.address}"
+        raise UserError(f"cannot {where}: {error}".splitlines()[0]) from None
 
 
 def release(job: Job) -> bool:
