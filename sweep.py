@@ -367,7 +367,8 @@ def batches(
     groups += [[t] for t in types if t not in together]  # controls whose lt ran earlier, finetune
     jobs = []
     for group in groups:
-        if len(group) == 1 and methods.get(group[0]).needs_ticket:  # apart from tickets: one each
+        method = methods.get(group[0])
+        if len(group) == 1 and method.needs_ticket:  # controls apart from tickets: one each
             tasks = [by_task[(group[0], percent, seed)] for seed in seeds]
             jobs += [Job(task.name, [task], control_argv(task)) for task in tasks]
             continue
