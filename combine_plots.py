@@ -1,18 +1,11 @@
 """Compare runs in one figure: best test accuracy against weights left, one line per experiment.
 
-    python combine_plots.py                  # newest complete run of each prune type (lt, reinit, random, the --masks_from control) per arch/dataset, with its trials
-    python combine_plots.py RUN_DIR ...      # exactly these runs (same arch and dataset)
+    python combine_plots.py              # newest complete run of each prune type per arch/dataset
+    python combine_plots.py RUN_DIR ...  # exactly these runs (same arch and dataset)
 
-Runs that differ only in --seed (and, for the control, in --masks_from) are trials of one
-experiment: one line, their mean, in a band from their minimum to their maximum, labelled
-`(N trials)`, N the number of distinct seeds: of runs of one experiment with the same seed
-(for the control, with masks of the same trial) the newest is drawn, and each other is named in
-a line `left out: RUN (...)`. Runs that stopped early on a validation set (summary.csv has
-`test_accuracy` and `early_stop_epoch`) are drawn by their early-stop figures.
-Writes `combined_{arch}_{dataset}.png` (and, with --best_epoch, `combined_{arch}_{dataset}_best_epoch.png`)
-and the table of the lines, `combined_{arch}_{dataset}.csv`, into `combined_plots/` beside the
-runs, or into --out. With --layers also `combined_{arch}_{dataset}_layers.png` and `.csv`: the
-share of each layer's weights kept at each level, one panel per line, from the runs' mask files.
+The trials of one experiment (runs differing only in --seed) are one line, their mean in a band
+from their minimum to their maximum. Writes `combined_{arch}_{dataset}.png` and `.csv` (and the
+--best_epoch and --layers figures) into `combined_plots/` beside the runs, or into --out.
 """
 
 import argparse
@@ -32,13 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Draw the accuracy-vs-weights-left lines of several runs in one figure.",
         formatter_class=OneDefaultFormatter,
     )
-    for add_arguments in COMBINE_FLAG_GROUPS:
-        add_arguments(parser)
-    return parser
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Which runs are compared."""
     add = flag_group(parser, "runs")
     add(
         "run_dirs",
@@ -52,10 +38,6 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="without RUN_DIRs: compare the newest complete run of each prune type for each"
         " arch/dataset here",
     )
-
-
-def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
-    """What is drawn, how finely, and where it goes."""
     add = flag_group(parser, "figures")
     add("--dpi", default=1200, type=int, help="resolution of the figures (as main.py's --plot_dpi)")
     add(
@@ -69,10 +51,7 @@ def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="folder for the figures and tables (default: combined_plots/ beside the runs)",
     )
-
-
-# The --help headings in their order; a new argument goes into the helper of its purpose.
-COMBINE_FLAG_GROUPS = (add_run_arguments, add_figure_arguments)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,16 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         check_flags(args)
         if args.run_dirs:
             groups = [check_same_experiment([runs.load_run(d) for d in args.run_dirs])]
-            out = (
-                Path(args.out)
-                if args.out
-                else Path(args.run_dirs[0]).resolve().parent / "combined_plots"
-            )
+            beside = Path(args.run_dirs[0]).resolve().parent
         else:
             groups = list(runs.newest_complete(args.results_root).values())
             if not groups:
                 raise UserError(f"--results_root {args.results_root}: no complete run there")
-            out = Path(args.out) if args.out else Path(args.results_root) / "combined_plots"
+            beside = Path(args.results_root)
+        out = Path(args.out) if args.out else beside / "combined_plots"
         for group in groups:
             compare.announce(compare.combine(group, out, args.dpi, args.best_epoch, args.layers))
     except UserError as error:

@@ -2,18 +2,12 @@
 
     python sweep.py --prune_percent 10 20 --prune_type lt reinit --seed 0 1 -- <main.py flags>
 
-Each task is an ordinary `main.py` run with its own folder under --results_root. Tasks that share
-a recipe and differ only in seed and prune type (those of one prune percent) train together as
-one batch, one `main.py --prune_type T... --seed S...` process (a Ray job), at most `--batch`
-trials each; `reinit_ticket` is the paper's control, `reinit` with the masks of the `lt` trial of
-its percent and seed, taken from memory when both are in one batch (else `--masks_from` that
-task's folder, once it has finished). A task's earlier run is the newest run there whose
-args.json records the same trial (experiment.identity of the recipe, prune type, mask source and
-seed, where the task has one): a complete one is skipped, an interrupted one resumed with
-`main.py --resume` (with the rest of its batch). So calling the sweep again with the same arguments finishes what is left. A job whose
-node (or Ray worker) dies is started again by the sweep itself, at most RESTARTS times: with
-`--resume` of the folders it had made, so it goes on from its last finished level. Ray is optional
-(requirements-ray.txt); it is imported only when there is a task to run.
+Each task is a `main.py` run with its own folder under --results_root; the tasks of one prune
+percent train together as batches (one main.py process each, a Ray job). A task whose earlier run
+(the newest with the same trial in its args.json) is complete is skipped, an interrupted one is
+resumed, so calling the sweep again finishes what is left. A job lost with its node or worker is
+started again, at most RESTARTS times, resuming the folders it made. Ray is imported only when
+there is a task to run (requirements-ray.txt).
 """
 
 import argparse
@@ -27,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -56,7 +51,6 @@ class Task:
     percent: float = 0.0
 
     def take_masks_from(self, run_dir: str) -> None:
-        """A control task: its masks come from the lt run in `run_dir`."""
         self.args.masks_from = str(Path(run_dir).resolve())
         if self.status == "new":
             self.argv = [*self.argv, "--masks_from", self.args.masks_from]
@@ -72,13 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
         " checks them.",
         formatter_class=cli.OneDefaultFormatter,
     )
-    for add_flags in SWEEP_FLAG_GROUPS:
-        add_flags(parser)
-    return parser
-
-
-def add_grid_flags(parser: argparse.ArgumentParser) -> None:
-    """The values swept: one task per prune percent, prune type and seed."""
     add = cli.flag_group(parser, "the grid", "one task per prune percent, prune type and seed")
     add(
         "--prune_percent",
@@ -88,13 +75,7 @@ def add_grid_flags(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="main.py's --prune_percent of the tasks",
     )
-    add(
-        "--prune_type",
-        nargs="+",
-        default=["lt", "reinit"],
-        metavar="TYPE",
-        help=prune_type_help(),
-    )
+    add("--prune_type", nargs="+", default=["lt", "reinit"], metavar="TYPE", help=prune_type_help())
     add(
         "--seed",
         nargs="+",
@@ -103,32 +84,12 @@ def add_grid_flags(parser: argparse.ArgumentParser) -> None:
         metavar="SEED",
         help="main.py's --seed of the tasks (default: random, recorded in each run)",
     )
-
-
-def prune_type_help() -> str:
-    """--prune_type's help, from the registry (lth.methods): every method, and what each control
-    (a method that takes its ticket's masks) runs."""
-    controls = "; ".join(
-        f"{m.name} is the paper's control: {m.recorded_name} with the masks of the {m.ticket} run"
-        f" of the same percent and seed (needs {m.ticket} in the same sweep)"
-        for m in methods.registered()
-        if m.needs_ticket
-    )
-    return f"any of: {', '.join(methods.names())}; {controls}"
-
-
-def add_results_flags(parser: argparse.ArgumentParser) -> None:
-    """Where the runs, their logs and the combined plots go."""
     add = cli.flag_group(parser, "results")
     add(
         "--results_root",
         default="results",
         help="where every run folder, sweep_logs/ and combined_plots/ go (shared storage)",
     )
-
-
-def add_ray_flags(parser: argparse.ArgumentParser) -> None:
-    """The Ray cluster and what each main.py process takes of it."""
     add = cli.flag_group(parser, "Ray and batches")
     add("--address", default=None, help="join this Ray cluster (default: a local Ray instance)")
     add("--num_cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
@@ -141,18 +102,18 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="at most N trials in one main.py process (default: every task of a prune percent)",
     )
+    return parser
 
 
-# The --help headings in their order; a new flag goes into the helper of its purpose.
-SWEEP_FLAG_GROUPS = (add_grid_flags, add_results_flags, add_ray_flags)
-
-
-def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
-    """sweep.py's own flags, and main.py's flags after `--`."""
-    if "--" in argv:
-        at = argv.index("--")
-        return argv[:at], argv[at + 1 :]
-    return argv, []
+def prune_type_help() -> str:
+    """--prune_type's help, from the registry (lth.methods)."""
+    controls = "; ".join(
+        f"{m.name} is the paper's control: {m.recorded_name} with the masks of the {m.ticket} run"
+        f" of the same percent and seed (needs {m.ticket} in the same sweep)"
+        for m in methods.registered()
+        if m.needs_ticket
+    )
+    return f"any of: {', '.join(methods.names())}; {controls}"
 
 
 def make_tasks(options: argparse.Namespace, main_flags: list[str]) -> list[Task]:
@@ -202,8 +163,7 @@ def make_tasks(options: argparse.Namespace, main_flags: list[str]) -> list[Task]
 
 
 def check_own_flags(options: argparse.Namespace) -> None:
-    """UserError for a value of sweep.py's own flags that would fail or wait forever in Ray, or
-    write where it should not; before Ray starts or anything is written."""
+    """UserError for an own flag that would fail or wait forever in Ray, before anything starts."""
     cli.check_folder("--results_root", options.results_root)
     if options.num_cpus is not None and options.num_cpus < 1:
         raise UserError(f"--num_cpus must be at least 1, got {options.num_cpus}")
@@ -226,8 +186,7 @@ def check_own_flags(options: argparse.Namespace) -> None:
 
 
 def link_controls(tasks: list[Task]) -> None:
-    """Give each control task its ticket task: the one of its method's ticket (lth.methods) of
-    the same percent and seed."""
+    """Give each control task its ticket task: its method's ticket of the same percent and seed."""
     by_task = {(t.prune_type, t.percent, t.seed): t for t in tasks}
     for task in tasks:
         ticket = methods.get(task.prune_type).ticket
@@ -236,11 +195,8 @@ def link_controls(tasks: list[Task]) -> None:
 
 
 def plan(tasks: list[Task], results_root: str) -> None:
-    """Match each task with its newest earlier run: finished (skip it), resume, or new.
-
-    A control is matched once its lt task is: with the lt task's earlier run as --masks_from.
-    When the lt task is new, so is the control (it waits for the lt run's folder).
-    """
+    """Match each task with its newest earlier run: finished (skip it), resume, or new. A control
+    is matched with its lt task's earlier run as --masks_from; when the lt task is new, so is it."""
     earlier = runs.all_runs(Path(results_root).resolve())
     for task in sorted(tasks, key=lambda t: t.ticket is not None):  # lt tasks first
         if task.ticket is not None:
@@ -259,8 +215,7 @@ def plan(tasks: list[Task], results_root: str) -> None:
 
 
 def stop_with_parent() -> None:
-    """Linux: the run gets SIGTERM when its Ray worker dies (sweep stopped, node lost), so no
-    orphaned run goes on writing a folder that the next sweep call resumes."""
+    """Linux: SIGTERM to the run when its Ray worker dies, so no orphan writes a folder later."""
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
@@ -269,12 +224,8 @@ def stop_with_parent() -> None:
 
 
 def run_main(argv: list[str], cwd: str, log: str, threads: int) -> tuple[int, list[str], str]:
-    """Run main.py with `argv` in `cwd`, its output into the file `log` and the record of its
-    batch into the file beside it (`batch_record_path`).
-
-    Returns its exit status, the run folders its batch record names (one per trial, in the
-    batch's order) and, when it failed, its last error line.
-    """
+    """Run main.py with `argv` in `cwd`, output into `log`, its batch record beside it; return
+    its exit status, the run folders of its batch in order and, when it failed, its last error."""
     # unbuffered: the log shows each line as soon as it is printed, even if the run is lost
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     Path(log).parent.mkdir(parents=True, exist_ok=True)
@@ -298,15 +249,13 @@ def run_main(argv: list[str], cwd: str, log: str, threads: int) -> tuple[int, li
 
 
 def batch_record_path(log: str | Path) -> Path:
-    """Where the main.py process that logs into `log` records its batch (main.py --batch_record)."""
+    """Where the main.py process logging into `log` records its batch (--batch_record)."""
     return Path(log).with_suffix(".batch.json")
 
 
 def run_again(argv: list[str], cwd: str, log: str, threads: int) -> tuple[int, list[str], str]:
-    """run_main for a job whose process was lost: a resume first waits, at most FOLDER_WAIT
-    seconds, until no process holds the run folder's lock (results.RunDir.locked). Ray may report
-    a node dead before its processes have ended, and shared storage may keep a dead machine's
-    lock a while (NFSv4: 90 s)."""
+    """run_main for a lost job: a resume first waits until no process holds the folder's lock, as
+    Ray may report a node dead before its processes end, and shared storage keeps locks a while."""
     if argv[:1] == ["--resume"]:
         wait_for_folder(argv[1], FOLDER_WAIT)
     return run_main(argv, cwd, log, threads)
@@ -334,21 +283,19 @@ def wait_for_folder(folder: str, seconds: float) -> None:
 
 @dataclass(eq=False)
 class Job:
-    """One main.py process: a batch of tasks (or the resume of an earlier batch). `after`: the
-    job whose lt runs give this job's controls their masks (--masks_from), started once it ends."""
+    """One main.py process: a batch of tasks, or the resume of an earlier batch."""
 
     name: str  # its log file's name
     tasks: list[Task]
     argv: list[str]
-    after: "Job | None" = None
+    after: "Job | None" = None  # the job whose lt runs give this job's controls their masks
     lost: int = 0  # times its process was lost with its node or worker
 
     def outcome(self, status: int, folders: list[str], error: str) -> None:
-        """Each task's status: `failed` when its folder says why it stopped (failure.txt), or
-        when the process failed and its run is not complete; `done` otherwise."""
+        """Each task's status: `failed` when it has a failure.txt, or the process failed and its
+        run is not complete; `done` otherwise."""
         if self.argv[:1] != ["--resume"]:  # a new batch prints its folders in task order
-            for task, folder in zip(self.tasks, folders, strict=False):
-                task.run_dir = folder
+            self.place(folders)
         for task in self.tasks:
             failure = Path(task.run_dir, "failure.txt") if task.run_dir else None
             if failure is not None and failure.exists():
@@ -359,24 +306,23 @@ class Job:
                 task.status, task.error = "failed", error or f"exit status {status}"
 
     def restart(self, log: Path) -> None:
-        """After its process was lost: the job resumes the folders the lost process made (its
-        batch record names them; `--resume` of one resumes the whole batch), or, when it made none yet,
-        starts afresh."""
+        """After its process was lost: resume the folders it made, or, with none, start afresh."""
         self.lost += 1
         if self.argv[:1] == ["--resume"]:
             return
         folders = runs.batch_record_folders(batch_record_path(log))
         if folders:
-            for task, folder in zip(self.tasks, folders, strict=False):
-                task.run_dir = folder
+            self.place(folders)
             self.argv = ["--resume", folders[0]]
+
+    def place(self, folders: list[str]) -> None:
+        for task, folder in zip(self.tasks, folders, strict=False):
+            task.run_dir = folder
 
 
 def make_jobs(tasks: list[Task], batch: int | None) -> list[Job]:
-    """The main.py processes that run `tasks` (those not finished earlier), at most `batch`
-    trials each: the resume of each earlier batch, then per prune percent the new tasks as
-    batches of --prune_type x --seed (a control with its lt task; a control whose lt task ran
-    in another process or earlier, alone with --masks_from that run)."""
+    """The main.py processes of the unfinished `tasks`, at most `batch` trials each: the resume of
+    each earlier batch, then per prune percent the new tasks as batches of prune type x seed."""
     jobs: list[Job] = []
     resumed: dict[tuple, Job] = {}
     for task in [t for t in tasks if t.status == "resume"]:
@@ -416,24 +362,15 @@ def batches(
         return (ticket is None or ticket in types) and not cli.trains_apart(prune_type, args)
 
     together = [t for t in types if shares(t)]
-    if batch is not None and batch < len(together):  # one prune type per process
-        groups = [[t] for t in together]
-    else:
-        groups = [together]
-    alone = [t for t in types if t not in together]  # controls whose lt ran earlier, finetune
-    groups += [[t] for t in alone]
+    apart = batch is not None and batch < len(together)  # then one prune type per process
+    groups = [[t] for t in together] if apart else [together]
+    groups += [[t] for t in types if t not in together]  # controls whose lt ran earlier, finetune
     jobs = []
     for group in groups:
         method = methods.get(group[0])
-        if len(group) == 1 and method.needs_ticket:  # controls apart from their tickets: one each
-            for seed in seeds:
-                task = by_task[(method.name, percent, seed)]
-                recorded = methods.spelling(method.recorded_name)
-                argv = [*strip_trial_flags(task.argv), "--prune_type", recorded]
-                if task.args.masks_from is not None:
-                    argv += ["--masks_from", task.args.masks_from]
-                argv += ["--seed", str(seed)] if seed is not None else []
-                jobs.append(Job(task.name, [task], argv))
+        if len(group) == 1 and method.needs_ticket:  # controls apart from tickets: one each
+            tasks = [by_task[(group[0], percent, seed)] for seed in seeds]
+            jobs += [Job(task.name, [task], control_argv(task)) for task in tasks]
             continue
         per = len(seeds) if batch is None else max(1, batch // len(group))
         for start in range(0, len(seeds), per):
@@ -446,6 +383,15 @@ def batches(
             name = tasks[0].name if len(tasks) == 1 else f"{group[0]}_{percent:g}_batch{start}"
             jobs.append(Job(name, tasks, argv))
     return jobs
+
+
+def control_argv(task: Task) -> list[str]:
+    """The command line of a control task run apart from its ticket (with its --masks_from)."""
+    recorded = methods.spelling(methods.get(task.prune_type).recorded_name)
+    argv = [*strip_trial_flags(task.argv), "--prune_type", recorded]
+    if task.args.masks_from is not None:
+        argv += ["--masks_from", task.args.masks_from]
+    return argv + (["--seed", str(task.seed)] if task.seed is not None else [])
 
 
 def strip_trial_flags(argv: list[str]) -> list[str]:
@@ -471,8 +417,7 @@ def earlier_batch(task: Task) -> tuple:
 
 
 def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> None:
-    """Run the tasks as Ray jobs (make_jobs); record each task's outcome (a failure stops no
-    other job)."""
+    """Run the tasks as Ray jobs; record each task's outcome (a failure stops no other job)."""
     try:
         import ray
     except ImportError:
@@ -480,17 +425,7 @@ def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> No
             "sweep.py needs Ray: pip install -r requirements-ray.txt (it is not installed)"
         ) from None
     jobs = make_jobs(tasks, options.batch)
-    local = options.address is None
-    try:
-        ray.init(
-            address=options.address,
-            num_cpus=options.num_cpus if local else None,
-            include_dashboard=False,
-            log_to_driver=False,
-        )
-    except Exception as error:  # Ray raises several types for an unreachable or bad cluster
-        where = "start a local Ray instance" if local else f"join --address {options.address}"
-        raise UserError(f"cannot {where}: {error}".splitlines()[0]) from None
+    init_ray(ray, options)
     try:
         # no retries by Ray: it would run a lost job's first command again, into new folders
         resources = {"num_cpus": options.cpus_per_run, "num_gpus": options.gpus_per_run}
@@ -521,8 +456,8 @@ def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> No
             job = pending.pop(ready)
             try:
                 status, folders, error = ray.get(ready)
-            except lost as failure:  # its node or worker died: start it again, resuming it
-                if job.lost < RESTARTS:
+            except Exception as failure:  # the job died, or its node or worker (`lost`)
+                if isinstance(failure, lost) and job.lost < RESTARTS:  # start it again
                     job.restart(logs / f"{job.name}.log")
                     for task in job.tasks:
                         again_in = f"resuming {task.run_dir}" if task.run_dir else "starting again"
@@ -530,8 +465,6 @@ def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> No
                         print(f"sweep: {task.name} lost ({name}): {again_in}", flush=True)
                     start(job)
                     continue
-                status, folders, error = -1, [], f"{type(failure).__name__}: {failure}"
-            except Exception as failure:  # the job itself died
                 status, folders, error = -1, [], f"{type(failure).__name__}: {failure}"
             job.outcome(status, folders, error)
             for task in job.tasks:
@@ -544,59 +477,56 @@ def run_on_ray(tasks: list[Task], options: argparse.Namespace, logs: Path) -> No
         ray.shutdown()
 
 
+def init_ray(ray: ModuleType, options: argparse.Namespace) -> None:
+    """Start a local Ray instance or join --address; UserError when it cannot."""
+    local = options.address is None
+    try:
+        ray.init(
+            address=options.address,
+            num_cpus=options.num_cpus if local else None,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    except Exception as error:  # Ray raises several types for an unreachable or bad cluster
+        where = "start a local Ray instance" if local else f"join --address {options.address}"
+        raise UserError(f"cannot {where}: {error}".splitlines()[0]) from None
+
+
 def release(job: Job) -> bool:
-    """After the job its controls wait for ended: whether they can start (each with its lt
-    run's masks); if one cannot, the job's tasks are marked failed."""
-    for control in job.tasks:
-        ticket = control.ticket
-        assert ticket is not None
-        if ticket.status != "done" or not ticket.run_dir:
-            for task in job.tasks:
-                task.status = "failed"
-                task.error = f"not started: its {ticket.prune_type} task {ticket.name} failed"
-                print(f"sweep: {task.name} {task.status} {task.error}", flush=True)
-            return False
+    """After the job its control waits for: whether it can start; if not, it is marked failed."""
     (control,) = job.tasks  # a control waits alone: its masks are its ticket's run's
-    control.take_masks_from(control.ticket.run_dir)
-    job.argv = [
-        *strip_trial_flags(job.argv),
-        "--prune_type",
-        methods.spelling(methods.get(control.prune_type).recorded_name),
-        "--masks_from",
-        control.args.masks_from,
-    ]
-    if control.seed is not None:
-        job.argv += ["--seed", str(control.seed)]
+    ticket = control.ticket
+    assert ticket is not None
+    if ticket.status != "done" or not ticket.run_dir:
+        control.status = "failed"
+        control.error = f"not started: its {ticket.prune_type} task {ticket.name} failed"
+        print(f"sweep: {control.name} {control.status} {control.error}", flush=True)
+        return False
+    control.take_masks_from(ticket.run_dir)
+    job.argv = control_argv(control)
     return True
 
 
 def report(tasks: list[Task]) -> str:
     rows = []
     for task in tasks:
-        row = {
-            "task": task.name,
-            "status": task.status,
-            "seed": task.args.seed if task.args.seed is not None else "random",
-            "run": task.run_dir,
-            "error": task.error,
-        }
+        seed = task.args.seed if task.args.seed is not None else "random"
+        row = {"task": task.name, "status": task.status, "seed": seed, "run": task.run_dir}
+        row["error"] = task.error
         run = runs.read_run(task.run_dir) if task.run_dir else None
         if run is not None and run.complete:
             last = run.summary()[-1]
-            row["seed"] = run.args["seed"]
-            row["weights_left"] = last["weights_left"]
-            row["best_accuracy"] = f"{last['best_accuracy']:.2f}"
-            row["best_epoch"] = last["best_epoch"]
+            row |= {"seed": run.args["seed"], "weights_left": last["weights_left"]}
+            accuracy = f"{last['best_accuracy']:.2f}"
+            row |= {"best_accuracy": accuracy, "best_epoch": last["best_epoch"]}
         rows.append(row)
     columns = ["task", "status", "seed", "weights_left", "best_accuracy", "best_epoch", "run"]
     return runs.table(rows, columns + (["error"] if any(t.error for t in tasks) else []))
 
 
 def draw(tasks: list[Task], out: Path, dpi: int) -> None:
-    """The combined plots of every complete run of the sweep, one figure per arch/dataset, the
-    trials of each experiment as one line with its band."""
-    complete = [run for t in tasks if t.run_dir and (run := runs.read_run(t.run_dir))]
-    complete = [run for run in complete if run.complete]
+    """The combined plots of the sweep's complete runs, one figure per arch/dataset."""
+    complete = [r for t in tasks if t.run_dir and (r := runs.read_run(t.run_dir)) and r.complete]
     groups: dict[tuple[str, str], list[runs.Run]] = {}
     for run in complete:
         groups.setdefault((run.args["arch_type"], run.args["dataset"]), []).append(run)
@@ -605,8 +535,9 @@ def draw(tasks: list[Task], out: Path, dpi: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    own, main_flags = split_argv(sys.argv[1:] if argv is None else argv)
-    options = build_parser().parse_args(own)
+    argv = sys.argv[1:] if argv is None else argv
+    at = argv.index("--") if "--" in argv else len(argv)  # main.py's flags come after `--`
+    options, main_flags = build_parser().parse_args(argv[:at]), argv[at + 1 :]
     try:
         tasks = make_tasks(options, main_flags)
         plan(tasks, options.results_root)

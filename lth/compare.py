@@ -1,7 +1,5 @@
-"""Comparing runs: their trials' lines in one figure (best test accuracy against weights left,
-with a band from the trials' minimum to their maximum), the figure's table, and each layer's
-share of weights kept. combine_plots.py and sweep.py draw with it.
-"""
+"""Comparing runs (combine_plots.py, sweep.py): their trials' lines in one figure, its table, and
+each layer's share of weights kept."""
 
 from pathlib import Path
 
@@ -22,12 +20,11 @@ TABLE_FIELDS = ["line", "level", "weights_left", "trials", "measure"] + [
 def combine(
     group: list[runs.Run], out: Path, dpi: int, best_epoch: bool = False, layers: bool = False
 ) -> list[Path]:
-    """Draw the group's figures into `out`, each experiment's trials as one line with its band,
-    and write their table; return the paths written. Prints a line for each run left out as
-    the same trial as a newer one (runs.distinct_trials). `layers`: also the share of each
-    layer kept (`combined_{arch}_{dataset}_layers.png` and `.csv`), every mask read before
-    anything is written."""
+    """Draw the group's figures into `out` and write their tables; return the paths written.
+    Prints a line for each run left out as the same trial as a newer one. `layers`: also the
+    share of each layer kept, every mask read before anything is written."""
     arch, dataset = group[0].args["arch_type"], group[0].args["dataset"]
+    stem = f"combined_{arch}_{dataset}"
     kept, left_out = runs.distinct_trials(group)
     for duplicate in left_out:
         print(f"left out: {duplicate}")
@@ -35,42 +32,31 @@ def combine(
     shares = [layer_shares.LayerShares.of(t, network_layout) for t in trials] if layers else []
     accuracy_label, epoch_label = axis_labels({t.early_stop for t in trials})
     accuracy = [line(t, t.accuracy) for t in trials]
-    figures = [
-        (
-            f"combined_{arch}_{dataset}.png",
-            plots.accuracy_vs_weights(accuracy, dataset, arch, accuracy_label, full_scale=False),
-        )
-    ]
+    figure = plots.accuracy_vs_weights(accuracy, dataset, arch, accuracy_label, full_scale=False)
+    figures = {stem: figure}
     if best_epoch:
         epochs = [line(t, t.epoch) for t in trials]
         figure = plots.best_epoch_vs_weights(epochs, dataset, arch, epoch_label)
-        figures.append((f"combined_{arch}_{dataset}_best_epoch.png", figure))
+        figures[f"{stem}_best_epoch"] = figure
     if shares:
         panels = [(s.label, s.weights_left, s.lines()) for s in shares]
-        figures.append(
-            (f"combined_{arch}_{dataset}_layers.png", plots.layer_shares(panels, dataset, arch))
-        )
-    written = []
-    for name, figure in figures:
-        path = out / name
+        figures[f"{stem}_layers"] = plots.layer_shares(panels, dataset, arch)
+    written = [out / f"{name}.png" for name in figures]
+    for path, figure in zip(written, figures.values(), strict=True):
         save_png(figure, path, dpi)
         plots.close(figure, dpi)
-        written.append(path)
-    table = out / f"combined_{arch}_{dataset}.csv"
-    write_csv(table, TABLE_FIELDS, [row for t in trials for row in t.rows()])
+    written.append(out / f"{stem}.csv")
+    write_csv(written[-1], TABLE_FIELDS, [row for t in trials for row in t.rows()])
     print(accuracy_table(trials))
-    written.append(table)
     if shares:
-        written.append(out / f"combined_{arch}_{dataset}_layers.csv")
-        rows = [row for s in shares for row in s.rows()]
-        write_csv(written[-1], layer_shares.TABLE_FIELDS, rows)
+        written.append(out / f"{stem}_layers.csv")
+        write_csv(written[-1], layer_shares.TABLE_FIELDS, [row for s in shares for row in s.rows()])
     return written
 
 
 def accuracy_table(trials: list[runs.Trials]) -> str:
-    """The figure's lines as text: per level the weights left and each line's mean accuracy,
-    with the trials' minimum and maximum; one row per line and level where the lines' weights
-    left differ."""
+    """The figure's lines as text: per level each line's mean accuracy (minimum-maximum); one row
+    per line and level where the lines' weights left differ."""
 
     def cell(t: runs.Trials, level: int) -> str:
         column = t.accuracy[:, level]
@@ -95,8 +81,7 @@ def accuracy_table(trials: list[runs.Trials]) -> str:
 
 
 def axis_labels(early_stop: set[bool]) -> tuple[str, str]:
-    """The y-axis labels of the accuracy and epoch figures, for lines that stopped early (on a
-    validation set), did not, or both."""
+    """The y-axis labels of the accuracy and epoch figures, for lines that stopped early or not."""
     if early_stop == {True}:
         return (
             "test accuracy at the early stop (least validation loss)",
@@ -108,8 +93,7 @@ def axis_labels(early_stop: set[bool]) -> tuple[str, str]:
 
 
 def line(trials: runs.Trials, values: np.ndarray) -> plots.Line:
-    """The trials' `values` (one row per trial) as a line: the mean, in a band from the minimum
-    to the maximum where there are several trials."""
+    """The trials' `values` (a row each) as their mean, banded by their minimum and maximum."""
     if len(values) == 1:
         return plots.Line(trials.label, trials.weights_left, values[0])
     low, high = values.min(axis=0), values.max(axis=0)

@@ -1,14 +1,8 @@
 """Finding the run to continue and the state it stopped at (`--resume`, `--start_iter`).
 
-A run keeps one checkpoint, the state at the end of its newest finished level (the level is
-inside). It holds the model, the mask (as booleans), the per-level figures and every random
-generator; the initial state and the rewind state are read back from their own result files.
-So a run continues at the level after its checkpoint, or starts again at level 0.
-
-The trials of a batch are resumed together, from any one of their folders (its args.json names
-the others). Their checkpoints are committed together (results.RunDir.stage_checkpoint, then
-commit_checkpoint): a batch killed between the two is settled here, so that no trial is a level
-ahead of the others.
+A run keeps one checkpoint, of its newest finished level (the initial and rewind states are read
+from their result files), so it continues after that level or starts again at 0. The trials of a
+batch are resumed together; a batch killed while committing its checkpoints is settled here.
 """
 
 import argparse
@@ -38,9 +32,7 @@ from lth.results import RunDir, mask_from_bool, mask_to_bool
 from lth.safe_load import load_torch
 
 FROM_FILES = ("initial_state", "rewind_state")  # progress a checkpoint does not hold
-CHECKPOINT_KEYS = {"level", "model_state", "progress", "rng"}  # what main.checkpoint saves
-# (and "trial_rng", the trial's own generators; a checkpoint without it, from before batches,
-# drew everything from the process's generators, "rng")
+CHECKPOINT_KEYS = {"level", "model_state", "progress", "rng"}  # main.checkpoint's (+ "trial_rng")
 TRIAL_FLAGS = ("seed", "prune_type")  # a resume takes the batch's; given, they must agree
 RESTART = "to run the whole run again in this folder, add --start_iter 0"
 
@@ -57,8 +49,7 @@ class Resumed:
     trials: list[Trial]
     run_dirs: list[RunDir]
     start: int  # first level to run
-    # each trial's state at the end of level `start - 1` (its initial and rewind states are read
-    # by whole_checkpoint, which needs the model); None: start afresh
+    # each trial's state at the end of level `start - 1`; None: start afresh
     checkpoints: list[dict | None]
     records: list[RunRecord]  # each trial's args.json
     changed: dict[str, list]  # result-neutral flag -> [the run's value, the new one]
@@ -66,7 +57,7 @@ class Resumed:
 
 
 def read_record(folder: Path) -> RunRecord:
-    """The run's args.json (RunRecord.read), its faults in the words of --resume."""
+    """The run's args.json, its faults in the words of --resume."""
     try:
         return RunRecord.read(folder)
     except UnreadableRecord as unreadable:
@@ -84,11 +75,8 @@ def newest_matching_run(args: argparse.Namespace) -> Path:
     """The newest run under --results_root with the same dataset, arch and prune type."""
     types = [methods.record_name(t) for t in args.prune_type]
     wanted = {identity({**vars(args), "prune_type": t}, RESUME_LOOKUP) for t in types}
-    matching = [
-        run
-        for run in runs.all_runs(args.results_root)
-        if identity(run.args, RESUME_LOOKUP) in wanted
-    ]
+    found = runs.all_runs(args.results_root)
+    matching = [run for run in found if identity(run.args, RESUME_LOOKUP) in wanted]
     if not matching:
         shown = ", ".join(
             f"--{name} {' '.join(types) if name == 'prune_type' else getattr(args, name)}"
@@ -99,13 +87,8 @@ def newest_matching_run(args: argparse.Namespace) -> Path:
 
 
 def changed_flags(recorded: dict, args: argparse.Namespace, explicit: set[str]) -> dict:
-    """The run options the command line changes, as name -> [old, new].
-
-    A flag is changed when the run with the command line's value of it is another run
-    (`identity`); a setting the run's args.json lacks is its default, which it ran. A flag that
-    would change the results must keep the run's value: UserError naming every such flag in one
-    line.
-    """
+    """The run options the command line changes (its value makes another `identity`), as
+    name -> [old, new]; UserError naming every changed flag that is not result-neutral."""
     changed, refused = {}, []
     neutral = neutral_fields()
     for name in sorted(explicit - set(NOT_RECORDED) - set(TRIAL_FLAGS)):
@@ -123,8 +106,8 @@ def changed_flags(recorded: dict, args: argparse.Namespace, explicit: set[str]) 
 
 
 def finished_levels(run_dir: RunDir, levels: int) -> int:
-    """How many levels have finished: one more than the checkpoint's level (0 without one).
-    UserError when the checkpoint is damaged or its level is not one of the run's `levels`."""
+    """One more than the checkpoint's level (0 without one); UserError when it is damaged or its
+    level is not one of the run's `levels`."""
     path = run_dir.checkpoint_path()
     if not path.exists():
         older = sorted(path.parent.glob("level_*.pth"))
@@ -148,13 +131,8 @@ def finished_levels(run_dir: RunDir, levels: int) -> int:
 
 
 def load_verified(path: Path, what: str, classes: Iterable[type] = (), hint: str = RESTART) -> Any:
-    """A result file read back by `safe_load.load_torch` (tensors, plain values, numpy arrays of
-    numbers and instances of `classes` only), its damage a UserError naming it, ending with
-    `hint` (what the user can do).
-
-    torch.load does not check the checksums its zip format stores, so a file with flipped bytes
-    in a tensor would load silently: every member's CRC is checked first.
-    """
+    """A result file read back by `safe_load.load_torch`, its damage a UserError naming it and
+    ending with `hint`. torch.load checks no CRCs, so every zip member's is checked first."""
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
@@ -184,11 +162,8 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def check_checkpoint(state: dict, path: Path, model: nn.Module, levels: int) -> None:
-    """UserError naming `path` unless the checkpoint `state` (`load_checkpoint`'s) fits the run
-    it is resumed into: every tensor of the model by name and shape, a mask of each prunable
-    weight's shape (booleans, or ones and zeros in older checkpoints), the per-level arrays one
-    entry per level, a `{comp}` text and a summary row for each finished level. Checked before
-    anything is restored or written."""
+    """UserError naming `path` unless the checkpoint `state` fits the run it is resumed into (the
+    model's tensors, the masks, the per-level figures), before anything is restored or written."""
 
     def refuse(what: str) -> UserError:
         return UserError(f"checkpoint {path} does not fit this run: {what}; {RESTART}")
@@ -229,8 +204,7 @@ def check_checkpoint(state: dict, path: Path, model: nn.Module, levels: int) -> 
 
 
 def checkpoint_progress(progress: dict) -> dict:
-    """What a checkpoint keeps of a level's progress: all but the initial and rewind states
-    (their result files hold them), the mask as booleans."""
+    """What a checkpoint keeps of a level's progress: all but FROM_FILES, the mask as booleans."""
     kept = {name: value for name, value in progress.items() if name not in FROM_FILES}
     kept["mask"] = mask_to_bool(progress["mask"])
     return kept
@@ -239,10 +213,8 @@ def checkpoint_progress(progress: dict) -> dict:
 def whole_checkpoint(
     state: dict, run_dir: RunDir, rewinds_late: bool, classes: Iterable[type]
 ) -> dict:
-    """The checkpoint `state` with the progress complete again: the float mask, and the initial
-    (and, if `rewinds_late`: --rewind_iter or --rewind_epoch, the rewind) state from their result
-    files, whole models that may hold instances of `classes` only (those of the model this run
-    builds)."""
+    """The checkpoint `state` with the progress complete again: the float mask and the initial
+    (and if `rewinds_late`, the rewind) state from their result files, models of `classes`."""
     progress = dict(state["progress"])
     progress["mask"] = mask_from_bool(progress["mask"])
     initial = saved_state(run_dir.initial_state_path(), "initial state", classes)
@@ -256,8 +228,7 @@ def whole_checkpoint(
 def saved_state(
     path: Path, what: str, classes: Iterable[type], hint: str = RESTART
 ) -> dict[str, torch.Tensor]:
-    """The state of a model that results.RunDir.save_model saved whole (a model of `classes`);
-    a UserError ending with `hint` when the file is missing, damaged or not a model."""
+    """The state of a model saved whole; UserError ending with `hint` when it is not one."""
     model = load_verified(path, what, classes, hint)
     if not isinstance(model, nn.Module):
         raise UserError(f"{what} {path} holds a {type(model).__name__}, not a model; {hint}")
@@ -265,8 +236,7 @@ def saved_state(
 
 
 def first_level(args: argparse.Namespace, explicit: set[str], done: int, folder: Path) -> int:
-    """--start_iter, or the level after the checkpoint's. Only the newest level's state is kept,
-    so a run continues there or starts again at 0."""
+    """--start_iter, or the level after the checkpoint's (the only ones it can start at)."""
     start = args.start_iter if "start_iter" in explicit else done
     if start in (0, done):
         return start
@@ -281,8 +251,7 @@ def first_level(args: argparse.Namespace, explicit: set[str], done: int, folder:
 
 
 def batch_folders(folder: Path, record: RunRecord) -> list[Path]:
-    """The folders of the batch `folder` ran in, in the batch's order (its args.json's "batch":
-    the names of its trials' folders, siblings of it); [folder] for a run of its own."""
+    """The folders of the batch `folder` ran in, in order (siblings its args.json names)."""
     names = record.batch.get("runs")
     if not names:
         return [folder]
@@ -297,8 +266,7 @@ def batch_folders(folder: Path, record: RunRecord) -> list[Path]:
 
 
 def check_trial_flags(args: argparse.Namespace, explicit: set[str], recorded: list[dict]) -> None:
-    """--seed and --prune_type given with --resume must name the batch's own (a prune type as
-    its runs record it, lth.methods.record_name)."""
+    """--seed and --prune_type given with --resume must name the batch's own."""
     for name in sorted(set(TRIAL_FLAGS) & explicit):
         as_recorded = methods.record_name if name == "prune_type" else lambda value: value
         given = {as_recorded(v) for v in getattr(args, name)}
@@ -312,10 +280,8 @@ def check_trial_flags(args: argparse.Namespace, explicit: set[str], recorded: li
 
 
 def settle(run_dirs: list[RunDir]) -> None:
-    """Finish or undo the commit of a batch's checkpoints that a kill interrupted. The commit of
-    level L is whole when every trial still running (no failure.txt) has staged its checkpoint
-    of L or already committed it: then the staged ones are committed; otherwise level L is not
-    whole, and every staged one is removed (the batch runs L again)."""
+    """Finish the commit of a batch's checkpoints that a kill interrupted, when every live trial
+    staged or committed that level; otherwise remove the staged ones (the level runs again)."""
     staged = [d for d in run_dirs if d.staged_path().exists()]
     if not staged:
         return
@@ -335,24 +301,16 @@ def staged_level(run_dir: RunDir) -> int | None:
     """The level of the staged checkpoint, or None when it cannot be read."""
     try:
         return int(load_torch(run_dir.staged_path(), "staged checkpoint", mmap=True)["level"])
-    except Exception:  # damaged: a kill in its write leaves a temporary file, so this is rare
+    except Exception:  # damaged
         return None
 
 
 def locate(
     args: argparse.Namespace, explicit: set[str], validate: Callable[[argparse.Namespace], None]
 ) -> Resumed:
-    """Merge the recorded arguments with the command line and find where the batch continues.
-
-    `validate` (the command line's check, `cli.validate`) checks each trial's arguments as
-    recorded and changed by the command line, its error naming the args.json and those changes,
-    before anything in the folders changes.
-
-    A result-neutral flag (NEUTRAL) given on the command line replaces the recorded value; any
-    other must agree with it. --start_iter 0 starts the batch again; otherwise it continues
-    after its checkpoints. A trial that stopped (failure.txt) before that level stays stopped;
-    one that stopped at it or later runs it again with the others.
-    """
+    """Merge the recorded arguments with the command line (each trial's checked by `validate`)
+    and find where the batch continues. A trial that stopped (failure.txt) before that level
+    stays stopped; one that stopped at it or later runs it again with the others."""
     folder = newest_matching_run(args) if args.resume == "latest" else Path(args.resume)
     record = read_record(folder)
     folders = batch_folders(folder, record)
@@ -370,18 +328,17 @@ def locate(
     for i in live:
         arguments[i].start_iter = start
         run_dirs[i].failure_path().unlink(missing_ok=True)  # it runs that level again
-    checkpoints = [
-        load_checkpoint(run_dirs[i].checkpoint_path()) if start > 0 else None for i in live
-    ]
+    records, run_dirs, running = ([x[i] for i in live] for x in (records, run_dirs, arguments))
+    checkpoints = [load_checkpoint(d.checkpoint_path()) if start > 0 else None for d in run_dirs]
     return Resumed(
         Experiment.of(vars(arguments[0])),
-        live_trials([arguments[i] for i in live], [records[i].batch for i in live], live),
-        [run_dirs[i] for i in live],
+        live_trials(running, [r.batch for r in records], live),
+        run_dirs,
         start,
         checkpoints,
-        [records[i] for i in live],
+        records,
         changed,
-        [arguments[i] for i in live],
+        running,
     )
 
 
@@ -393,8 +350,7 @@ def merged_arguments(
     changed: dict[str, list],
     validate: Callable[[argparse.Namespace], None],
 ) -> list[argparse.Namespace]:
-    """Each trial's recorded arguments over the command line's, with the `changed` run options,
-    checked by `validate` (its error naming the trial's args.json and the changes)."""
+    """Each trial's recorded arguments over the command line's and `changed`, by `validate`."""
     arguments = []
     given = "".join(f" with --{name} {new}" for name, (_, new) in changed.items())
     for values, trial_folder in zip(recorded, folders, strict=True):
@@ -412,8 +368,7 @@ def merged_arguments(
 def resume_point(
     args: argparse.Namespace, explicit: set[str], folder: Path, run_dirs: list[RunDir], levels: int
 ) -> tuple[int, list[int]]:
-    """The level the batch continues at and the indices of the trials that run it; RunFinished
-    when none is left to run, UserError when the trials finished different numbers of levels."""
+    """The level the batch continues at and the indices of the trials that run it."""
     again = "start_iter" in explicit and args.start_iter == 0
     stopped = [d.failed_at() for d in run_dirs]
     live = [i for i, d in enumerate(run_dirs) if stopped[i] is None]
@@ -435,18 +390,14 @@ def resume_point(
 def live_trials(
     arguments: list[argparse.Namespace], batches: list[dict], live: list[int]
 ) -> list[Trial]:
-    """The Trials of the trials that run on (`live`: their indices in the batch), a control's
-    ticket renumbered among them."""
+    """The Trials that run on (`live`: their indices in the batch), tickets renumbered."""
     position = {index: live.index(index) for index in live}
-    trials = []
-    for values, batch in zip(arguments, batches, strict=True):
-        ticket = batch.get("ticket")
-        trials.append(
-            Trial(
-                seed=values.seed,
-                prune_type=values.prune_type,
-                masks_from=values.masks_from if ticket is None else None,
-                ticket=position.get(ticket) if ticket is not None else None,
-            )
+    return [
+        Trial(
+            seed=values.seed,
+            prune_type=values.prune_type,
+            masks_from=values.masks_from if batch.get("ticket") is None else None,
+            ticket=position.get(batch.get("ticket")),
         )
-    return trials
+        for values, batch in zip(arguments, batches, strict=True)
+    ]

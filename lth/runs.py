@@ -1,14 +1,7 @@
-"""Reading run folders back: their recorded arguments, whether they finished, their results.
-
-Used by combine_plots.py, sweep.py and main.py (`--masks_from`). A run folder is one `main.py`
-made: it has `args.json`. It is complete when the whole-run dumps
-(`{pt}_compression.dat`, `{pt}_bestaccuracy.dat`, written at the last level only) exist and
-its checkpoint is the last level's.
-Runs of one experiment that differ only in their trial's own arguments
-(lth.experiment.TRIAL_FIELDS) are trials, summarised level by level as a mean with its minimum
-and maximum (`Trials`). Runs of one experiment with the same seed (and, for a control, masks of
-the same trial) are one trial run again: the newest is kept, the others are left out
-(`distinct_trials`).
+"""Reading run folders back (a folder with main.py's `args.json`): their recorded arguments,
+whether they finished, their results. Runs of one experiment that differ only in their trial's
+own arguments (lth.experiment.TRIAL_FIELDS) are trials, summarised level by level (`Trials`);
+of runs of the same trial, the newest is kept (`distinct_trials`).
 """
 
 import argparse
@@ -26,20 +19,18 @@ from lth.record import RunRecord
 from lth.results import RunDir, level_tag
 from lth.safe_load import Refused, load_array
 
-# The arguments that decide how a run prunes; a --masks_from control prunes nothing itself, so
-# it records those of the run whose masks it takes (take_mask_args).
+# How a run prunes; a --masks_from control records those of the run whose masks it takes.
 MASK_ARGS = ("prune_percent", "prune_percent_output", "prune_percent_conv", "prune_scope")
 
 INTEGER_FIELDS = ("level", "best_epoch", "early_stop_epoch")
-# summary.csv columns of a run that stopped early on a validation set (--val_size): then these are
-# its figures of each level, instead of the best test accuracy and its epoch.
+# summary.csv's figures of a run that stopped early on a validation set (--val_size)
 EARLY_STOP = ("test_accuracy", "early_stop_epoch")
 
 
 @dataclass
 class Run:
     root: Path
-    args: dict  # its arguments, every setting, as its latest resume left them (RunRecord.args)
+    args: dict  # every setting, as its latest resume left them (RunRecord.args)
     started: str  # ISO time the run was created
 
     @property
@@ -49,12 +40,8 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        """Whether the whole-run dumps are there and the checkpoint is the last level's.
-
-        safe_load.Refused (a UserError naming the file) when the checkpoint or a dump holds what
-        this program never writes (the original's tools would run it): the dumps are read for
-        that only, their figures are summary.csv's too.
-        """
+        """Whether the whole-run dumps are there and the checkpoint is the last level's;
+        safe_load.Refused when a dump holds what this program never writes."""
         files = self.files
         dumps = (files.dump_path("compression"), files.dump_path("bestaccuracy"))
         last = self.args["prune_iterations"] - 1
@@ -65,39 +52,34 @@ class Run:
                 load_array(path)
             except Refused:
                 raise
-            except UserError:  # damaged: no matter for completeness, as before
+            except UserError:  # damaged: no matter for completeness
                 pass
         return True
 
     def weights_left(self) -> np.ndarray:
-        """Percent of the prunable weights left at each level (`weights_left` of summary.csv;
-        `{pt}_compression.dat` holds the original's figure, which counts every parameter)."""
+        """Percent of the prunable weights left at each level (summary.csv's, not the dump's)."""
         return np.array([row["weights_left"] for row in self.summary()])
 
     def best_accuracy(self) -> np.ndarray:
         return load_array(self.files.dump_path("bestaccuracy"))
 
     def finished_levels(self) -> int:
-        """How many levels finished: each has its summary row, and the checkpoint (written last,
-        after the level's files) is of the last of them or later."""
+        """Levels with a summary row and a checkpoint (written last) of that level or later."""
         rows = len(self.summary()) if (self.root / "summary.csv").exists() else 0
         checkpointed = self.files.checkpoint_level()
         return 0 if checkpointed is None else min(rows, checkpointed + 1)
 
     def level_tags(self) -> list[str]:
-        """The `{comp}` of each finished level's file names, as main.py made it: from
-        `params_left` of summary.csv by results.level_tag (a repeated text gets `_level{N}`)."""
+        """The `{comp}` of each finished level's file names, as main.py made it."""
         tags: list[str] = []
         for row in self.summary():
             tags.append(level_tag(row["params_left"], row["level"], tags))
         return tags
 
     def mask_path(self, level: int) -> Path:
-        """The mask file (`{pt}_mask_{comp}.pkl`) the run saved for `level`."""
         return self.files.dump_path("mask", self.level_tags()[level], ".pkl")
 
     def summary(self) -> list[dict]:
-        """The rows of summary.csv, numbers as numbers."""
         try:
             with open(self.root / "summary.csv", newline="") as file:
                 return [
@@ -109,7 +91,7 @@ class Run:
 
 
 def read_run(folder: Path | str) -> Run | None:
-    """The run in `folder`, or None when `folder` holds no args.json lth wrote (`checked_run`)."""
+    """The run in `folder`, or None when it holds no args.json lth wrote."""
     try:
         return checked_run(folder)
     except UserError:
@@ -117,8 +99,7 @@ def read_run(folder: Path | str) -> Run | None:
 
 
 def checked_run(folder: Path | str) -> Run:
-    """The run in `folder`; UserError when it has no readable args.json, or one that
-    `record.check` refuses (the error says why)."""
+    """The run in `folder`; UserError saying why when its args.json is unreadable or refused."""
     record = RunRecord.read(folder)
     return Run(record.folder, record.args, record.started)
 
@@ -135,15 +116,10 @@ def load_run(folder: Path | str) -> Run:
 
 
 def mask_source(folder: str, args: argparse.Namespace) -> Path:
-    """The folder `--masks_from` names, resolved, once it is known to be a finished-enough run
-    of the method whose masks the trial's method takes (lth.methods: `lt` for `reinit`) and of
-    the same data set and architecture; UserError naming what differs otherwise.
-
-    (Whether its masks fit the model is checked when they are read: results.read_mask.)
-    """
-    run = read_run(folder)
-    if run is None:
-        raise UserError(f"--masks_from {folder} is not a run folder (no readable args.json)")
+    """The folder `--masks_from` names, resolved, once it is a finished-enough run of the method
+    whose masks the trial's method takes, of the same data set and architecture; UserError
+    naming what differs otherwise (whether the masks fit is checked when they are read)."""
+    run = masks_run(folder)
     for name in ("dataset", "arch_type"):
         if run.args.get(name) != getattr(args, name):
             raise UserError(
@@ -166,16 +142,9 @@ def mask_source(folder: str, args: argparse.Namespace) -> Path:
 
 
 def take_mask_args(args: argparse.Namespace, explicit: set[str]) -> None:
-    """A --masks_from control's MASK_ARGS: those recorded by the run it takes its masks from
-    (`args.masks_from`, checked by mask_source), so it is labelled and grouped by the rates its
-    masks have. UserError naming the first flag given on the command line (`explicit`) whose
-    value differs from that run's.
-    """
-    source = read_run(args.masks_from)
-    if source is None:
-        raise UserError(
-            f"--masks_from {args.masks_from} is not a run folder (no readable args.json)"
-        )
+    """A --masks_from control's MASK_ARGS: those of the run it takes its masks from, so it is
+    labelled and grouped by its masks' rates. UserError for one given in `explicit` that differs."""
+    source = masks_run(args.masks_from)
     for name in MASK_ARGS:
         theirs, mine = source.args[name], getattr(args, name)
         if name in explicit and mine != theirs:
@@ -185,6 +154,14 @@ def take_mask_args(args: argparse.Namespace, explicit: set[str]) -> None:
                 f" run's (leave --{name} out)"
             )
         setattr(args, name, theirs)
+
+
+def masks_run(folder: str) -> Run:
+    """The run --masks_from names; UserError when it is not one."""
+    run = read_run(folder)
+    if run is None:
+        raise UserError(f"--masks_from {folder} is not a run folder (no readable args.json)")
+    return run
 
 
 def flag_value(value: object) -> str:
@@ -200,10 +177,8 @@ def all_runs(results_root: Path | str) -> list[Run]:
 
 
 def newest_complete(results_root: Path | str) -> dict[tuple[str, str], list[Run]]:
-    """For each (arch_type, dataset): the newest complete run of each prune type (the
-    `--masks_from` control apart from `reinit`), lt first, each with its complete trials (the
-    runs of the same experiment with another seed), oldest first. Runs of the same seed are all
-    there: distinct_trials (by way of `trials`) keeps the newest of them."""
+    """For each (arch_type, dataset): the newest complete run of each prune type (the control
+    apart), in newest_order, each with its complete trials, oldest first (of one seed, all)."""
     complete = [run for run in all_runs(results_root) if run.complete]
     newest: dict[tuple, Run] = {}
     for run in complete:
@@ -215,23 +190,19 @@ def newest_complete(results_root: Path | str) -> dict[tuple[str, str], list[Run]
     return groups
 
 
-# What `newest_complete` keeps the newest run of: one per architecture, data set, prune type
-# and being a control (experiment.IS_CONTROL).
+# What `newest_complete` keeps the newest run of
 NEWEST_OF = ("arch_type", "dataset", "prune_type", IS_CONTROL)
 
 
 def newest_order(run: Run) -> tuple[str, str, str, bool]:
-    """The order of `newest_complete`'s groups and lines: by architecture, data set, prune
-    type, the control after the plain run."""
+    """The order of `newest_complete`'s groups and lines, a control after its plain run."""
     a = run.args
     return a["arch_type"], a["dataset"], a["prune_type"], is_control(a)
 
 
 def differing_args(runs: list[Run]) -> list[str]:
-    """Names of the recorded arguments whose values are not the same in every run.
-
-    `masks_from` counts only as set or not, and shows in the label of `prune_type`.
-    """
+    """Names of the recorded arguments whose values differ between the runs (`masks_from` only
+    as set or not, shown in the label of `prune_type`)."""
     names = sorted({name for run in runs for name in run.args} - set(BOOKKEEPING))
 
     def value(run: Run, name: str) -> str:
@@ -245,30 +216,24 @@ def differing_args(runs: list[Run]) -> list[str]:
     return [n for n in first if n in differ] + [n for n in differ if n not in first]
 
 
+LABELS = {"prune_type": "{}", "prune_percent": "{:g}% pruned", "seed": "seed {}"}
+
+
 def describe(args: dict, names: list[str]) -> str:
-    """A short label from the arguments `names`: `lt, 20% pruned, seed 0, lr=0.001`; the
-    `--masks_from` control's prune type names whose masks it takes (lth.methods), as
-    `reinit with lt masks`."""
+    """A short label from the arguments `names`: `lt, 20% pruned, seed 0, lr=0.001`, a control's
+    prune type as `reinit with lt masks`."""
     parts = []
     for name in names:
         value = args.get(name)
         if name == "prune_type" and is_control(args):
-            parts.append(f"{value} with {methods.recorded(value).masks_of} masks")
-        elif name == "prune_type":
-            parts.append(str(value))
-        elif name == "prune_percent":
-            parts.append(f"{value:g}% pruned")
-        elif name == "seed":
-            parts.append(f"seed {value}")
-        else:
-            parts.append(f"{name}={value}")
+            value = f"{value} with {methods.recorded(value).masks_of} masks"
+        parts.append(LABELS.get(name, name + "={}").format(value))
     return ", ".join(parts)
 
 
 def trial_key(run: Run) -> tuple:
-    """What makes a run one trial of its experiment: the experiment, the seed and, for a
-    `--masks_from` control, the trial whose masks it takes. A run without a recorded seed is a
-    trial of its own (its folder stands for the seed)."""
+    """A run's trial: the experiment, the seed (or, with none recorded, its folder) and, for a
+    control, the trial whose masks it takes."""
     seed = run.args.get("seed")
     key: tuple = (identity(run.args), str(run.root.resolve()) if seed is None else seed)
     if is_control(run.args):
@@ -282,8 +247,7 @@ def trial_key(run: Run) -> tuple:
 
 @dataclass
 class LeftOut:
-    """A run left out of the trials: the same trial as `kept`, a newer run (or the same folder
-    given again)."""
+    """A run left out of the trials for `kept`, a newer run of its trial (or itself again)."""
 
     run: Run
     kept: Run
@@ -295,35 +259,24 @@ class LeftOut:
 
 
 def distinct_trials(found: list[Run]) -> tuple[list[Run], list[LeftOut]]:
-    """The runs with one per trial (trial_key): of runs of the same experiment and seed the
-    newest (by the time it started), in the place of the first of them; and the others, each
-    with the run kept instead."""
+    """The newest run of each trial (trial_key), in the place of its first; and the others."""
+    keys = [trial_key(run) for run in found]
     newest: dict[tuple, Run] = {}
-    for run in found:
-        key = trial_key(run)
+    for key, run in zip(keys, found, strict=True):
         if key not in newest or age(run) > age(newest[key]):
             newest[key] = run
-    kept: list[Run] = []
-    left_out: list[LeftOut] = []
-    placed: set[tuple] = set()
-    for run in found:
-        key = trial_key(run)
-        if key not in placed:
-            placed.add(key)
-            kept.append(newest[key])
-        if run is not newest[key]:
-            left_out.append(LeftOut(run, newest[key]))
-    return kept, left_out
+    kept = list({key: newest[key] for key in keys}.values())
+    pairs = zip(keys, found, strict=True)
+    return kept, [LeftOut(run, newest[key]) for key, run in pairs if run is not newest[key]]
 
 
 def age(run: Run) -> tuple[str, str]:
-    """The order of runs from oldest to newest: the time it started, then the folder's name."""
+    """Oldest first: by the time it started, then the folder's name."""
     return run.started, run.root.name
 
 
 def trial_groups(runs: list[Run]) -> list[list[Run]]:
-    """The runs, one per trial (distinct_trials), grouped into trials of one experiment whose
-    levels line up (the same weights left at every level), in order of first appearance."""
+    """The runs, one per trial, grouped by experiment and weights left, in order of appearance."""
     groups: dict[tuple[tuple, tuple[float, ...]], list[Run]] = {}
     for run in distinct_trials(runs)[0]:
         key = (identity(run.args), tuple(run.weights_left()))
@@ -332,8 +285,8 @@ def trial_groups(runs: list[Run]) -> list[list[Run]]:
 
 
 def group_labels(groups: list[list[Run]]) -> list[str]:
-    """One label per group of trials: what differs between the groups (the seed only where a
-    group is one run), then `(N trials)` where there are several."""
+    """One label per group: what differs between the groups (the seed only for a single run),
+    then `(N trials)` where there are several."""
     names = differing_args([group[0] for group in groups])
     found = []
     for group in groups:
@@ -349,8 +302,7 @@ def group_labels(groups: list[list[Run]]) -> list[str]:
 
 @dataclass
 class Trials:
-    """The trials of one experiment, level by level: one row per run (one per seed), one column
-    per level."""
+    """The trials of one experiment: one row per run, one column per level."""
 
     label: str
     runs: list[Run]
@@ -374,8 +326,7 @@ class Trials:
         )
 
     def rows(self) -> list[dict]:
-        """One row per level: weights left, the number of trials, and the mean, minimum and
-        maximum of the accuracy and of the epoch over the trials."""
+        """One row per level: the accuracy's and the epoch's mean, minimum and maximum."""
         measure = "early_stop" if self.early_stop else "best"
         rows = []
         for level, left in enumerate(self.weights_left):
@@ -391,7 +342,6 @@ class Trials:
 
 
 def trials(runs: list[Run]) -> list[Trials]:
-    """The runs as groups of trials (trial_groups), each with its label."""
     groups = trial_groups(runs)
     return [Trials.of(lb, g) for lb, g in zip(group_labels(groups), groups, strict=True)]
 
@@ -407,8 +357,7 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 
 def batch_record_folders(path: Path | str) -> list[str]:
-    """The run folders, in the batch's order, that the batch record at `path` (main.py
-    --batch_record) names; [] when there is none yet or it is not one main.py wrote."""
+    """The run folders the batch record at `path` names in order; [] when it is not main.py's."""
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, ValueError):
