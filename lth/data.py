@@ -1,13 +1,10 @@
 """Data sets: checked, imported into torchvision's layout under --data_dir, loaded once into
-tensors on the training device (uint8 pixels, normalised batch by batch as they are used).
+tensors on the training device (uint8 pixels, normalised batch by batch).
 
-Files reach --data_dir in one of four ways, tried in this order: already there; imported from
---data_source; imported from an archive already in --data_dir (MNIST `.gz` files in `raw/`, the
-CIFAR `.tar.gz`) or, for Fashion-MNIST, from Debian's dataset-fashion-mnist package; downloaded by
-torchvision. Every import is checked first and written under temporary names that are renamed into
-place, so several processes can import the same data set into the same folder at once. A
---data_source must hold the files whenever it is given, and when --data_dir already has a copy,
-that copy must hold the same data (so that a run never records one source and trains on another).
+Files reach --data_dir, in this order: already there; imported from --data_source; imported from
+an archive already in --data_dir or Debian's Fashion-MNIST package; downloaded by torchvision.
+Imports are checked, then renamed into place, so several processes can import at once. A copy
+already in --data_dir must hold the same data as a --data_source given.
 """
 
 import contextlib
@@ -48,8 +45,6 @@ HOLD_OUT_SEED = 20190306  # the fixed draw of --val_size's validation images
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A data set: its torchvision class, normalisation, shape, and the files it is made of."""
-
     name: str
     torchvision_class: type[datasets.VisionDataset]
     mean: tuple[float, ...]
@@ -68,13 +63,8 @@ class DatasetSpec:
 
 
 class Split:
-    """One split of a data set in memory on the device: images and their labels.
-
-    Loaded data keep the files' uint8 pixels, a quarter of the size of float32 images, and are
-    normalised as they are read, ((x / 255) - mean) / std per channel, in the same operations
-    normalising the whole set at once would use, so a batch holds exactly those values. A split
-    made from float images (`Split(images, labels)`) hands them out unchanged.
-    """
+    """One split of a data set on the device: uint8 pixels normalised as they are read,
+    ((x / 255) - mean) / std per channel; float images without mean and std pass unchanged."""
 
     def __init__(
         self,
@@ -92,7 +82,7 @@ class Split:
 
     @property
     def images(self) -> torch.Tensor:
-        """All images, normalised (a new float32 tensor the size of the split, for uint8)."""
+        """All images, normalised."""
         return self._normalised(self.stored)
 
     def batch(
@@ -100,17 +90,14 @@ class Split:
         index: torch.Tensor,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The normalised images and the labels at `index` (a 1-D index tensor on the device);
-        `transform` (augmentation), if any, maps the stored pixels [N, C, H, W] before they are
-        normalised."""
+        """The normalised images and the labels at `index`; `transform` (augmentation) maps the
+        stored pixels first."""
         pixels = self.stored.index_select(0, index)
         if transform is not None:
             pixels = transform(pixels)
         return self._normalised(pixels), self.labels.index_select(0, index)
 
     def subset(self, index: torch.Tensor) -> "Split":
-        """A new split of the images at `index` (a 1-D index tensor), on the same device and
-        normalised the same way."""
         index = index.to(self.labels.device)
         return Split(
             self.stored.index_select(0, index),
@@ -120,7 +107,6 @@ class Split:
         )
 
     def between(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The normalised images and the labels from `start` up to `stop`."""
         return self._normalised(self.stored[start:stop]), self.labels[start:stop]
 
     def _normalised(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -131,8 +117,7 @@ class Split:
 
 
 def _presence_checked(cls: type[datasets.CIFAR10]) -> type[datasets.CIFAR10]:
-    """`cls` without the md5 checks on loading: the files are checked before they get here, and
-    files in the original format with other content (tests write tiny ones) must load too."""
+    """`cls` without md5 checks: the files are checked before they get here."""
     return type(
         cls.__name__,
         (cls,),
@@ -208,10 +193,7 @@ def load(
 
 
 def check_source(dataset: str, data_source: str) -> None:
-    """UserError unless the folder `data_source` holds the original files of `dataset` that an
-    import reads. Checked whenever --data_source is given, even when --data_dir already has the
-    data set, so that a wrong folder is never accepted in silence; the files' content is checked
-    when they are imported."""
+    """UserError unless the folder `data_source` holds the original files of `dataset`."""
     spec = DATASETS[dataset]
     source, where = Path(data_source), f"--data_source {data_source}"
     try:
@@ -226,13 +208,8 @@ def check_source(dataset: str, data_source: str) -> None:
 
 
 def hold_out(train_set: Split, n: int, min_train: int = 1) -> tuple[Split, Split]:
-    """`--val_size n`: (the training images left, the `n` held out for validation).
-
-    The held-out images are drawn by a generator of their own with a fixed seed, so they are the
-    same for every run of a data set and `n`, whatever `--seed`, and drawing them consumes nothing
-    from the global random streams. Both splits keep the images' original order. UserError unless
-    0 < n and at least `min_train` images (--batch_size) are left to train on.
-    """
+    """`--val_size n`: (the training images left, the `n` held out for validation), drawn by a
+    generator of their own with a fixed seed, both in the images' original order."""
     count = len(train_set)
     if not 0 < n <= count - min_train:
         raise UserError(
@@ -247,9 +224,6 @@ def hold_out(train_set: Split, n: int, min_train: int = 1) -> tuple[Split, Split
     return train_set.subset(kept), train_set.subset(held)
 
 
-# --- loading ----------------------------------------------------------------------------------
-
-
 def _split(spec: DatasetSpec, root: Path, train: bool, device: torch.device) -> Split:
     loaded = spec.torchvision_class(str(root), train=train)
     if spec.is_idx:
@@ -257,14 +231,10 @@ def _split(spec: DatasetSpec, root: Path, train: bool, device: torch.device) -> 
     else:
         pixels, labels = torch.from_numpy(loaded.data), torch.as_tensor(loaded.targets)
     del loaded
-    # (N, H, W, C) as (N, C, H, W), contiguous, so that a batch is whole rows
     pixels = pixels.permute(0, 3, 1, 2).contiguous().to(device)
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
     return Split(pixels, labels.to(device, torch.int64), mean, std)
-
-
-# --- finding and importing the files ------------------------------------------------------------
 
 
 def _ensure_files(spec: DatasetSpec, root: Path, data_source: Path | None) -> None:
@@ -274,11 +244,8 @@ def _ensure_files(spec: DatasetSpec, root: Path, data_source: Path | None) -> No
         if data_source is not None:
             _check_same_as_source(spec, root, data_source)
         return
-    if data_source is not None:
-        source, where = data_source, f"--data_source {data_source}"
-    else:
-        source = _local_source(spec, root)
-        where = str(source)
+    source = data_source if data_source is not None else _local_source(spec, root)
+    where = f"--data_source {data_source}" if data_source is not None else str(source)
     if source is not None:
         if not _import(spec, source, root, where):
             _check_present(spec, root)
@@ -298,11 +265,8 @@ def _ensure_files(spec: DatasetSpec, root: Path, data_source: Path | None) -> No
 
 
 def _check_same_as_source(spec: DatasetSpec, root: Path, source: Path) -> None:
-    """UserError unless the copy of the data set in --data_dir holds what --data_source would
-    import, so that a run never records one source and trains on another copy. The source is
-    imported into a scratch folder beside the copy (removed after) and compared with it: the idx
-    files byte for byte, CIFAR's pickles by their content (a copy torchvision downloaded keeps
-    bytes keys, which an import gives as str)."""
+    """UserError unless the copy in --data_dir holds what --data_source would import (imported
+    into a scratch folder and compared: idx files by bytes, CIFAR's pickles by content)."""
     where = f"--data_source {source}"
     scratch = _temp_name(root, "compare")
     try:
@@ -335,8 +299,7 @@ def _same_file(spec: DatasetSpec, a: Path, b: Path) -> bool:
 
 
 def _same_value(a: object, b: object) -> bool:
-    """Deep equality of unpickled CIFAR entries: dicts, lists, numpy arrays, plain values (bytes
-    as the latin-1 text an import makes of them)."""
+    """Deep equality of unpickled CIFAR entries, bytes as the latin-1 text an import makes."""
     a, b = (v.decode("latin1") if isinstance(v, bytes) else v for v in (a, b))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
@@ -348,8 +311,7 @@ def _same_value(a: object, b: object) -> bool:
 
 
 def _local_source(spec: DatasetSpec, root: Path) -> Path | None:
-    """Original files found without --data_source: archives already in --data_dir, or Debian's
-    Fashion-MNIST package."""
+    """Original files in --data_dir, or Debian's Fashion-MNIST package."""
     if spec.is_idx:
         raw = root / spec.folder
         if all((raw / n).is_file() or (raw / f"{n}.gz").is_file() for n in spec.files):
@@ -362,8 +324,7 @@ def _local_source(spec: DatasetSpec, root: Path) -> Path | None:
 
 
 def _import(spec: DatasetSpec, source: Path, root: Path, where: str) -> bool:
-    """Check the original files in `source` and import them; False if another process's import
-    won the race (CIFAR), so the files in place are someone else's."""
+    """Check the files in `source` and import them; False if another process's import won."""
     with _made(root / spec.folder if spec.is_idx else root):
         imported = (_import_idx if spec.is_idx else _import_cifar)(spec, source, root, where)
     if imported:
@@ -372,8 +333,7 @@ def _import(spec: DatasetSpec, source: Path, root: Path, where: str) -> bool:
 
 
 def _download(spec: DatasetSpec, root: Path) -> bool:
-    """Let torchvision download the data set into a temporary folder, then import it from there.
-    False if the download failed; nothing it made is left behind then."""
+    """Download into a temporary folder and import from there; False (nothing left) on failure."""
 
     class Failed(Exception):
         pass
@@ -402,7 +362,7 @@ def _download(spec: DatasetSpec, root: Path) -> bool:
 
 @contextlib.contextmanager
 def _made(folder: Path) -> Iterator[None]:
-    """Create `folder`; if the block fails, remove the folders this created that are left empty."""
+    """Create `folder`; if the block fails, remove the empty folders this created."""
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -420,9 +380,6 @@ def _temp_name(folder: Path, name: str) -> Path:
 
 class _Bad(Exception):
     """What is wrong with one file; the caller names the file."""
-
-
-# --- MNIST and Fashion-MNIST: idx files ----------------------------------------------------------
 
 
 def _import_idx(spec: DatasetSpec, source: Path, root: Path, where: str) -> bool:
@@ -446,7 +403,7 @@ def _import_idx(spec: DatasetSpec, source: Path, root: Path, where: str) -> bool
 
 
 def _idx_originals(spec: DatasetSpec, source: Path, where: str) -> dict[str, Path]:
-    """Each idx file in `source` (or in torchvision's layout under it), decompressed or `.gz`."""
+    """Each idx file in `source` or in torchvision's layout under it, decompressed or `.gz`."""
 
     def originals(folder: Path) -> dict[str, Path]:
         found = {}
@@ -532,9 +489,6 @@ def _idx_count(path: Path, kind: str) -> int:
     return count
 
 
-# --- CIFAR: python pickles ------------------------------------------------------------------------
-
-
 def _import_cifar(spec: DatasetSpec, source: Path, root: Path, where: str) -> bool:
     stage = _temp_name(root, spec.folder)
     stage.mkdir()
@@ -586,7 +540,7 @@ def _cifar_original(spec: DatasetSpec, source: Path, where: str) -> Path:
 
 
 def _extract(spec: DatasetSpec, archive: Path, stage: Path, where: str) -> None:
-    """Extract the data set's files (only those, by name) from the archive in one pass."""
+    """Extract the data set's files (only those) from the archive in one pass."""
     wanted = {f"{spec.folder}/{name}": name for name in spec.files}
     found = set()
     try:
@@ -640,9 +594,6 @@ def _cifar_entry(spec: DatasetSpec, path: Path, meta: bool) -> tuple[dict[str, A
         bad = labels.min() if labels.min() < 0 else labels.max()
         raise _Bad(f"has label {bad}, expected 0..{spec.num_classes - 1}")
     return entry, bytes_keys
-
-
-# --- files already in --data_dir -----------------------------------------------------------------
 
 
 def _check_present(spec: DatasetSpec, root: Path) -> None:
