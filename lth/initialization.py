@@ -19,10 +19,7 @@ def _batch_norm_init(module: nn.Module) -> None:
 
 
 def weight_init(module: nn.Module) -> None:
-    """Xavier-normal weights and N(0, 1) biases for Linear/Conv; BatchNorm scale N(1, 0.02), shift 0.
-
-    Meant for `model.apply(weight_init)`; modules of other kinds keep their own initialisation.
-    """
+    """Xavier-normal weights and N(0, 1) biases for Linear/Conv; BatchNorm scale N(1, 0.02)."""
     if isinstance(module, CONV_OR_LINEAR):
         nn.init.xavier_normal_(module.weight)
         if module.bias is not None:
@@ -31,8 +28,7 @@ def weight_init(module: nn.Module) -> None:
 
 
 def kaiming_init(module: nn.Module) -> None:
-    """He-normal weights for a ReLU after them (std sqrt(2 / fan_in)), zero biases; BatchNorm as
-    `weight_init`."""
+    """He-normal weights (fan_in, ReLU), zero biases; BatchNorm as `weight_init`."""
     if isinstance(module, CONV_OR_LINEAR):
         nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
         if module.bias is not None:
@@ -47,12 +43,8 @@ def initialize(model: nn.Module, scheme: str = "xavier") -> nn.Module:
 
 
 def initializer(scheme: str, train_set) -> Initializer:
-    """The function that (re-)initialises a model under `scheme` (`--init`).
-
-    `data` calls the model's own `data_init` with the training images (the fitted `fclin`
-    network has one), normalised from `train_set` (a `data.Split`) only then; every call draws
-    afresh from the seeded generators, so `reinit` gets new values.
-    """
+    """The function that (re-)initialises a model under `scheme` (`--init`); `data` calls the
+    model's own `data_init` with the training images of `train_set`."""
     if scheme == "data":
 
         def data_based(model: nn.Module) -> nn.Module:
