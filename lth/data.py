@@ -82,7 +82,6 @@ class Split:
 
     @property
     def images(self) -> torch.Tensor:
-        """All images, normalised."""
         return self._normalised(self.stored)
 
     def batch(
@@ -99,12 +98,8 @@ class Split:
 
     def subset(self, index: torch.Tensor) -> "Split":
         index = index.to(self.labels.device)
-        return Split(
-            self.stored.index_select(0, index),
-            self.labels.index_select(0, index),
-            self.mean,
-            self.std,
-        )
+        stored, labels = self.stored.index_select(0, index), self.labels.index_select(0, index)
+        return Split(stored, labels, self.mean, self.std)
 
     def between(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self._normalised(self.stored[start:stop]), self.labels[start:stop]
@@ -118,15 +113,10 @@ class Split:
 
 def _presence_checked(cls: type[datasets.CIFAR10]) -> type[datasets.CIFAR10]:
     """`cls` without md5 checks: the files are checked before they get here."""
-    return type(
-        cls.__name__,
-        (cls,),
-        {
-            "train_list": [[name, None] for name, _ in cls.train_list],
-            "test_list": [[name, None] for name, _ in cls.test_list],
-            "meta": {**cls.meta, "md5": None},
-        },
-    )
+    lists = {
+        key: [[name, None] for name, _ in getattr(cls, key)] for key in ("train_list", "test_list")
+    }
+    return type(cls.__name__, (cls,), {**lists, "meta": {**cls.meta, "md5": None}})
 
 
 def _idx_spec(name: str, cls: type[datasets.MNIST], mean: float, std: float) -> DatasetSpec:
@@ -199,10 +189,7 @@ def check_source(dataset: str, data_source: str) -> None:
     try:
         if not source.is_dir():
             raise UserError(f"{where} is not a folder")
-        if spec.is_idx:
-            _idx_originals(spec, source, where)
-        else:
-            _cifar_original(spec, source, where)
+        (_idx_originals if spec.is_idx else _cifar_original)(spec, source, where)
     except OSError as error:  # a folder this user cannot list
         raise UserError(f"{where} cannot be read ({error.strerror or error})") from None
 
@@ -270,12 +257,8 @@ def _check_same_as_source(spec: DatasetSpec, root: Path, source: Path) -> None:
     where = f"--data_source {source}"
     scratch = _temp_name(root, "compare")
     try:
-        if spec.is_idx:
-            (scratch / spec.folder).mkdir(parents=True)
-            _import_idx(spec, source, scratch, where)
-        else:
-            scratch.mkdir()
-            _import_cifar(spec, source, scratch, where)
+        (scratch / spec.folder if spec.is_idx else scratch).mkdir(parents=True)
+        (_import_idx if spec.is_idx else _import_cifar)(spec, source, scratch, where)
         differing = [
             name
             for name in spec.files
@@ -406,12 +389,10 @@ def _idx_originals(spec: DatasetSpec, source: Path, where: str) -> dict[str, Pat
     """Each idx file in `source` or in torchvision's layout under it, decompressed or `.gz`."""
 
     def originals(folder: Path) -> dict[str, Path]:
-        found = {}
-        for name in spec.files:
-            paths = [p for p in (folder / name, folder / f"{name}.gz") if p.is_file()]
-            if paths:
-                found[name] = paths[0]
-        return found
+        paths = {
+            n: [p for p in (folder / n, folder / f"{n}.gz") if p.is_file()] for n in spec.files
+        }
+        return {name: found[0] for name, found in paths.items() if found}
 
     found = originals(source)
     if len(found) < len(spec.files):
@@ -580,9 +561,9 @@ def _cifar_entry(spec: DatasetSpec, path: Path, meta: bool) -> tuple[dict[str, A
         return entry, bytes_keys
     data = entry.get("data")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (3072,):
-        found = type(data).__name__
-        if isinstance(data, np.ndarray):
-            found = f"{data.dtype} {data.shape}"
+        found = (
+            f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        )
         raise _Bad(f"has 'data' {found}, expected (N, 3072) uint8")
     try:
         labels = np.asarray(entry[spec.label_key])

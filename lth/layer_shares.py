@@ -41,7 +41,6 @@ def run_counts(run: Run, network: nn.Module, levels: int) -> list[Counts]:
 
 
 def prune_type(args: dict) -> str:
-    """The run's prune type as the figures name it."""
     return describe(args, ["prune_type"])
 
 
@@ -73,7 +72,6 @@ class LayerShares:
         return 100 * self.kept / self.total
 
     def rows(self) -> list[dict]:
-        """One row per level and layer (TABLE_FIELDS)."""
         rows = []
         for level, left in enumerate(self.weights_left):
             for index, layer in enumerate(self.layers):

@@ -4,6 +4,7 @@ its module, initial, best and rewind states, mask), the activations of one train
 times over and those of one evaluation batch; the shared data sets are not counted.
 """
 
+import contextlib
 import os
 
 import torch
@@ -40,14 +41,10 @@ def activation_count(model: nn.Module, sample: torch.Tensor) -> int:
 
 
 def trial_bytes(model: nn.Module, sample: torch.Tensor, batch_size: int, eval_batch: int) -> int:
-    """About how many bytes one trial of a batch takes."""
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
     activations = activation_count(model, sample) * 4
-    return (
-        PARAMETER_COPIES * parameters
-        + ACTIVATION_COPIES * batch_size * activations
-        + eval_batch * activations
-    )
+    samples = ACTIVATION_COPIES * batch_size + eval_batch  # activations held at once
+    return PARAMETER_COPIES * parameters + samples * activations
 
 
 def available_bytes(device: torch.device) -> int:
@@ -55,13 +52,10 @@ def available_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 

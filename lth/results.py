@@ -120,11 +120,9 @@ class RunDir:
             Path(results_root).mkdir(parents=True, exist_ok=True)
             for attempt in range(1, 1000):
                 root = base if attempt == 1 else base.with_name(f"{base.name}_{attempt}")
-                try:
+                with contextlib.suppress(FileExistsError):
                     root.mkdir()
                     return cls(root, arch_type, dataset, prune_type)
-                except FileExistsError:
-                    continue
         except OSError as error:
             raise UserError(
                 f"--results_root {results_root}: cannot create a run folder there"
@@ -195,7 +193,6 @@ class RunDir:
         return self.root / CHECKPOINTS / "latest.pth"  # the newest finished level's state
 
     def staged_path(self) -> Path:
-        """The checkpoint of a level whose batch has not committed it yet."""
         return self.root / CHECKPOINTS / "staged.pth"
 
     def failure_path(self) -> Path:

@@ -32,6 +32,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from lth.pruning import Mask, prunable
 
 PATHS = ("auto", "module", "bmm", "vmap", "loop")
+_PLAIN_LAYERS = {nn.ReLU: ("relu",), nn.Identity: ("identity",), nn.Flatten: ("flatten",)}
 StackedMasks = dict[str, torch.Tensor]  # parameter name -> [k, *shape] ones and zeros
 
 
@@ -165,8 +166,7 @@ def _check_same_architecture(modules: Sequence[nn.Module]) -> None:
         other = {name: tuple(v.shape) for name, v in module.state_dict().items()}
         if other != shapes:
             raise ValueError(f"trial {i}'s state names or shapes differ from trial 0's")
-    names = [name for name, _ in first.named_parameters(remove_duplicate=False)]
-    if len(names) != len(dict(first.named_parameters())):
+    if len(list(first.named_parameters(remove_duplicate=False))) != len(list(first.parameters())):
         raise ValueError("networks with shared (tied) parameters cannot be stacked yet")
 
 
@@ -180,17 +180,12 @@ def linear_chain(module: nn.Module) -> list[tuple[str, ...]] | None:
         graph = fx.symbolic_trace(module).graph
     except Exception:  # control flow fx cannot follow: not a plain chain
         return None
+    nodes = list(graph.nodes)
+    if not nodes or nodes[0].op != "placeholder":
+        return None
     ops: list[tuple[str, ...]] = []
-    previous = None
-    for node in graph.nodes:
-        if node.op == "placeholder":
-            if previous is not None:
-                return None
-            previous = node
-            continue
-        if previous is None or not node.args or node.args[0] is not previous:
-            return None
-        if len(previous.users) != 1:
+    for previous, node in zip(nodes, nodes[1:], strict=False):
+        if not node.args or node.args[0] is not previous or len(previous.users) != 1:
             return None
         if node.op == "output":
             return ops if any(op[0] == "linear" for op in ops) else None
@@ -198,7 +193,6 @@ def linear_chain(module: nn.Module) -> list[tuple[str, ...]] | None:
         if op is None:
             return None
         ops.append(op)
-        previous = node
     return None
 
 
@@ -212,13 +206,9 @@ def _chain_op(module: nn.Module, node: fx.Node) -> tuple[str, ...] | None:
         if type(layer) is nn.Linear:
             bias = f"{node.target}.bias" if layer.bias is not None else ""
             return ("linear", f"{node.target}.weight", bias)
-        if type(layer) is nn.ReLU:
-            return ("relu",)
-        if type(layer) is nn.Identity:
-            return ("identity",)
-        if type(layer) is nn.Flatten and (layer.start_dim, layer.end_dim) == (1, -1):
-            return ("flatten",)
-        return None
+        if type(layer) is nn.Flatten and (layer.start_dim, layer.end_dim) != (1, -1):
+            return None
+        return _PLAIN_LAYERS.get(type(layer))
     if node.op == "call_function":
         if node.target in (torch.relu, nn.functional.relu) and not rest and not kwargs:
             return ("relu",)

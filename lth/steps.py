@@ -19,7 +19,6 @@ COMPILE_PAYS_BACK_ON: frozenset[str] = frozenset()  # devices where compiling pa
 
 
 def use_compile(choice: str, device: torch.device) -> bool:
-    """Whether `--compile choice` compiles the batch loss on `device`."""
     if choice not in COMPILE_CHOICES:
         raise ValueError(f"compile choice {choice!r} is not one of {COMPILE_CHOICES}")
     if choice == "auto":
@@ -40,7 +39,6 @@ def sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def trial_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Each trial's mean cross-entropy over its batch, [k]."""
     return sample_losses(logits, labels).mean(dim=1)
 
 
