@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torchvision import datasets
 
 from lth.errors import UserError
@@ -67,11 +68,7 @@ class Split:
     ((x / 255) - mean) / std per channel; float images without mean and std pass unchanged."""
 
     def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        mean: torch.Tensor | None = None,
-        std: torch.Tensor | None = None,
+        self, images: Tensor, labels: Tensor, mean: Tensor | None = None, std: Tensor | None = None
     ) -> None:
         self.stored = images  # uint8 (N, C, H, W) pixels with mean and std, else float32 images
         self.labels = labels  # int64 (N,)
@@ -81,14 +78,12 @@ class Split:
         return self.labels.shape[0]
 
     @property
-    def images(self) -> torch.Tensor:
+    def images(self) -> Tensor:
         return self._normalised(self.stored)
 
     def batch(
-        self,
-        index: torch.Tensor,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, index: Tensor, transform: Callable[[Tensor], Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """The normalised images and the labels at `index`; `transform` (augmentation) maps the
         stored pixels first."""
         pixels = self.stored.index_select(0, index)
@@ -96,15 +91,15 @@ class Split:
             pixels = transform(pixels)
         return self._normalised(pixels), self.labels.index_select(0, index)
 
-    def subset(self, index: torch.Tensor) -> "Split":
+    def subset(self, index: Tensor) -> "Split":
         index = index.to(self.labels.device)
         stored, labels = self.stored.index_select(0, index), self.labels.index_select(0, index)
         return Split(stored, labels, self.mean, self.std)
 
-    def between(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def between(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
         return self._normalised(self.stored[start:stop]), self.labels[start:stop]
 
-    def _normalised(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _normalised(self, pixels: Tensor) -> Tensor:
         if self.mean is None:
             return pixels
         images = torch.empty(pixels.shape, dtype=torch.float32, device=pixels.device)
@@ -171,13 +166,11 @@ def load(
     try:
         _ensure_files(spec, root, None if data_source is None else Path(data_source))
     except OSError as error:  # a --data_dir that is a file, read-only, or an unreadable source
-        flags = f"--data_dir {data_dir}" + (
-            f" / --data_source {data_source}" if data_source else ""
-        )
+        source = f" / --data_source {data_source}" if data_source else ""
         where = f" ({error.filename})" if error.filename else ""
         raise UserError(
-            f"{flags}: {error.strerror or error}{where}; --data_dir must be a folder this user"
-            " can write and --data_source one it can read"
+            f"--data_dir {data_dir}{source}: {error.strerror or error}{where}; --data_dir must"
+            " be a folder this user can write and --data_source one it can read"
         ) from None
     return _split(spec, root, True, device), _split(spec, root, False, device)
 
@@ -259,11 +252,8 @@ def _check_same_as_source(spec: DatasetSpec, root: Path, source: Path) -> None:
     try:
         (scratch / spec.folder if spec.is_idx else scratch).mkdir(parents=True)
         (_import_idx if spec.is_idx else _import_cifar)(spec, source, scratch, where)
-        differing = [
-            name
-            for name in spec.files
-            if not _same_file(spec, scratch / spec.folder / name, root / spec.folder / name)
-        ]
+        theirs, ours = scratch / spec.folder, root / spec.folder
+        differing = [n for n in spec.files if not _same_file(spec, theirs / n, ours / n)]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if differing:
@@ -277,8 +267,7 @@ def _check_same_as_source(spec: DatasetSpec, root: Path, source: Path) -> None:
 def _same_file(spec: DatasetSpec, a: Path, b: Path) -> bool:
     if spec.is_idx:
         return filecmp.cmp(a, b, shallow=False)
-    meta = a.name == spec.files[-1]
-    return _same_value(_cifar_entry(spec, a, meta)[0], _cifar_entry(spec, b, meta)[0])
+    return _same_value(_cifar_entry(spec, a)[0], _cifar_entry(spec, b)[0])
 
 
 def _same_value(a: object, b: object) -> bool:
@@ -484,7 +473,7 @@ def _import_cifar(spec: DatasetSpec, source: Path, root: Path, where: str) -> bo
             shown = f"{original.name}: {spec.folder}/"
         for name in spec.files:
             try:
-                entry, bytes_keys = _cifar_entry(spec, stage / name, name == spec.files[-1])
+                entry, bytes_keys = _cifar_entry(spec, stage / name)
             except _Bad as bad:
                 raise UserError(f"{where}: {shown}{name} {bad}") from None
             if bytes_keys:  # torchvision reads str keys, as the originals have
@@ -543,7 +532,7 @@ def _extract(spec: DatasetSpec, archive: Path, stage: Path, where: str) -> None:
         raise UserError(f"{where}: {archive.name} lacks {', '.join(missing)}")
 
 
-def _cifar_entry(spec: DatasetSpec, path: Path, meta: bool) -> tuple[dict[str, Any], bool]:
+def _cifar_entry(spec: DatasetSpec, path: Path) -> tuple[dict[str, Any], bool]:
     """One CIFAR pickle, checked, with str keys; and whether its keys were bytes."""
     try:
         with open(path, "rb") as file:
@@ -554,7 +543,7 @@ def _cifar_entry(spec: DatasetSpec, path: Path, meta: bool) -> tuple[dict[str, A
         raise _Bad(f"holds a {type(entry).__name__}, expected a dict")
     bytes_keys = any(isinstance(key, bytes) for key in entry)
     entry = {key.decode("latin1") if isinstance(key, bytes) else key: v for key, v in entry.items()}
-    if meta:
+    if path.name == spec.files[-1]:  # the meta pickle
         names = entry.get(spec.meta_key)
         if not isinstance(names, list) or len(names) != spec.num_classes:
             raise _Bad(f"has no list of {spec.num_classes} class names under '{spec.meta_key}'")
@@ -589,7 +578,7 @@ def _check_present(spec: DatasetSpec, root: Path) -> None:
         return
     for name in spec.files:
         try:
-            _, bytes_keys = _cifar_entry(spec, target / name, name == spec.files[-1])
+            _, bytes_keys = _cifar_entry(spec, target / name)
         except _Bad as bad:
             raise UserError(f"{where}: {spec.folder}/{name} {bad}{hint}") from None
         if bytes_keys:

@@ -1,12 +1,11 @@
 """`--pretrain zae`: layer-wise autoencoder pre-training of fclin's hidden layers.
 
-As in Lin, Memisevic & Konda (2016): each hidden layer in turn is trained as an autoencoder of
-the previous layers' output with a tied decoder (the transposed weights and a visible bias,
-thrown away after), by SGD with momentum. A layer followed by a ReLU is a zero-bias autoencoder
-with the truncated rectifier code z * (z > 1); a bottleneck is a linear autoencoder with weight
-decay. The cost is the squared reconstruction error summed over units, averaged over the batch.
-Unlike theirs: a fixed number of epochs at a fixed rate, no dropout, and the output layer left
-at its initialisation. The pre-trained network is the run's initial state.
+As in Lin, Memisevic & Konda (2016): each hidden layer in turn is trained by SGD with momentum
+as a tied autoencoder (a visible bias thrown away after) of the previous layers' output: a
+zero-bias autoencoder with the code z * (z > 1) where a ReLU follows, else a linear one with
+weight decay; the cost is the squared reconstruction error summed over units, batch-averaged.
+Unlike theirs: fixed epochs and rate, no dropout, the output layer left at its initialisation.
+The pre-trained network is the run's initial state.
 """
 
 import math

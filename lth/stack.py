@@ -2,23 +2,15 @@
 
 Every parameter and buffer of k trials' modules is stacked along a new leading trial dimension
 ([k, *shape]). Adam and SGD with L2 weight decay update each element on its own, and the stacked
-loss is the sum of the trials' mean cross-entropies, so each trial gets the gradient it would
-have alone. Each trial keeps its own generator (its data order), mask and slice of every tensor.
+loss is the sum of the trials' mean losses, so each trial gets the gradient it would have alone.
 
-Forward paths, the same function within float rounding:
-- `module`: one trial is its own module, trained in place, its parameters seen as [1, *shape]
-  views (no per-call overhead of stacking).
-- `bmm`: a network whose forward is a plain chain of Linear layers and ReLUs (found by tracing
-  it with torch.fx) runs as one batched matrix product per layer, features first.
-- `vmap`: `functional_call` of the module under `torch.func.vmap` over the trials; BatchNorm
-  keeps stacked running statistics, dropout draws differently for each trial.
-- `loop`: `functional_call` of each trial's slices in turn, logits stacked: on the CPU faster
-  than vmap's grouped convolutions. The optimiser step is still one for all trials.
-`path="auto"` picks `module` for one trial, else `bmm` wherever it applies, else `vmap` on an
-accelerator and `loop` on the CPU.
-
-Trials start from modules each trial initialised itself: nothing here initialises a stacked
-tensor, whose fan-in and fan-out would be wrong.
+Forward paths (`path="auto"` picks `module` for one trial, else `bmm` where it applies, else
+`vmap` on an accelerator and `loop` on the CPU): `module`, one trial's own module; `bmm`, a
+chain of Linear layers and ReLUs as one batched matrix product per layer; `vmap`,
+`functional_call` under `torch.func.vmap` (BatchNorm statistics and dropout draws per trial);
+`loop`, `functional_call` of each trial in turn (on the CPU faster than vmap's convolutions).
+Trials start from modules each initialised itself: nothing here initialises a stacked tensor,
+whose fan-in and fan-out would be wrong.
 """
 
 import copy
@@ -26,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import fx, nn
+from torch import Tensor, fx, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from lth.pruning import Mask, prunable
@@ -231,9 +223,7 @@ def stack_masks(stacked: StackedModel, masks: Sequence[Mask]) -> StackedMasks:
     }
 
 
-def gradient_masks(
-    stacked: StackedModel, masks: StackedMasks
-) -> list[tuple[nn.Parameter, torch.Tensor]]:
+def gradient_masks(stacked: StackedModel, masks: StackedMasks) -> list[tuple[nn.Parameter, Tensor]]:
     """(parameter, mask of its gradient's shape) for every masked weight: the pairs
     `freeze_pruned_trials` multiplies."""
     leaves = dict(stacked.net.named_parameters())
