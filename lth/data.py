@@ -1,13 +1,10 @@
 """Data sets: checked, imported into torchvision's layout under --data_dir, loaded once into
-tensors on the training device (uint8 pixels, normalised batch by batch as they are used).
+tensors on the training device (uint8 pixels, normalised batch by batch).
 
-Files reach --data_dir in one of four ways, tried in this order: already there; imported from
---data_source; imported from an archive already in --data_dir (MNIST `.gz` files in `raw/`, the
-CIFAR `.tar.gz`) or, for Fashion-MNIST, from Debian's dataset-fashion-mnist package; downloaded by
-torchvision. Every import is checked first and written under temporary names that are renamed into
-place, so several processes can import the same data set into the same folder at once. A
---data_source must hold the files whenever it is given, and when --data_dir already has a copy,
-that copy must hold the same data (so that a run never records one source and trains on another).
+Files reach --data_dir, in this order: already there; imported from --data_source; imported from
+an archive already in --data_dir or Debian's Fashion-MNIST package; downloaded by torchvision.
+Imports are checked, then renamed into place, so several processes can import at once. A copy
+already in --data_dir must hold the same data as a --data_source given.
 """
 
 import contextlib
@@ -28,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torchvision import datasets
 
 from lth.errors import UserError
@@ -48,8 +46,6 @@ HOLD_OUT_SEED = 20190306  # the fixed draw of --val_size's validation images
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A data set: its torchvision class, normalisation, shape, and the files it is made of."""
-
     name: str
     torchvision_class: type[datasets.VisionDataset]
     mean: tuple[float, ...]
@@ -68,20 +64,11 @@ class DatasetSpec:
 
 
 class Split:
-    """One split of a data set in memory on the device: images and their labels.
-
-    Loaded data keep the files' uint8 pixels, a quarter of the size of float32 images, and are
-    normalised as they are read, ((x / 255) - mean) / std per channel, in the same operations
-    normalising the whole set at once would use, so a batch holds exactly those values. A split
-    made from float images (`Split(images, labels)`) hands them out unchanged.
-    """
+    """One split of a data set on the device: uint8 pixels normalised as they are read,
+    ((x / 255) - mean) / std per channel; float images without mean and std pass unchanged."""
 
     def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        mean: torch.Tensor | None = None,
-        std: torch.Tensor | None = None,
+        self, images: Tensor, labels: Tensor, mean: Tensor | None = None, std: Tensor | None = None
     ) -> None:
         self.stored = images  # uint8 (N, C, H, W) pixels with mean and std, else float32 images
         self.labels = labels  # int64 (N,)
@@ -91,39 +78,28 @@ class Split:
         return self.labels.shape[0]
 
     @property
-    def images(self) -> torch.Tensor:
-        """All images, normalised (a new float32 tensor the size of the split, for uint8)."""
+    def images(self) -> Tensor:
         return self._normalised(self.stored)
 
     def batch(
-        self,
-        index: torch.Tensor,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The normalised images and the labels at `index` (a 1-D index tensor on the device);
-        `transform` (augmentation), if any, maps the stored pixels [N, C, H, W] before they are
-        normalised."""
+        self, index: Tensor, transform: Callable[[Tensor], Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The normalised images and the labels at `index`; `transform` (augmentation) maps the
+        stored pixels first."""
         pixels = self.stored.index_select(0, index)
         if transform is not None:
             pixels = transform(pixels)
         return self._normalised(pixels), self.labels.index_select(0, index)
 
-    def subset(self, index: torch.Tensor) -> "Split":
-        """A new split of the images at `index` (a 1-D index tensor), on the same device and
-        normalised the same way."""
+    def subset(self, index: Tensor) -> "Split":
         index = index.to(self.labels.device)
-        return Split(
-            self.stored.index_select(0, index),
-            self.labels.index_select(0, index),
-            self.mean,
-            self.std,
-        )
+        stored, labels = self.stored.index_select(0, index), self.labels.index_select(0, index)
+        return Split(stored, labels, self.mean, self.std)
 
-    def between(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The normalised images and the labels from `start` up to `stop`."""
+    def between(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
         return self._normalised(self.stored[start:stop]), self.labels[start:stop]
 
-    def _normalised(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _normalised(self, pixels: Tensor) -> Tensor:
         if self.mean is None:
             return pixels
         images = torch.empty(pixels.shape, dtype=torch.float32, device=pixels.device)
@@ -131,17 +107,11 @@ class Split:
 
 
 def _presence_checked(cls: type[datasets.CIFAR10]) -> type[datasets.CIFAR10]:
-    """`cls` without the md5 checks on loading: the files are checked before they get here, and
-    files in the original format with other content (tests write tiny ones) must load too."""
-    return type(
-        cls.__name__,
-        (cls,),
-        {
-            "train_list": [[name, None] for name, _ in cls.train_list],
-            "test_list": [[name, None] for name, _ in cls.test_list],
-            "meta": {**cls.meta, "md5": None},
-        },
-    )
+    """`cls` without md5 checks: the files are checked before they get here."""
+    lists = {
+        key: [[name, None] for name, _ in getattr(cls, key)] for key in ("train_list", "test_list")
+    }
+    return type(cls.__name__, (cls,), {**lists, "meta": {**cls.meta, "md5": None}})
 
 
 def _idx_spec(name: str, cls: type[datasets.MNIST], mean: float, std: float) -> DatasetSpec:
@@ -196,43 +166,30 @@ def load(
     try:
         _ensure_files(spec, root, None if data_source is None else Path(data_source))
     except OSError as error:  # a --data_dir that is a file, read-only, or an unreadable source
-        flags = f"--data_dir {data_dir}" + (
-            f" / --data_source {data_source}" if data_source else ""
-        )
+        source = f" / --data_source {data_source}" if data_source else ""
         where = f" ({error.filename})" if error.filename else ""
         raise UserError(
-            f"{flags}: {error.strerror or error}{where}; --data_dir must be a folder this user"
-            " can write and --data_source one it can read"
+            f"--data_dir {data_dir}{source}: {error.strerror or error}{where}; --data_dir must"
+            " be a folder this user can write and --data_source one it can read"
         ) from None
     return _split(spec, root, True, device), _split(spec, root, False, device)
 
 
 def check_source(dataset: str, data_source: str) -> None:
-    """UserError unless the folder `data_source` holds the original files of `dataset` that an
-    import reads. Checked whenever --data_source is given, even when --data_dir already has the
-    data set, so that a wrong folder is never accepted in silence; the files' content is checked
-    when they are imported."""
+    """UserError unless the folder `data_source` holds the original files of `dataset`."""
     spec = DATASETS[dataset]
     source, where = Path(data_source), f"--data_source {data_source}"
     try:
         if not source.is_dir():
             raise UserError(f"{where} is not a folder")
-        if spec.is_idx:
-            _idx_originals(spec, source, where)
-        else:
-            _cifar_original(spec, source, where)
+        (_idx_originals if spec.is_idx else _cifar_original)(spec, source, where)
     except OSError as error:  # a folder this user cannot list
         raise UserError(f"{where} cannot be read ({error.strerror or error})") from None
 
 
 def hold_out(train_set: Split, n: int, min_train: int = 1) -> tuple[Split, Split]:
-    """`--val_size n`: (the training images left, the `n` held out for validation).
-
-    The held-out images are drawn by a generator of their own with a fixed seed, so they are the
-    same for every run of a data set and `n`, whatever `--seed`, and drawing them consumes nothing
-    from the global random streams. Both splits keep the images' original order. UserError unless
-    0 < n and at least `min_train` images (--batch_size) are left to train on.
-    """
+    """`--val_size n`: (the training images left, the `n` held out for validation), drawn by a
+    generator of their own with a fixed seed, both in the images' original order."""
     count = len(train_set)
     if not 0 < n <= count - min_train:
         raise UserError(
@@ -247,9 +204,6 @@ def hold_out(train_set: Split, n: int, min_train: int = 1) -> tuple[Split, Split
     return train_set.subset(kept), train_set.subset(held)
 
 
-# --- loading ----------------------------------------------------------------------------------
-
-
 def _split(spec: DatasetSpec, root: Path, train: bool, device: torch.device) -> Split:
     loaded = spec.torchvision_class(str(root), train=train)
     if spec.is_idx:
@@ -257,14 +211,10 @@ def _split(spec: DatasetSpec, root: Path, train: bool, device: torch.device) -> 
     else:
         pixels, labels = torch.from_numpy(loaded.data), torch.as_tensor(loaded.targets)
     del loaded
-    # (N, H, W, C) as (N, C, H, W), contiguous, so that a batch is whole rows
     pixels = pixels.permute(0, 3, 1, 2).contiguous().to(device)
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
     return Split(pixels, labels.to(device, torch.int64), mean, std)
-
-
-# --- finding and importing the files ------------------------------------------------------------
 
 
 def _ensure_files(spec: DatasetSpec, root: Path, data_source: Path | None) -> None:
@@ -274,11 +224,8 @@ def _ensure_files(spec: DatasetSpec, root: Path, data_source: Path | None) -> No
         if data_source is not None:
             _check_same_as_source(spec, root, data_source)
         return
-    if data_source is not None:
-        source, where = data_source, f"--data_source {data_source}"
-    else:
-        source = _local_source(spec, root)
-        where = str(source)
+    source = data_source if data_source is not None else _local_source(spec, root)
+    where = f"--data_source {data_source}" if data_source is not None else str(source)
     if source is not None:
         if not _import(spec, source, root, where):
             _check_present(spec, root)
@@ -298,25 +245,15 @@ def _ensure_files(spec: DatasetSpec, root: Path, data_source: Path | None) -> No
 
 
 def _check_same_as_source(spec: DatasetSpec, root: Path, source: Path) -> None:
-    """UserError unless the copy of the data set in --data_dir holds what --data_source would
-    import, so that a run never records one source and trains on another copy. The source is
-    imported into a scratch folder beside the copy (removed after) and compared with it: the idx
-    files byte for byte, CIFAR's pickles by their content (a copy torchvision downloaded keeps
-    bytes keys, which an import gives as str)."""
+    """UserError unless the copy in --data_dir holds what --data_source would import (imported
+    into a scratch folder and compared: idx files by bytes, CIFAR's pickles by content)."""
     where = f"--data_source {source}"
     scratch = _temp_name(root, "compare")
     try:
-        if spec.is_idx:
-            (scratch / spec.folder).mkdir(parents=True)
-            _import_idx(spec, source, scratch, where)
-        else:
-            scratch.mkdir()
-            _import_cifar(spec, source, scratch, where)
-        differing = [
-            name
-            for name in spec.files
-            if not _same_file(spec, scratch / spec.folder / name, root / spec.folder / name)
-        ]
+        (scratch / spec.folder if spec.is_idx else scratch).mkdir(parents=True)
+        (_import_idx if spec.is_idx else _import_cifar)(spec, source, scratch, where)
+        theirs, ours = scratch / spec.folder, root / spec.folder
+        differing = [n for n in spec.files if not _same_file(spec, theirs / n, ours / n)]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if differing:
@@ -330,13 +267,11 @@ def _check_same_as_source(spec: DatasetSpec, root: Path, source: Path) -> None:
 def _same_file(spec: DatasetSpec, a: Path, b: Path) -> bool:
     if spec.is_idx:
         return filecmp.cmp(a, b, shallow=False)
-    meta = a.name == spec.files[-1]
-    return _same_value(_cifar_entry(spec, a, meta)[0], _cifar_entry(spec, b, meta)[0])
+    return _same_value(_cifar_entry(spec, a)[0], _cifar_entry(spec, b)[0])
 
 
 def _same_value(a: object, b: object) -> bool:
-    """Deep equality of unpickled CIFAR entries: dicts, lists, numpy arrays, plain values (bytes
-    as the latin-1 text an import makes of them)."""
+    """Deep equality of unpickled CIFAR entries, bytes as the latin-1 text an import makes."""
     a, b = (v.decode("latin1") if isinstance(v, bytes) else v for v in (a, b))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
@@ -348,8 +283,7 @@ def _same_value(a: object, b: object) -> bool:
 
 
 def _local_source(spec: DatasetSpec, root: Path) -> Path | None:
-    """Original files found without --data_source: archives already in --data_dir, or Debian's
-    Fashion-MNIST package."""
+    """Original files in --data_dir, or Debian's Fashion-MNIST package."""
     if spec.is_idx:
         raw = root / spec.folder
         if all((raw / n).is_file() or (raw / f"{n}.gz").is_file() for n in spec.files):
@@ -362,8 +296,7 @@ def _local_source(spec: DatasetSpec, root: Path) -> Path | None:
 
 
 def _import(spec: DatasetSpec, source: Path, root: Path, where: str) -> bool:
-    """Check the original files in `source` and import them; False if another process's import
-    won the race (CIFAR), so the files in place are someone else's."""
+    """Check the files in `source` and import them; False if another process's import won."""
     with _made(root / spec.folder if spec.is_idx else root):
         imported = (_import_idx if spec.is_idx else _import_cifar)(spec, source, root, where)
     if imported:
@@ -372,8 +305,7 @@ def _import(spec: DatasetSpec, source: Path, root: Path, where: str) -> bool:
 
 
 def _download(spec: DatasetSpec, root: Path) -> bool:
-    """Let torchvision download the data set into a temporary folder, then import it from there.
-    False if the download failed; nothing it made is left behind then."""
+    """Download into a temporary folder and import from there; False (nothing left) on failure."""
 
     class Failed(Exception):
         pass
@@ -402,7 +334,7 @@ def _download(spec: DatasetSpec, root: Path) -> bool:
 
 @contextlib.contextmanager
 def _made(folder: Path) -> Iterator[None]:
-    """Create `folder`; if the block fails, remove the folders this created that are left empty."""
+    """Create `folder`; if the block fails, remove the empty folders this created."""
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -420,9 +352,6 @@ def _temp_name(folder: Path, name: str) -> Path:
 
 class _Bad(Exception):
     """What is wrong with one file; the caller names the file."""
-
-
-# --- MNIST and Fashion-MNIST: idx files ----------------------------------------------------------
 
 
 def _import_idx(spec: DatasetSpec, source: Path, root: Path, where: str) -> bool:
@@ -446,15 +375,13 @@ def _import_idx(spec: DatasetSpec, source: Path, root: Path, where: str) -> bool
 
 
 def _idx_originals(spec: DatasetSpec, source: Path, where: str) -> dict[str, Path]:
-    """Each idx file in `source` (or in torchvision's layout under it), decompressed or `.gz`."""
+    """Each idx file in `source` or in torchvision's layout under it, decompressed or `.gz`."""
 
     def originals(folder: Path) -> dict[str, Path]:
-        found = {}
-        for name in spec.files:
-            paths = [p for p in (folder / name, folder / f"{name}.gz") if p.is_file()]
-            if paths:
-                found[name] = paths[0]
-        return found
+        paths = {
+            n: [p for p in (folder / n, folder / f"{n}.gz") if p.is_file()] for n in spec.files
+        }
+        return {name: found[0] for name, found in paths.items() if found}
 
     found = originals(source)
     if len(found) < len(spec.files):
@@ -532,9 +459,6 @@ def _idx_count(path: Path, kind: str) -> int:
     return count
 
 
-# --- CIFAR: python pickles ------------------------------------------------------------------------
-
-
 def _import_cifar(spec: DatasetSpec, source: Path, root: Path, where: str) -> bool:
     stage = _temp_name(root, spec.folder)
     stage.mkdir()
@@ -549,7 +473,7 @@ def _import_cifar(spec: DatasetSpec, source: Path, root: Path, where: str) -> bo
             shown = f"{original.name}: {spec.folder}/"
         for name in spec.files:
             try:
-                entry, bytes_keys = _cifar_entry(spec, stage / name, name == spec.files[-1])
+                entry, bytes_keys = _cifar_entry(spec, stage / name)
             except _Bad as bad:
                 raise UserError(f"{where}: {shown}{name} {bad}") from None
             if bytes_keys:  # torchvision reads str keys, as the originals have
@@ -586,7 +510,7 @@ def _cifar_original(spec: DatasetSpec, source: Path, where: str) -> Path:
 
 
 def _extract(spec: DatasetSpec, archive: Path, stage: Path, where: str) -> None:
-    """Extract the data set's files (only those, by name) from the archive in one pass."""
+    """Extract the data set's files (only those) from the archive in one pass."""
     wanted = {f"{spec.folder}/{name}": name for name in spec.files}
     found = set()
     try:
@@ -608,7 +532,7 @@ def _extract(spec: DatasetSpec, archive: Path, stage: Path, where: str) -> None:
         raise UserError(f"{where}: {archive.name} lacks {', '.join(missing)}")
 
 
-def _cifar_entry(spec: DatasetSpec, path: Path, meta: bool) -> tuple[dict[str, Any], bool]:
+def _cifar_entry(spec: DatasetSpec, path: Path) -> tuple[dict[str, Any], bool]:
     """One CIFAR pickle, checked, with str keys; and whether its keys were bytes."""
     try:
         with open(path, "rb") as file:
@@ -619,16 +543,16 @@ def _cifar_entry(spec: DatasetSpec, path: Path, meta: bool) -> tuple[dict[str, A
         raise _Bad(f"holds a {type(entry).__name__}, expected a dict")
     bytes_keys = any(isinstance(key, bytes) for key in entry)
     entry = {key.decode("latin1") if isinstance(key, bytes) else key: v for key, v in entry.items()}
-    if meta:
+    if path.name == spec.files[-1]:  # the meta pickle
         names = entry.get(spec.meta_key)
         if not isinstance(names, list) or len(names) != spec.num_classes:
             raise _Bad(f"has no list of {spec.num_classes} class names under '{spec.meta_key}'")
         return entry, bytes_keys
     data = entry.get("data")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (3072,):
-        found = type(data).__name__
-        if isinstance(data, np.ndarray):
-            found = f"{data.dtype} {data.shape}"
+        found = (
+            f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        )
         raise _Bad(f"has 'data' {found}, expected (N, 3072) uint8")
     try:
         labels = np.asarray(entry[spec.label_key])
@@ -640,9 +564,6 @@ def _cifar_entry(spec: DatasetSpec, path: Path, meta: bool) -> tuple[dict[str, A
         bad = labels.min() if labels.min() < 0 else labels.max()
         raise _Bad(f"has label {bad}, expected 0..{spec.num_classes - 1}")
     return entry, bytes_keys
-
-
-# --- files already in --data_dir -----------------------------------------------------------------
 
 
 def _check_present(spec: DatasetSpec, root: Path) -> None:
@@ -657,7 +578,7 @@ def _check_present(spec: DatasetSpec, root: Path) -> None:
         return
     for name in spec.files:
         try:
-            _, bytes_keys = _cifar_entry(spec, target / name, name == spec.files[-1])
+            _, bytes_keys = _cifar_entry(spec, target / name)
         except _Bad as bad:
             raise UserError(f"{where}: {spec.folder}/{name} {bad}{hint}") from None
         if bytes_keys:

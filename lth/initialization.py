@@ -12,47 +12,31 @@ INIT_SCHEMES = ("xavier", "kaiming", "data")
 Initializer = Callable[[nn.Module], nn.Module]
 
 
-def _batch_norm_init(module: nn.Module) -> None:
+def _init_layer(module: nn.Module, kaiming: bool) -> None:
+    """Linear/Conv: Xavier-normal weights and N(0, 1) biases, or with `kaiming` He-normal weights
+    (fan_in, ReLU) and zero biases; BatchNorm: scale N(1, 0.02), shift 0."""
+    if isinstance(module, CONV_OR_LINEAR):
+        if kaiming:
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+        else:
+            nn.init.xavier_normal_(module.weight)
+        if module.bias is not None:
+            (nn.init.zeros_ if kaiming else nn.init.normal_)(module.bias)
     if isinstance(module, BATCH_NORM) and module.affine:
         nn.init.normal_(module.weight, mean=1.0, std=0.02)
         nn.init.zeros_(module.bias)
 
 
-def weight_init(module: nn.Module) -> None:
-    """Xavier-normal weights and N(0, 1) biases for Linear/Conv; BatchNorm scale N(1, 0.02), shift 0.
-
-    Meant for `model.apply(weight_init)`; modules of other kinds keep their own initialisation.
-    """
-    if isinstance(module, CONV_OR_LINEAR):
-        nn.init.xavier_normal_(module.weight)
-        if module.bias is not None:
-            nn.init.normal_(module.bias)
-    _batch_norm_init(module)
-
-
-def kaiming_init(module: nn.Module) -> None:
-    """He-normal weights for a ReLU after them (std sqrt(2 / fan_in)), zero biases; BatchNorm as
-    `weight_init`."""
-    if isinstance(module, CONV_OR_LINEAR):
-        nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    _batch_norm_init(module)
-
-
 def initialize(model: nn.Module, scheme: str = "xavier") -> nn.Module:
     """Re-initialise every layer of `model` in place with `xavier` or `kaiming`; returns it."""
-    model.apply({"xavier": weight_init, "kaiming": kaiming_init}[scheme])
+    kaiming = {"xavier": False, "kaiming": True}[scheme]
+    model.apply(lambda module: _init_layer(module, kaiming))
     return model
 
 
 def initializer(scheme: str, train_set) -> Initializer:
-    """The function that (re-)initialises a model under `scheme` (`--init`).
-
-    `data` calls the model's own `data_init` with the training images (the fitted `fclin`
-    network has one), normalised from `train_set` (a `data.Split`) only then; every call draws
-    afresh from the seeded generators, so `reinit` gets new values.
-    """
+    """The function that (re-)initialises a model under `scheme` (`--init`); `data` calls the
+    model's own `data_init` with the training images of `train_set`."""
     if scheme == "data":
 
         def data_based(model: nn.Module) -> nn.Module:

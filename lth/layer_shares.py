@@ -1,10 +1,5 @@
-"""Where the weights go: the share of each layer's weights a run's masks keep, level by level.
-
-Magnitude pruning with one rate per layer keeps every layer at the same share; a global ranking,
-or a method that scores weights otherwise, can empty a layer long before the others, and the
-network then fails there. The counts come from each run's saved mask files (read by
-`results.read_mask`, the safe loader), one entry per Linear and Conv weight. For the trials of
-one experiment (`runs.Trials`) each layer's count is their mean, with its minimum and maximum.
+"""Where the weights go: the share of each layer's weights a run's masks keep, level by level,
+from each run's saved mask files; for several trials their mean, minimum and maximum.
 """
 
 from collections.abc import Callable
@@ -25,15 +20,13 @@ TABLE_FIELDS = ["line", "prune_type", "level", "weights_left", "layer", "trials"
 
 
 def layer_name(parameter: str) -> str:
-    """A weight's layer, as its module is named (`classifier.0` for `classifier.0.weight`)."""
+    """A weight's layer (`classifier.0` for `classifier.0.weight`)."""
     return parameter.removesuffix(".weight")
 
 
 def run_counts(run: Run, network: nn.Module, levels: int) -> list[Counts]:
-    """Each of the run's first `levels` levels: every prunable layer's kept and total weights,
-    from the mask file the run saved for the level (`network`: the run's network, whose layer
-    names and shapes the file's entries stand for; on the meta device is enough). UserError
-    naming the run when a mask file is missing, or one that `read_mask` refuses."""
+    """Every prunable layer's kept and total weights at each of the run's first `levels` levels,
+    from its mask files (`network`: the run's network, on the meta device is enough)."""
     counts = []
     for level in range(levels):
         path = run.mask_path(level)
@@ -48,13 +41,12 @@ def run_counts(run: Run, network: nn.Module, levels: int) -> list[Counts]:
 
 
 def prune_type(args: dict) -> str:
-    """The run's prune type as the figures name it (the control: `reinit with lt masks`)."""
     return describe(args, ["prune_type"])
 
 
 @dataclass
 class LayerShares:
-    """The trials of one experiment, level by level: each layer's kept weights in every trial."""
+    """Each layer's kept weights in every trial of one experiment, level by level."""
 
     label: str
     prune_type: str
@@ -65,7 +57,6 @@ class LayerShares:
 
     @classmethod
     def of(cls, trials: Trials, network_of: Callable[[Run], nn.Module]) -> "LayerShares":
-        """`network_of(run)`: the run's network (its layer names and shapes)."""
         levels = len(trials.weights_left)
         per_run = [run_counts(run, network_of(run), levels) for run in trials.runs]
         layers = list(per_run[0][0])
@@ -81,8 +72,6 @@ class LayerShares:
         return 100 * self.kept / self.total
 
     def rows(self) -> list[dict]:
-        """One row per level and layer (TABLE_FIELDS): the weights in the layer, and the mean,
-        minimum and maximum over the trials of those kept and of their share (percent)."""
         rows = []
         for level, left in enumerate(self.weights_left):
             for index, layer in enumerate(self.layers):
@@ -92,23 +81,15 @@ class LayerShares:
                 for what, values in (("kept", self.kept), ("share", self.share)):
                     column = values[:, level, index]
                     for stat in ("mean", "min", "max"):
-                        # to 6 decimals: no float noise such as 33.33333333333333 in the table
                         row[f"{what}_{stat}"] = round(float(getattr(column, stat)()), 6)
                 rows.append(row)
         return rows
 
     def lines(self) -> list[tuple]:
-        """One line per layer against the weights left: the mean share kept, with the band from
-        its minimum to its maximum where there are several trials (plots.Line's fields)."""
-        share = self.share
-        several = len(share) > 1
-        return [
-            (
-                layer,
-                self.weights_left,
-                share[:, :, i].mean(axis=0),
-                share[:, :, i].min(axis=0) if several else None,
-                share[:, :, i].max(axis=0) if several else None,
-            )
-            for i, layer in enumerate(self.layers)
-        ]
+        """One `plots.Line` per layer: the mean share kept, with its band over several trials."""
+        lines, share = [], self.share
+        for i, layer in enumerate(self.layers):
+            kept = share[:, :, i]
+            band = (kept.min(axis=0), kept.max(axis=0)) if len(kept) > 1 else (None, None)
+            lines.append((layer, self.weights_left, kept.mean(axis=0), *band))
+        return lines

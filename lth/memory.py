@@ -1,13 +1,10 @@
-"""Whether a batch of trials fits in memory: an estimate made before any run folder is written.
-
-A trial's share of a batch: its parameters about nine times over (the stacked parameter, its
-gradient, Adam's two moments, its own module, its initial, best and rewind states, its mask),
-plus the activations of one training batch about three times over (kept for the backward pass,
-their gradients, the loss) and those of one evaluation batch. The data sets are shared by every
-trial and not counted. The estimate is deliberately generous: a batch is refused only when it
-would not fit with that margin.
+"""Whether a batch of trials fits in memory: a generous estimate made before any run folder is
+written. A trial takes its parameters about nine times over (stacked, gradient, Adam's moments,
+its module, initial, best and rewind states, mask), the activations of one training batch three
+times over and those of one evaluation batch; the shared data sets are not counted.
 """
 
+import contextlib
 import os
 
 import torch
@@ -21,8 +18,8 @@ HEADROOM = 0.8  # the share of the free memory a batch may plan to use
 
 
 def activation_count(model: nn.Module, sample: torch.Tensor) -> int:
-    """The number of values every module's output holds for one sample (`sample`: one image,
-    batch dimension included), measured by one forward pass in eval mode on a copy's device."""
+    """The number of values every module's output holds for `sample` (one image, batch
+    dimension included), measured by one forward pass in eval mode."""
     count = 0
 
     def hook(module: nn.Module, inputs: tuple, output: object) -> None:
@@ -44,14 +41,10 @@ def activation_count(model: nn.Module, sample: torch.Tensor) -> int:
 
 
 def trial_bytes(model: nn.Module, sample: torch.Tensor, batch_size: int, eval_batch: int) -> int:
-    """About how many bytes one trial of a batch takes (the module docstring's estimate)."""
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
     activations = activation_count(model, sample) * 4
-    return (
-        PARAMETER_COPIES * parameters
-        + ACTIVATION_COPIES * batch_size * activations
-        + eval_batch * activations
-    )
+    samples = ACTIVATION_COPIES * batch_size + eval_batch  # activations held at once
+    return PARAMETER_COPIES * parameters + samples * activations
 
 
 def available_bytes(device: torch.device) -> int:
@@ -59,19 +52,16 @@ def available_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def check_batch_fits(trials: int, per_trial: int, device: torch.device, flag: str) -> None:
-    """UserError, in one line naming how many trials would fit, when `trials` trials of
-    `per_trial` bytes each do not fit in HEADROOM of the memory free on `device`."""
+    """UserError naming how many trials would fit, when `trials` trials of `per_trial` bytes
+    do not fit in HEADROOM of the memory free on `device`."""
     free = available_bytes(device)
     budget = int(free * HEADROOM)
     if trials * per_trial <= budget:

@@ -15,8 +15,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 class Line(NamedTuple):
-    """One line against the weights left; with `low` and `high`, a shaded band between them
-    (the minimum and maximum of several trials, whose mean is `y`)."""
+    """One line; with `low` and `high`, a shaded band between them."""
 
     label: str
     x: np.ndarray
@@ -35,11 +34,8 @@ def loss_vs_accuracy(
     arch_type: str,
     first_epoch: int = 1,
 ) -> Figure:
-    """Training loss (rescaled to 0..100) and test accuracy against epochs, as the original drew;
-    the first entries at epoch `first_epoch` (later than 1 for a level rewound past epoch 1).
-
-    A constant loss (one epoch) is drawn at 0 instead of the original's division by zero.
-    """
+    """Training loss (rescaled to 0..100) and test accuracy against epochs from `first_epoch`,
+    as the original drew; a constant loss is drawn at 0 instead of dividing by zero."""
     epochs = np.arange(first_epoch, first_epoch + len(all_loss))
     spread = np.ptp(all_loss)
     scaled = 100 * (all_loss - np.min(all_loss)) / spread if spread > 0 else 0 * all_loss
@@ -61,15 +57,8 @@ def accuracy_vs_weights(
     ylabel: str = "test accuracy",
     full_scale: bool = True,
 ) -> Figure:
-    """Best test accuracy against the percentage of weights left, one line per (label, comp, acc)
-    or `Line` (with a band).
-
-    With one line this is the original's AccuracyVsWeights figure: levels evenly spaced, each
-    tick labelled with its weights left. Lines whose levels differ are drawn against their own
-    weights-left values on a log axis, so they still line up where they agree.
-    `full_scale`: the original's 0-100 axis; otherwise the axis fits the lines and bands, where
-    differences of a point or less between lines can be seen.
-    """
+    """Best test accuracy against the percentage of weights left (`against_weights`); with one
+    line the original's AccuracyVsWeights figure. `full_scale`: the original's 0-100 axis."""
     fig, ax = against_weights(lines)
     ax.set_title(f"Test Accuracy vs Unpruned Weights Percentage ({dataset},{arch_type})")
     ax.set_ylabel(ylabel)
@@ -82,8 +71,7 @@ def accuracy_vs_weights(
 def best_epoch_vs_weights(
     lines: Lines, dataset: str, arch_type: str, ylabel: str = "epoch of best test accuracy"
 ) -> Figure:
-    """The early-stopping epoch (epochs trained when the best test accuracy was measured)
-    against the percentage of weights left, one line per (label, comp, epochs) or `Line`."""
+    """The epoch of the best test accuracy against the percentage of weights left."""
     fig, ax = against_weights(lines)
     ax.set_title(f"Early-Stopping Epoch vs Unpruned Weights % ({dataset},{arch_type})")
     ax.set_ylabel(ylabel)
@@ -94,9 +82,8 @@ def best_epoch_vs_weights(
 
 
 def error_along_path(lines: Lines, dataset: str, arch_type: str) -> Figure:
-    """Test error along the straight line between two trained copies of a subnetwork (the
-    instability analysis), against the interpolation weight alpha; one line per (label, alphas,
-    errors) or `Line`."""
+    """Test error along the straight line between two trained copies of a subnetwork, against
+    the interpolation weight alpha."""
     fig, ax = plt.subplots()
     for line in [Line(*line) for line in lines]:
         ax.plot(line.x, line.y, marker=".", label=line.label)
@@ -117,9 +104,7 @@ def layer_shares(
     panels: Sequence[tuple[str, np.ndarray, Lines]], dataset: str, arch_type: str
 ) -> Figure:
     """The share of each layer's weights kept against the weights left in all, one panel per
-    (title, weights left at each level, one line per layer with its band), at most
-    PANELS_PER_ROW in a row; the whole network's share dashed in each. Levels are evenly spaced,
-    as in AccuracyVsWeights."""
+    (title, weights left at each level, lines), the whole network's share dashed in each."""
     columns = min(PANELS_PER_ROW, len(panels))
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(
@@ -148,15 +133,14 @@ def layer_shares(
 
 
 def tick_label(value: float) -> str:
-    """A weights-left tick's text: the original's for its one-decimal figures (`plt.xticks`
-    with the numpy values: "100.0", "64.1"), other values in 6 significant digits."""
+    """A weights-left tick's text: the original's "64.1" for one-decimal figures, else `:g`."""
     text = f"{value:.1f}"
     return text if float(text) == value else f"{value:g}"
 
 
 def against_weights(lines: Lines) -> tuple[Figure, Axes]:
-    """Axes with one line per (label, weights left, values) or `Line`, its band shaded; see
-    accuracy_vs_weights."""
+    """Axes with one line per (label, weights left, values) or `Line`, its band shaded: levels
+    evenly spaced when the lines share them, else on a log axis of the weights left."""
     lines = [Line(*line) for line in lines]
     fig, ax = plt.subplots()
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -181,27 +165,19 @@ def against_weights(lines: Lines) -> tuple[Figure, Axes]:
 
 
 def shade(ax: Axes, x: np.ndarray, line: Line, color: str) -> None:
-    """The line's band from `low` to `high`, in its colour, if it has one (the paper's error
-    bars: the minimum and maximum over the trials)."""
+    """The line's band from `low` to `high` (the minimum and maximum over the trials), if any."""
     if line.low is not None and line.high is not None:
         ax.fill_between(x, line.low, line.high, color=color, alpha=0.2, linewidth=0)
 
 
-# A figure whose raster is at least this large has the collector run when it closes (`close`).
-COLLECT_RASTER_BYTES = 16 * 2**20
+COLLECT_RASTER_BYTES = 16 * 2**20  # `close` runs the collector after a raster this large
 
 
 def close(fig: Figure, dpi: float) -> None:
-    """Close `fig`, saved at `dpi`; when its raster is large, free the rasters of the figures
-    closed before it.
+    """Close `fig`, saved at `dpi`; after a large raster, run the garbage collector.
 
-    A figure is a reference cycle, so a closed figure's raster stays until the garbage collector
-    happens to run: at the original's 1200 dpi about 180 MB each. After a large figure `close`
-    runs a full collection, so that a run holds the latest such raster at most (the caller's
-    own reference keeps `fig`'s until the next one). That collection costs about 0.2 s in a
-    training process (it walks every object), more than saving a small figure, so rasters under
-    `COLLECT_RASTER_BYTES` (6.4 x 4.8 inches below about 370 dpi) are left to the collector's
-    own rounds.
+    A figure is a reference cycle, so a closed figure's raster (about 180 MB at 1200 dpi) stays
+    until the collector runs; a full collection costs more than saving a small figure.
     """
     width, height = fig.get_size_inches()
     plt.close(fig)

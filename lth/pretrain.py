@@ -1,18 +1,11 @@
 """`--pretrain zae`: layer-wise autoencoder pre-training of fclin's hidden layers.
 
-As in Lin, Memisevic & Konda (2016) and their code: each hidden layer in turn is trained as an
-autoencoder of the previous layers' output with a tied decoder (the transposed weights and a
-visible bias that is thrown away afterwards), by SGD with momentum 0.9 and batches of
-`--batch_size`. A 4000-wide layer is a zero-bias autoencoder (Konda, Memisevic & Krueger 2015):
-its code is the truncated rectifier TRec(z) = z * (z > 1), learning rate 1e-3. A 1000-wide
-bottleneck is a linear autoencoder, learning rate 1e-4, weight decay 1e-3. The cost is the
-squared reconstruction error summed over the units and averaged over the batch.
-
-Our choices: `--pretrain_epochs` epochs per layer at a fixed learning rate (theirs: up to 600,
-the rate times 0.9 after 10 epochs without improvement), no dropout while pre-training (theirs:
-0.2 on the input, 0.5 on the code), and the output layer is left at its initialisation (they
-fitted it by conjugate gradient on the pre-trained features). The pre-trained network is the
-run's initial state: `lt` and `random` rewind to it.
+As in Lin, Memisevic & Konda (2016): each hidden layer in turn is trained by SGD with momentum
+as a tied autoencoder (a visible bias thrown away after) of the previous layers' output: a
+zero-bias autoencoder with the code z * (z > 1) where a ReLU follows, else a linear one with
+weight decay; the cost is the squared reconstruction error summed over units, batch-averaged.
+Unlike theirs: fixed epochs and rate, no dropout, the output layer left at its initialisation.
+The pre-trained network is the run's initial state.
 """
 
 import math

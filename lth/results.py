@@ -9,9 +9,8 @@ Layout, relative to `results/<Mon DD_HH-MM-SS>_<host>/` (as the original wrote i
       {pt}_all_val_loss_{comp}.dat, {pt}_all_val_accuracy_{comp}.dat (with --val_size > 0)
   args.json, summary.csv, checkpoints/latest.pth (the newest level's state only), tensorboard/,
   failure.txt (only when the run stopped: why, in one line)
-Every file is written to a temporary name in its folder and renamed into place, so a file
-either holds its whole content or does not exist. A process holds a lock on the run folder while
-it writes there, so a run and a resume of it (or two resumes) never write into one folder at once.
+Every file is written to a temporary name and renamed into place; a process holds a lock on the
+run folder while it writes there.
 """
 
 import contextlib
@@ -37,12 +36,6 @@ from lth.pruning import Mask, prunable
 from lth.safe_load import Refused, load_array_list, load_torch
 
 CHECKPOINTS = "checkpoints"
-CHECKPOINT = "latest.pth"  # the one checkpoint: each level's replaces the previous one
-STAGED = (
-    "staged.pth"  # a batch's next checkpoint, until every trial of the batch has staged its own
-)
-FAILURE = "failure.txt"  # why a run stopped (its loss not finite), with the level
-TENSORBOARD = "tensorboard"
 TEMPORARY = ".tmp"  # suffix of the temporary names atomic_write uses
 SUMMARY_FIELDS = [
     "level",
@@ -59,10 +52,8 @@ VALIDATION_FIELDS = ["early_stop_epoch", "val_loss", "val_accuracy", "test_accur
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     """Write `path` through `write(file)` under a temporary name, then rename it into place.
 
-    The content is produced in memory first, so that a failing disk (full, no permission) shows
-    as an OSError of the plain write (torch.save would turn it into a RuntimeError). That failure
-    removes the temporary file and becomes a UserError naming the file; an existing file at
-    `path` is left as it was.
+    The content is made in memory first, so that a failing disk shows as an OSError of the plain
+    write (torch.save would raise a RuntimeError); it becomes a UserError naming the file.
     """
     buffer = io.BytesIO()
     write(buffer)
@@ -82,7 +73,6 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
 
 
 def write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
-    """A CSV table of `fields` with a header line, written atomically."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -91,13 +81,11 @@ def write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
 
 
 def write_json(path: Path, content: dict) -> None:
-    """`content` as indented JSON with sorted keys, written atomically."""
     text = json.dumps(content, indent=2, sort_keys=True) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def save_png(figure: Figure, path: Path, dpi: int) -> None:
-    """`figure` as a PNG at `path`, written atomically."""
     atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=dpi))
 
 
@@ -108,12 +96,8 @@ def run_name(now: datetime.datetime | None = None) -> str:
 
 
 def level_tag(comp: float, level: int, earlier_tags: list[str]) -> str:
-    """The `{comp}` of a level's file names: `comp` (the original's figure, the percentage of
-    nonzero parameters at the start of the level) with one decimal, as the original.
-
-    A level whose text equals an earlier level's (tiny --prune_percent) gets `_level{N}` added,
-    so it never overwrites the earlier files.
-    """
+    """The `{comp}` of a level's file names: the percentage of weights left with one decimal,
+    and `_level{N}` added when an earlier level has the same text (tiny --prune_percent)."""
     tag = f"{comp:.1f}"
     return tag if tag not in earlier_tags else f"{tag}_level{level}"
 
@@ -130,20 +114,15 @@ class RunDir:
 
     @classmethod
     def create(cls, results_root: str, arch_type: str, dataset: str, prune_type: str) -> "RunDir":
-        """Make a new, empty run folder; a second run in the same second gets `_2`, `_3`, ...
-
-        `mkdir` either creates the folder or fails, so two processes never get the same one.
-        """
+        """Make a new, empty run folder; a second run in the same second gets `_2`, `_3`, ..."""
         base = Path(results_root) / run_name()
         try:  # --results_root itself was checked by cli.validate (cli.check_folder)
             Path(results_root).mkdir(parents=True, exist_ok=True)
             for attempt in range(1, 1000):
                 root = base if attempt == 1 else base.with_name(f"{base.name}_{attempt}")
-                try:
+                with contextlib.suppress(FileExistsError):
                     root.mkdir()
                     return cls(root, arch_type, dataset, prune_type)
-                except FileExistsError:
-                    continue
         except OSError as error:
             raise UserError(
                 f"--results_root {results_root}: cannot create a run folder there"
@@ -153,11 +132,7 @@ class RunDir:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold an exclusive lock on the folder while this process writes into it.
-
-        The lock (flock on the folder itself) goes with the process, even a killed one, so a
-        stale lock never blocks a resume.
-        """
+        """Hold an exclusive flock on the folder, which goes with the process (even a killed one)."""
         try:
             descriptor = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as error:
@@ -176,9 +151,7 @@ class RunDir:
 
     def remove_leftovers(self, first_level: int, levels: int) -> None:
         """Before a resume: remove temporary files of a killed writer, the TensorBoard events of
-        the levels about to run again, and (when the run starts again at level 0) the checkpoint,
-        so that a later resume never counts an old level as done and TensorBoard shows each epoch
-        once."""
+        the levels about to run again and, when it starts again at level 0, the checkpoint."""
         for temporary in self.root.rglob(f".*{TEMPORARY}"):
             temporary.unlink(missing_ok=True)
         if first_level == 0:
@@ -191,20 +164,16 @@ class RunDir:
 
     @property
     def tensorboard(self) -> Path:
-        return self.root / TENSORBOARD
+        return self.root / "tensorboard"
 
     @staticmethod
     def events_suffix(level: int) -> str:
-        """The end of the TensorBoard events file name of `level` (one file per level)."""
         return f".level{level}"
 
-    # -- paths -------------------------------------------------------------------------------
     def initial_state_path(self) -> Path:
         return self.saves / f"initial_state_dict_{self.prune_type}.pth.tar"
 
     def rewind_state_path(self) -> Path:
-        """The model after `Experiment.rewind_step` optimiser steps of level 0 (--rewind_iter or
-        --rewind_epoch; written only when that is > 0)."""
         return self.saves / f"rewind_state_dict_{self.prune_type}.pth.tar"
 
     def model_path(self, level: int) -> Path:
@@ -221,19 +190,15 @@ class RunDir:
         return self.dumps / (name + suffix)
 
     def checkpoint_path(self) -> Path:
-        """The state at the end of the newest finished level (the level is inside)."""
-        return self.root / CHECKPOINTS / CHECKPOINT
+        return self.root / CHECKPOINTS / "latest.pth"  # the newest finished level's state
 
     def staged_path(self) -> Path:
-        """The checkpoint of a level whose batch has not committed it yet (`commit_checkpoint`)."""
-        return self.root / CHECKPOINTS / STAGED
+        return self.root / CHECKPOINTS / "staged.pth"
 
     def failure_path(self) -> Path:
-        return self.root / FAILURE
+        return self.root / "failure.txt"
 
-    # -- writers -----------------------------------------------------------------------------
     def save_model(self, model: nn.Module, path: Path) -> None:
-        """The whole module, as the original's `torch.save(model, ...)`."""
         atomic_write(path, lambda f: torch.save(model, f))
 
     def dump_array(self, array: np.ndarray, path: Path) -> None:
@@ -241,7 +206,6 @@ class RunDir:
         atomic_write(path, lambda f: pickle.dump(array, f, protocol=2))
 
     def dump_mask(self, model: nn.Module, mask: Mask, path: Path) -> None:
-        """The mask as the original pickled it: the list `mask_to_list` makes."""
         entries = mask_to_list(model, mask)
         atomic_write(path, lambda f: pickle.dump(entries, f))
 
@@ -252,31 +216,26 @@ class RunDir:
         write_json(self.root / name, content)
 
     def write_summary(self, rows: list[dict]) -> None:
-        """`summary.csv`: one row per finished level (see SUMMARY_FIELDS), and the columns of
-        VALIDATION_FIELDS when the rows have them (runs with --val_size)."""
+        """`summary.csv`: one row per finished level, with VALIDATION_FIELDS when rows have them."""
         fields = SUMMARY_FIELDS
         if rows and VALIDATION_FIELDS[0] in rows[0]:
             fields = SUMMARY_FIELDS + VALIDATION_FIELDS
         write_csv(self.root / "summary.csv", fields, rows)
 
     def stage_checkpoint(self, state: dict) -> None:
-        """Write `state` (a dict with its "level") as the staged checkpoint: the first half of a
-        batch's commit. The checkpoint itself stays the previous level's until
-        `commit_checkpoint`; a batch killed between the two is settled by `resume.settle`."""
+        """Write `state` (a dict with its "level") as the staged checkpoint, which
+        `commit_checkpoint` makes the checkpoint (`resume.settle` settles a batch killed between)."""
         atomic_write(self.staged_path(), lambda f: torch.save(state, f))
 
     def save_checkpoint(self, state: dict) -> None:
-        """Stage and commit `state` at once (a batch of one, or a checkpoint written alone)."""
         self.stage_checkpoint(state)
         self.commit_checkpoint()
 
     def commit_checkpoint(self) -> None:
-        """Make the staged checkpoint the checkpoint, in one rename: at every moment the folder
-        holds one whole checkpoint, the previous level's or this one's."""
+        """Make the staged checkpoint the checkpoint, in one rename."""
         os.replace(self.staged_path(), self.checkpoint_path())
 
     def write_failure(self, level: int, line: str) -> None:
-        """`failure.txt`: the level and the one line that say why the run stopped."""
         text = f"level {level}: {line}\n"
         atomic_write(self.failure_path(), lambda f: f.write(text.encode()))
 
@@ -289,11 +248,8 @@ class RunDir:
             return None
 
     def checkpoint_level(self) -> int | None:
-        """The level the checkpoint was saved at; None without a readable one. safe_load.Refused
-        when it holds what no checkpoint of this program holds (it could run code).
-
-        Memory-mapped, so reading the level of a large checkpoint costs a few milliseconds.
-        """
+        """The level the checkpoint was saved at (memory-mapped); None without a readable one,
+        safe_load.Refused when it holds what no checkpoint of this program holds."""
         try:
             state = load_torch(self.checkpoint_path(), "checkpoint", mmap=True)
             return int(state["level"])
@@ -303,19 +259,16 @@ class RunDir:
             return None
 
 
-# -- the mask file (`{pt}_mask_{comp}.pkl`) ----------------------------------------------------
-# The original pickled a list with one float32 array of ones and zeros per parameter whose name
-# contains "weight", in `named_parameters()` order. Only Linear and Conv weights are pruned here,
-# so the entry of any other such parameter (a BatchNorm scale) is all ones.
+# The mask file (`{pt}_mask_{comp}.pkl`): as the original, a list with one float32 array of ones
+# and zeros per parameter whose name contains "weight", in `named_parameters()` order; all ones
+# for any such parameter that is not pruned here (a BatchNorm scale).
 
 
 def mask_file_names(model: nn.Module) -> list[str]:
-    """The parameters the entries of a mask file stand for, in order."""
     return [name for name, _ in model.named_parameters() if "weight" in name]
 
 
 def mask_to_list(model: nn.Module, mask: Mask) -> list[np.ndarray]:
-    """The original's positional list for `mask` (parameter name -> array) on `model`."""
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     return [
         np.asarray(mask[name], dtype=np.float32)
@@ -326,12 +279,8 @@ def mask_to_list(model: nn.Module, mask: Mask) -> list[np.ndarray]:
 
 
 def mask_from_list(model: nn.Module, entries: object, source: str) -> Mask:
-    """The mask (parameter name -> float32 array) of `model` that a mask file's list holds.
-
-    UserError, naming `source`, unless `entries` is a list that lines up with `model` (one entry
-    per parameter whose name contains "weight", of its shape, only ones and zeros) and keeps
-    every parameter this program never prunes (all ones there).
-    """
+    """The mask of `model` that a mask file's list holds; UserError naming `source` unless it
+    lines up with `model` and keeps every parameter this program never prunes."""
     names = mask_file_names(model)
     if not isinstance(entries, list) or len(entries) != len(names):
         found = f"{len(entries)}" if isinstance(entries, list) else f"a {type(entries).__name__}"
@@ -359,18 +308,15 @@ def mask_from_list(model: nn.Module, entries: object, source: str) -> Mask:
 
 
 def mask_to_bool(mask: Mask) -> dict[str, np.ndarray]:
-    """`mask` as booleans, a quarter of its float32 size: the form a checkpoint stores."""
+    """`mask` as booleans, the form a checkpoint stores."""
     return {name: np.asarray(entry, dtype=bool) for name, entry in mask.items()}
 
 
 def mask_from_bool(stored: dict[str, np.ndarray]) -> Mask:
-    """The mask (name -> float32 array of ones and zeros) that `mask_to_bool` stored."""
     return {name: entry.astype(np.float32) for name, entry in stored.items()}
 
 
 def read_mask(path: Path | str, model: nn.Module) -> Mask:
-    """The mask in the mask file `path` (`{pt}_mask_{comp}.pkl`, this program's or the
-    original's) for `model`; UserError when the file cannot be read, holds anything but a list of
-    arrays of numbers (safe_load: it is refused without running any of it) or does not fit
-    `model`."""
+    """The mask in the mask file `path` for `model`, read by safe_load; UserError when it cannot
+    be read or does not fit `model`."""
     return mask_from_list(model, load_array_list(path), str(path))

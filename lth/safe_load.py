@@ -1,14 +1,9 @@
 """Reading a run folder's files back without running code: only what this program writes loads.
 
-A run folder may be someone else's (`--masks_from`, `--resume`, combine_plots.py, sweep.py), and
-unpickling a file can call any function it names. So every file read back goes through a loader
-that knows only what this program (and the original) writes:
-- `.dat` dumps (`ndarray.dump`) and `.pkl` mask files (a list of arrays): an unpickler that can
-  rebuild numpy arrays and nothing else, and then the check that they hold numbers;
-- torch files: `torch.load(weights_only=True)` (tensors and plain Python values), with numpy's
-  array reconstruction allowed for a checkpoint and, for a whole saved model, the classes of the
-  model this run builds.
-Anything else is refused with `Refused`, a UserError naming the file, before any of it runs.
+A run folder may be someone else's, and unpickling can call any function a file names. `.dat`
+dumps and `.pkl` mask files go through an unpickler that rebuilds numpy arrays only; torch files
+through `torch.load(weights_only=True)` with numpy arrays and the given classes allowed. Anything
+else is refused with `Refused`, a UserError naming the file, before any of it runs.
 """
 
 import codecs
@@ -39,7 +34,7 @@ class Refused(UserError):
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    """`_codecs.encode` as protocol-2 pickles use it for bytes (their text, in latin1) only."""
+    """`_codecs.encode` as protocol-2 pickles use it for bytes (latin1) only."""
     if encoding != "latin1":
         raise Refused(f"it encodes to {encoding!r} with _codecs.encode")
     return codecs.encode(text, "latin1")
@@ -60,8 +55,7 @@ for _module in ("numpy.core", "numpy._core"):
 
 
 class ArrayUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays, numbers, strings, lists, tuples and dicts: no other class or
-    function can be named, so loading runs no code."""
+    """Unpickles numpy arrays and plain values only, so loading runs no code."""
 
     def find_class(self, module: str, name: str) -> Any:
         found = _ARRAY_GLOBALS.get((module, name))
@@ -89,7 +83,7 @@ def _is_numeric_array(value: object) -> bool:
 
 
 def load_array(path: Path | str) -> np.ndarray:
-    """A `.dat` dump (`ndarray.dump`: a pickled numpy array of numbers)."""
+    """A `.dat` dump (`ndarray.dump`)."""
     value = _unpickle(path, "an array")
     if not _is_numeric_array(value):
         raise Refused(f"{path}: refused, it holds {_describe(value)}, not an array of numbers")
@@ -97,7 +91,7 @@ def load_array(path: Path | str) -> np.ndarray:
 
 
 def load_array_list(path: Path | str) -> list[np.ndarray]:
-    """A `.pkl` mask file (a pickled list of numpy arrays of numbers)."""
+    """A `.pkl` mask file (a pickled list of arrays)."""
     value = _unpickle(path, "a mask")
     if not isinstance(value, list) or not all(_is_numeric_array(v) for v in value):
         raise Refused(
@@ -115,10 +109,8 @@ def _describe(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
-# -- torch files --------------------------------------------------------------------------------
 def _numpy_torch_globals() -> list:
-    """What `weights_only` needs for the numpy arrays and numbers of a checkpoint (the figures
-    per level, the mask as booleans, numpy's random state), under both numpy names."""
+    """What `weights_only` needs for a checkpoint's numpy arrays, under both numpy names."""
     allowed: list = [np.ndarray, np.dtype]
     for module in ("numpy.core", "numpy._core"):
         allowed.append((_multiarray._reconstruct, f"{module}.multiarray._reconstruct"))
@@ -135,12 +127,8 @@ _REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+)")  # how weights_only names what it 
 def load_torch(
     path: Path | str, what: str, classes: Iterable[type] = (), mmap: bool = False
 ) -> Any:
-    """`torch.load` of a torch file with `weights_only`: tensors (onto the CPU, whatever device
-    saved them), plain Python values, numpy arrays of numbers and instances of `classes`.
-
-    Refused naming the file when it refers to any other class or function; other failures (a
-    damaged file) pass through unchanged. Either way none of the file's code runs.
-    """
+    """`torch.load` onto the CPU with `weights_only`, numpy arrays and `classes` allowed;
+    Refused when the file refers to anything else, other failures unchanged."""
     allowed = [*NUMPY_TORCH_GLOBALS, *classes]
     try:
         with torch.serialization.safe_globals(allowed):

@@ -1,35 +1,16 @@
 """Many trials of one network trained as one stacked model, in one process, with one optimiser.
 
 Every parameter and buffer of k trials' modules is stacked along a new leading trial dimension
-([k, *shape]). Adam and SGD with L2 weight decay update each element on its own, so one
-optimiser over the stacked tensors is k independent optimisers, and with each trial's batch
-loss its own mean cross-entropy (the stacked loss is their sum) each trial's gradient is the
-one it would have alone. What stays per trial: its generator (its data order), its mask, its
-slice of every tensor.
+([k, *shape]). Adam and SGD with L2 weight decay update each element on its own, and the stacked
+loss is the sum of the trials' mean losses, so each trial gets the gradient it would have alone.
 
-Three forward paths, the same function within float rounding:
-- `module`: one trial (a batch of one, the solo run) is its own module, trained in place, its
-  parameters left unstacked and seen as [1, *shape] views: the plain forward, without the
-  per-call overhead of stacking (functional_call on a one-trial stack measured 17% slower per
-  fc1 step).
-- `vmap`: `torch.func.functional_call` of the original module under `torch.func.vmap` over the
-  trial dimension. Any network: BatchNorm updates its stacked running statistics in place in
-  training (each trial from its own batch) and uses them in eval mode; dropout draws
-  differently for each trial (`randomness="different"`), from the global generator.
-- `bmm`: networks whose forward is a plain chain of Linear layers and ReLUs (with flattening),
-  such as fc1, found by tracing the forward with torch.fx, run as one batched matrix product
-  per layer (`torch.baddbmm`, features first), which is faster than vmap's per-call overhead on
-  small layers.
-- `loop`: `functional_call` of each trial's slices in turn, their logits stacked. On the CPU,
-  where a convolution is compute-bound, vmap's batched (grouped) convolutions were slower than
-  the trials' own: conv2 at 5 trials took 1.7x a trial's time per trial under vmap, about 1x in
-  turn. The parameters stay stacked, so the optimiser step is still one for all trials.
-`path="auto"` picks `module` for one trial, else `bmm` wherever it applies, else `vmap` on an
-accelerator and `loop` on the CPU.
-
-Trials start from modules each trial initialised itself (from its own generator) and that are
-copied into their slices (a stack of several; a stack of one is its module): nothing here
-initialises a stacked tensor, whose fan-in and fan-out would be wrong.
+Forward paths (`path="auto"` picks `module` for one trial, else `bmm` where it applies, else
+`vmap` on an accelerator and `loop` on the CPU): `module`, one trial's own module; `bmm`, a
+chain of Linear layers and ReLUs as one batched matrix product per layer; `vmap`,
+`functional_call` under `torch.func.vmap` (BatchNorm statistics and dropout draws per trial);
+`loop`, `functional_call` of each trial in turn (on the CPU faster than vmap's convolutions).
+Trials start from modules each initialised itself: nothing here initialises a stacked tensor,
+whose fan-in and fan-out would be wrong.
 """
 
 import copy
@@ -37,23 +18,21 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import fx, nn
+from torch import Tensor, fx, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from lth.pruning import Mask, prunable
 
 PATHS = ("auto", "module", "bmm", "vmap", "loop")
+_PLAIN_LAYERS = {nn.ReLU: ("relu",), nn.Identity: ("identity",), nn.Flatten: ("flatten",)}
 StackedMasks = dict[str, torch.Tensor]  # parameter name -> [k, *shape] ones and zeros
 
 
 class StackedModel(nn.Module):
-    """k trials of one architecture as one module: parameters [k, *shape], buffers likewise.
+    """k trials of one architecture as one module: parameters and buffers [k, *shape].
 
-    `forward(x)`: x of shape [k, B, ...] (each trial its own batch) or [B, ...] (one batch
-    shared by every trial) gives logits [k, B, classes]. `parameters()` are the stacked
-    parameters, in the original module's order, so the project's optimisers apply as they are
-    (`train.build_optimizer(args, stacked)`). `params` and `buffers_by_name` hold them by the
-    original module's names.
+    `parameters()` are the stacked parameters in the original module's order, so the project's
+    optimisers apply as they are; `params` and `buffers_by_name` hold them by the original names.
     """
 
     def __init__(self, modules: Sequence[nn.Module], path: str = "auto") -> None:
@@ -92,14 +71,12 @@ class StackedModel(nn.Module):
             owner.register_buffer(leaf, value.detach().clone(), persistent=name in persistent)
 
     def stacked(self, tensor: torch.Tensor) -> torch.Tensor:
-        """`tensor` (one of the net's parameters, buffers or gradients) with its leading trial
-        dimension: itself, or on the `module` path a [1, *shape] view of it."""
+        """`tensor` of the net with its leading trial dimension (a view on the `module` path)."""
         return tensor.unsqueeze(0) if self.path == "module" else tensor
 
     @property
     def params(self) -> dict[str, nn.Parameter]:
-        """Original name -> stacked parameter [k, *shape] (a view on the `module` path: write
-        into it in place; the optimiser's leaves are `parameters()`)."""
+        """Original name -> stacked parameter [k, *shape] (a view on the `module` path)."""
         return {name: self.stacked(p) for name, p in self.net.named_parameters()}
 
     @property
@@ -108,30 +85,25 @@ class StackedModel(nn.Module):
         return {name: self.stacked(b) for name, b in self.net.named_buffers()}
 
     def forward(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
-        """Logits [k, B, classes] of the trials' own batches x [k, B, ...], or with `shared`
-        of one batch x [B, ...] that every trial sees (evaluation)."""
+        """Logits [k, B, classes] of the trials' batches x [k, B, ...], or with `shared` of one
+        batch x [B, ...] that every trial sees."""
         if self.path == "module":
             return self.net(x if shared else x[0]).unsqueeze(0)
         if self.chain is not None:
             return self._chain_forward(x, shared)
         state = {**self.params, **self.buffers_by_name}
         if self.path == "loop":
-            return torch.stack(
-                [
-                    _call(
-                        self.net, {name: v[i] for name, v in state.items()}, x if shared else x[i]
-                    )
-                    for i in range(self.trials)
-                ]
-            )
+            logits = []
+            for i in range(self.trials):
+                trial = {name: v[i] for name, v in state.items()}
+                logits.append(_call(self.net, trial, x if shared else x[i]))
+            return torch.stack(logits)
         batched = vmap(_call, in_dims=(None, 0, None if shared else 0), randomness="different")
         return batched(self.net, state, x)
 
     def _chain_forward(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
-        """The Linear chain with features first: each layer computes h' = W h + b on h of
-        shape [k, features, B], so that the weight's gradient, grad(h') h^T, comes out of the
-        batched product in the weight's own layout (with [k, B, features] it came out
-        transposed and was copied: measured, the backward of fc1 at 15 trials took 3x longer)."""
+        """The Linear chain with features first, h' = W h + b on h [k, features, B], so that
+        the weight's gradient comes out of the batched product in the weight's own layout."""
         assert self.chain is not None
         params = self.params
         h = x.expand(self.trials, *x.shape) if shared else x
@@ -152,18 +124,14 @@ class StackedModel(nn.Module):
                     h = torch.baddbmm(bias.unsqueeze(2), weight, h)
         return h.transpose(1, 2)
 
-    # --- one trial's state ---------------------------------------------------------------
-
     def trial_state(self, i: int) -> dict[str, torch.Tensor]:
-        """Trial i's state_dict with the original module's names and shapes (a copy, loadable
-        into the module the trial was made from)."""
+        """A copy of trial i's state_dict, with the original module's names and shapes."""
         state = self.net.state_dict()
         return {name: self.stacked(value)[i].clone() for name, value in state.items()}
 
     @torch.no_grad()
     def load_trial(self, i: int, state: Mapping[str, torch.Tensor]) -> None:
-        """Write one trial's state_dict (the original module's names and shapes) into its slice:
-        rewinding or re-initialising one trial leaves the others as they are."""
+        """Write one trial's state_dict (the original module's names and shapes) into its slice."""
         own = self.net.state_dict()
         if set(state) != set(own):
             missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
@@ -173,7 +141,6 @@ class StackedModel(nn.Module):
 
 
 def _call(net: nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """One trial's forward: the network with one slice of every stacked tensor."""
     return functional_call(net, state, (x,))
 
 
@@ -191,36 +158,26 @@ def _check_same_architecture(modules: Sequence[nn.Module]) -> None:
         other = {name: tuple(v.shape) for name, v in module.state_dict().items()}
         if other != shapes:
             raise ValueError(f"trial {i}'s state names or shapes differ from trial 0's")
-    names = [name for name, _ in first.named_parameters(remove_duplicate=False)]
-    if len(names) != len(dict(first.named_parameters())):
+    if len(list(first.named_parameters(remove_duplicate=False))) != len(list(first.parameters())):
         raise ValueError("networks with shared (tied) parameters cannot be stacked yet")
-
-
-# --- the batched-matmul path: which networks are a chain of Linear and ReLU -----------------
 
 
 def linear_chain(module: nn.Module) -> list[tuple[str, ...]] | None:
     """The module's forward as a list of ("flatten",), ("relu",), ("identity",) and ("linear",
-    weight name, bias name or ""), when it is exactly such a chain (each step's one input the previous
-    step's output, at least one Linear); None for any other network, one torch.fx cannot
-    trace, or one with forward hooks (such as --dropout's), which the chain would skip."""
-    if any(_has_hooks(m) for m in module.modules()):
+    weight name, bias name or "") when it is exactly such a chain with at least one Linear; None
+    for any other network, one torch.fx cannot trace, or one with forward hooks (--dropout's)."""
+    if any(m._forward_hooks or m._forward_pre_hooks for m in module.modules()):
         return None
     try:
         graph = fx.symbolic_trace(module).graph
     except Exception:  # control flow fx cannot follow: not a plain chain
         return None
+    nodes = list(graph.nodes)
+    if not nodes or nodes[0].op != "placeholder":
+        return None
     ops: list[tuple[str, ...]] = []
-    previous = None
-    for node in graph.nodes:
-        if node.op == "placeholder":
-            if previous is not None:
-                return None
-            previous = node
-            continue
-        if previous is None or not node.args or node.args[0] is not previous:
-            return None
-        if len(previous.users) != 1:
+    for previous, node in zip(nodes, nodes[1:], strict=False):
+        if not node.args or node.args[0] is not previous or len(previous.users) != 1:
             return None
         if node.op == "output":
             return ops if any(op[0] == "linear" for op in ops) else None
@@ -228,7 +185,6 @@ def linear_chain(module: nn.Module) -> list[tuple[str, ...]] | None:
         if op is None:
             return None
         ops.append(op)
-        previous = node
     return None
 
 
@@ -242,13 +198,9 @@ def _chain_op(module: nn.Module, node: fx.Node) -> tuple[str, ...] | None:
         if type(layer) is nn.Linear:
             bias = f"{node.target}.bias" if layer.bias is not None else ""
             return ("linear", f"{node.target}.weight", bias)
-        if type(layer) is nn.ReLU:
-            return ("relu",)
-        if type(layer) is nn.Identity:
-            return ("identity",)
-        if type(layer) is nn.Flatten and (layer.start_dim, layer.end_dim) == (1, -1):
-            return ("flatten",)
-        return None
+        if type(layer) is nn.Flatten and (layer.start_dim, layer.end_dim) != (1, -1):
+            return None
+        return _PLAIN_LAYERS.get(type(layer))
     if node.op == "call_function":
         if node.target in (torch.relu, nn.functional.relu) and not rest and not kwargs:
             return ("relu",)
@@ -260,18 +212,8 @@ def _chain_op(module: nn.Module, node: fx.Node) -> tuple[str, ...] | None:
     return None
 
 
-def _has_hooks(module: nn.Module) -> bool:
-    """Whether the module has forward hooks of its own (nn.Module lists them in these dicts,
-    with no public accessor)."""
-    return bool(module._forward_hooks or module._forward_pre_hooks)
-
-
-# --- masks per trial -------------------------------------------------------------------------
-
-
 def stack_masks(stacked: StackedModel, masks: Sequence[Mask]) -> StackedMasks:
-    """The trials' masks (pruning's name -> numpy array, one mask per trial) as name ->
-    [k, *shape] tensors beside the stacked weights (built once per level)."""
+    """The trials' masks (name -> numpy array, one per trial) as name -> [k, *shape] tensors."""
     if len(masks) != stacked.trials:
         raise ValueError(f"{len(masks)} masks for {stacked.trials} trials")
     weights = prunable(stacked.net)
@@ -281,11 +223,9 @@ def stack_masks(stacked: StackedModel, masks: Sequence[Mask]) -> StackedMasks:
     }
 
 
-def gradient_masks(
-    stacked: StackedModel, masks: StackedMasks
-) -> list[tuple[nn.Parameter, torch.Tensor]]:
-    """(parameter, mask of its gradient's shape) for every masked weight of the stack: the
-    pairs `freeze_pruned_trials` multiplies, made once per level so the step builds nothing."""
+def gradient_masks(stacked: StackedModel, masks: StackedMasks) -> list[tuple[nn.Parameter, Tensor]]:
+    """(parameter, mask of its gradient's shape) for every masked weight: the pairs
+    `freeze_pruned_trials` multiplies."""
     leaves = dict(stacked.net.named_parameters())
     return [
         (leaves[name], mask[0] if stacked.path == "module" else mask)
@@ -294,8 +234,7 @@ def gradient_masks(
 
 
 def freeze_pruned_trials(pairs: list[tuple[nn.Parameter, torch.Tensor]]) -> None:
-    """Zero the gradients of every trial's pruned weights (`gradient_masks`' pairs), so that
-    they stay exactly zero under Adam or SGD with weight decay."""
+    """Zero the gradients of every trial's pruned weights, so that they stay exactly zero."""
     for param, mask in pairs:
         if param.grad is not None:
             param.grad.mul_(mask)

@@ -1,15 +1,8 @@
 """The loss of a training batch, plain or compiled with `torch.compile` (`--compile`).
 
-The training step itself is written out in `train.train_epoch` on public APIs only: autograd,
-the gradients of pruned weights zeroed by the mask, the optimiser's own `step()`. What this
-module decides is whether the forward pass and the loss go through `torch.compile`.
-
-`--compile auto` compiles nowhere yet (`COMPILE_PAYS_BACK_ON`). Measured on this project's
-CPU machine (docs/performance.md): compiling fc1's model and loss costs about 20 s per process
-plus a few seconds for each new batch shape, and the compiled step is no faster than the plain
-one there, so it never pays back. `--compile on` on CUDA uses `mode="reduce-overhead"`, which
-replays the step's kernels as CUDA graphs: a batch-60 step on a GPU is bound by kernel launches,
-which is what graphs remove. Whether that pays back is not measured (no GPU was available).
+`--compile auto` compiles nowhere (`COMPILE_PAYS_BACK_ON`): on the CPU the compile time never
+pays back (docs/performance.md). `--compile on` on CUDA uses `mode="reduce-overhead"`, which
+replays the step's kernels as CUDA graphs, since a small step on a GPU is bound by launches.
 """
 
 from collections.abc import Callable
@@ -22,14 +15,10 @@ from lth.experiment import COMPILE_CHOICES
 BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-# Devices where compiling the batch loss was measured to pay back its compile time within a
-# run: none yet (the module's docstring says why).
-COMPILE_PAYS_BACK_ON: frozenset[str] = frozenset()
+COMPILE_PAYS_BACK_ON: frozenset[str] = frozenset()  # devices where compiling pays back
 
 
 def use_compile(choice: str, device: torch.device) -> bool:
-    """Whether `--compile choice` compiles the batch loss on `device`: `auto` where it was
-    measured to pay back (`COMPILE_PAYS_BACK_ON`), `on` and `off` as they say."""
     if choice not in COMPILE_CHOICES:
         raise ValueError(f"compile choice {choice!r} is not one of {COMPILE_CHOICES}")
     if choice == "auto":
@@ -50,20 +39,12 @@ def sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def trial_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Each trial's mean cross-entropy over its batch, [k] (`sample_losses`)."""
     return sample_losses(logits, labels).mean(dim=1)
 
 
 def batch_losses(stacked: nn.Module, compiled: bool = False) -> BatchLoss:
     """Each trial's mean cross-entropy on its batch, [k], of a `stack.StackedModel` given the
-    trials' images [k, B, ...] and labels [k, B]; compiled when `compiled`.
-
-    Compiled with static shapes: the last, smaller batch of an epoch gets a graph of its own,
-    compiled once per process; later epochs and levels reuse both graphs (the same stacked model
-    and parameters, so no guard fails). On CUDA, `mode="reduce-overhead"` captures CUDA graphs
-    and each call marks a new step for them. Only training calls go through it: evaluation runs
-    the model plainly, so switching to eval mode never recompiles.
-    """
+    trials' images [k, B, ...] and labels [k, B]; compiled (static shapes) when `compiled`."""
 
     def losses(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return trial_losses(stacked(x), y)
