@@ -182,22 +182,15 @@ class LevelPlan:
         """The plan of a level of `recipe` on `train_set`; `drops`: the epochs of --lr_drops;
         `held`: at the rate of the schedule's last step throughout."""
         epoch_steps = steps_per_epoch(len(train_set), recipe.batch_size)
+        gamma = 1.0 if recipe.lr_gamma is None else recipe.lr_gamma  # None: no drops
+        compiled = use_compile(recipe.compile, train_set.labels.device)
         return cls(
             epochs=recipe.end_iter,
             optimizer=recipe.optimizer,
             lr=recipe.lr,
             momentum=recipe.momentum,
-            schedule=Schedule(
-                warmup_iters=recipe.warmup_iters,
-                drops=tuple(drops),
-                gamma=1.0 if recipe.lr_gamma is None else recipe.lr_gamma,  # None: no drops
-                epoch_steps=epoch_steps,
-            ),
-            batches=Batches(
-                recipe.batch_size,
-                augmented=recipe.augment,
-                compiled=use_compile(recipe.compile, train_set.labels.device),
-            ),
+            schedule=Schedule(recipe.warmup_iters, tuple(drops), gamma, epoch_steps),
+            batches=Batches(recipe.batch_size, augmented=recipe.augment, compiled=compiled),
             start_step=start_step,
             hold_at=recipe.end_iter * epoch_steps - 1 if held else None,
             valid_freq=recipe.valid_freq,
@@ -258,17 +251,6 @@ def trial_draws(
     return torch.stack(draws).to(device)
 
 
-def trial_orders(count: int, randoms: Sequence[TrialRandom], device: torch.device) -> torch.Tensor:
-    return trial_draws(randoms, lambda: torch.randperm(count), device)
-
-
-def trial_augmentations(
-    count: int, randoms: Sequence[TrialRandom], device: torch.device
-) -> torch.Tensor:
-    """[k, count, 3]: each trial's crop and flip of each position of its epoch."""
-    return trial_draws(randoms, lambda: augment.draw(count), device)
-
-
 def trial_batch(
     data: Split, index: torch.Tensor, draws: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,8 +283,10 @@ def train_epoch(
     pairs = gradient_masks(stacked, trials.masks)
     device = data.labels.device
     count = len(data)
-    orders = trial_orders(count, trials.randoms, device)
-    draws = trial_augmentations(count, trials.randoms, device) if batches.augmented else None
+    orders = trial_draws(trials.randoms, lambda: torch.randperm(count), device)
+    draws = None
+    if batches.augmented:  # each trial's crop and flip of each position, after its permutation
+        draws = trial_draws(trials.randoms, lambda: augment.draw(count), device)
     total = torch.zeros(stacked.trials, device=device)
     first = skip * batches.size
     for start in range(first, count, batches.size):
@@ -419,7 +403,6 @@ class LevelRecord:
             )
             for _ in range(k)
         ]
-        self.best_val = [math.inf] * k
         # the latest test accuracy and validation (loss, accuracy) of each trial
         self.accuracy, self.val = [0.0] * k, [(0.0, 0.0)] * k
 
@@ -438,12 +421,11 @@ class LevelRecord:
             if self.data.val is None:
                 better = accuracies[i] > history.best_accuracy
             else:
-                better = history.best_state is None or measured[i][0] < self.best_val[i]
+                better = history.best_state is None or measured[i][0] < history.val_loss
             if better:
                 history.best_accuracy, history.best_epoch = accuracies[i], epoch
                 history.best_state = self.stacked.trial_state(i)
                 if self.data.val is not None:
-                    self.best_val[i] = measured[i][0]
                     history.val_loss, history.val_accuracy = measured[i]
                     history.early_stop_epoch = epoch
         self.accuracy, self.val = accuracies, measured
@@ -474,8 +456,25 @@ class LevelRecord:
                 on_epoch[i](epoch, losses[i], self.accuracy[i], **extra)
 
     def progress(self, epoch: int, losses: Sequence[float]) -> str:
-        val = self.val if self.data.val is not None else None
-        return progress_text(epoch, self.plan.epochs, self.histories, losses, self.accuracy, val)
+        """The progress bar's text; for several trials, the mean loss and the accuracies' range."""
+        histories, accuracy, epochs = self.histories, self.accuracy, self.plan.epochs
+        if len(histories) == 1:
+            shown = f"Val Loss: {self.val[0][0]:.4f} " if self.data.val is not None else ""
+            return (
+                f"Train Epoch: {epoch}/{epochs} Loss: {losses[0]:.6f} {shown}"
+                f"Accuracy: {accuracy[0]:.2f}% Best Accuracy: {histories[0].best_accuracy:.2f}%"
+            )
+        live = self.running()
+
+        def span(values: list[float]) -> str:
+            return f"{min(values):.2f}-{max(values):.2f}%"
+
+        mean_loss = sum(losses[i] for i in live) / len(live)
+        return (
+            f"Train Epoch: {epoch}/{epochs} trials: {len(live)}/{len(histories)} Mean Loss:"
+            f" {mean_loss:.6f} Accuracy: {span([accuracy[i] for i in live])} Best Accuracy:"
+            f" {span([histories[i].best_accuracy for i in live])}"
+        )
 
     def finish(self) -> list[LevelHistory]:
         """The histories, with each running trial's final accuracy."""
@@ -492,32 +491,4 @@ def diverged(epoch: int, description: str, loss: float, optimizer: torch.optim.O
     return (
         f"training diverged at epoch {epoch} ({description.strip()}): the loss is {loss};"
         f" try a lower --lr than {lr:g}"
-    )
-
-
-def progress_text(
-    epoch: int,
-    epochs: int,
-    histories: Sequence[LevelHistory],
-    losses: Sequence[float],
-    accuracy: Sequence[float],
-    val: Sequence[tuple[float, float]] | None,
-) -> str:
-    """The progress bar's text; for several trials, the mean loss and the accuracies' range."""
-    live = [i for i, history in enumerate(histories) if history.failure is None]
-    if len(histories) == 1:
-        shown = f"Val Loss: {val[0][0]:.4f} " if val is not None else ""
-        return (
-            f"Train Epoch: {epoch}/{epochs} Loss: {losses[0]:.6f} {shown}"
-            f"Accuracy: {accuracy[0]:.2f}% Best Accuracy: {histories[0].best_accuracy:.2f}%"
-        )
-
-    def span(values: list[float]) -> str:
-        return f"{min(values):.2f}-{max(values):.2f}%"
-
-    mean_loss = sum(losses[i] for i in live) / len(live)
-    return (
-        f"Train Epoch: {epoch}/{epochs} trials: {len(live)}/{len(histories)} Mean Loss:"
-        f" {mean_loss:.6f} Accuracy: {span([accuracy[i] for i in live])} Best Accuracy:"
-        f" {span([histories[i].best_accuracy for i in live])}"
     )
