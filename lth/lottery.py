@@ -109,9 +109,8 @@ class Shared:
         loaded = load_data(experiment, device)
         epoch_steps = steps_per_epoch(len(loaded.train), experiment.batch_size)
         experiment.check_rewind_step(epoch_steps)
-        return cls(
-            experiment, device, loaded, initializer(experiment.init, loaded.train), epoch_steps
-        )
+        init = initializer(experiment.init, loaded.train)
+        return cls(experiment, device, loaded, init, epoch_steps)
 
     @property
     def rewind_at(self) -> int:
@@ -153,9 +152,10 @@ class Batch:
         check_memory(shared, trial_runs)
         if opened.resumed is not None:  # before anything is written
             restore_batch(trial_runs, opened.resumed, shared)
-        for trial_run in trial_runs:
+        for trial_run in trial_runs:  # every mask of a --masks_from run read before any write
             if trial_run.trial.masks_from is not None:
-                check_saved_masks(trial_run.model, trial_run.trial.masks_from, shared.experiment)
+                for level in range(shared.experiment.prune_iterations):
+                    saved_mask(trial_run.model, trial_run.trial.masks_from, level)
         if shared.experiment.pretrain == "zae":
             pretrain(trial_runs, shared)
         for name, param in trial_runs[0].model.named_parameters():  # the trials share them
@@ -330,12 +330,8 @@ def check_memory(shared: Shared, trial_runs: list[TrialRun]) -> None:
     sample = train_set.batch(torch.zeros(1, dtype=torch.long, device=device))[0]
     batch_size = shared.experiment.batch_size
     per_trial = memory.trial_bytes(trial_runs[0].model, sample, batch_size, EVAL_BATCH)
-    memory.check_batch_fits(
-        len(trial_runs),
-        per_trial,
-        device,
-        "give fewer --seed or --prune_type values, or sweep.py --batch",
-    )
+    hint = "give fewer --seed or --prune_type values, or sweep.py --batch"
+    memory.check_batch_fits(len(trial_runs), per_trial, device, hint)
 
 
 def create_run_dirs(experiment: Experiment, trial_runs: list[TrialRun]) -> None:
@@ -443,16 +439,10 @@ def train_trials(
         for t in running
     ]
     keep = (rewind_at, rewind_keeper(running, stacked)) if level == 0 else None
-    histories = train_level(
-        stacked,
-        shared.loaded,
-        plan,
-        Trials(
-            stack.stack_masks(stacked, [t.progress.mask for t in running]),
-            [t.random for t in running],
-        ),
-        Callbacks([epoch_hook(writer, experiment, level) for writer in opened], keep),
-    )
+    masks = stack.stack_masks(stacked, [t.progress.mask for t in running])
+    trials = Trials(masks, [t.random for t in running])
+    hooks = Callbacks([epoch_hook(writer, experiment, level) for writer in opened], keep)
+    histories = train_level(stacked, shared.loaded, plan, trials, hooks)
     return LevelInTraining(running, comps, histories, opened)
 
 
@@ -486,12 +476,6 @@ def prune(trial_run: TrialRun, shared: Shared, level: int, trial_runs: list[Tria
 
 def saved_mask(model: nn.Module, masks_from: str, level: int) -> Mask:
     return read_mask(runs.read_run(masks_from).mask_path(level), model)
-
-
-def check_saved_masks(model: nn.Module, masks_from: str, experiment: Experiment) -> None:
-    """UserError when a level's mask of the --masks_from run is missing or does not fit."""
-    for level in range(experiment.prune_iterations):
-        saved_mask(model, masks_from, level)
 
 
 def reset_survivors(trial_run: TrialRun, init: Initializer) -> None:
@@ -555,11 +539,9 @@ def write_level(
     best_model = copy.deepcopy(model)
     best_model.load_state_dict(history.best_state)
     run_dir.save_model(best_model, run_dir.model_path(level))
-    run_dir.dump_array(history.all_loss, run_dir.dump_path("all_loss", tag))
-    run_dir.dump_array(history.all_accuracy, run_dir.dump_path("all_accuracy", tag))
-    if history.all_val_loss is not None and history.all_val_accuracy is not None:
-        run_dir.dump_array(history.all_val_loss, run_dir.dump_path("all_val_loss", tag))
-        run_dir.dump_array(history.all_val_accuracy, run_dir.dump_path("all_val_accuracy", tag))
+    for name in ("all_loss", "all_accuracy", "all_val_loss", "all_val_accuracy"):
+        if getattr(history, name) is not None:  # the validation ones: with --val_size only
+            run_dir.dump_array(getattr(history, name), run_dir.dump_path(name, tag))
     run_dir.dump_mask(model, progress.mask, run_dir.dump_path("mask", tag, ".pkl"))
     write_loss_plot(shared.experiment, run_dir, history, tag)
     progress.summary.append(summary_row(level, left, comp, history))
@@ -610,11 +592,8 @@ def write_final(experiment: Experiment, trial_run: TrialRun) -> None:
     run_dir, progress = trial_run.run_dir, trial_run.progress
     run_dir.dump_array(progress.comp, run_dir.dump_path("compression"))
     run_dir.dump_array(progress.bestacc, run_dir.dump_path("bestaccuracy"))
-    figure = plots.accuracy_vs_weights(
-        [("Winning tickets", progress.comp, progress.bestacc)],
-        experiment.dataset,
-        experiment.arch_type,
-    )
+    curves = [("Winning tickets", progress.comp, progress.bestacc)]
+    figure = plots.accuracy_vs_weights(curves, experiment.dataset, experiment.arch_type)
     run_dir.save_figure(figure, run_dir.accuracy_plot_path(), experiment.plot_dpi)
     plots.close(figure, experiment.plot_dpi)
 

@@ -41,11 +41,7 @@ class Rates:
 
     def keywords(self) -> dict:
         """The keyword arguments of the pruning rules besides `percent`."""
-        return {
-            "scope": self.scope,
-            "output_percent": self.output_percent,
-            "conv_percent": self.conv_percent,
-        }
+        return {name: getattr(self, name) for name in ("scope", "output_percent", "conv_percent")}
 
 
 @dataclass(frozen=True)

@@ -88,16 +88,6 @@ def score_sample(train_set: Split, classes: int, device: torch.device) -> torch.
     return torch.randperm(len(train_set))[:count].to(device)
 
 
-def _chunks(
-    train_set: Split, index: torch.Tensor, batch_size: int
-) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
-    """(images, labels, share of the sample) for each chunk of `index`."""
-    return [
-        (*train_set.batch(part), part.numel() / index.numel())
-        for part in torch.split(index, batch_size)
-    ]
-
-
 def _loss_gradient(
     model: nn.Module, chunks: Sequence[tuple[torch.Tensor, torch.Tensor, float]], scale: float = 1.0
 ) -> Scores:
@@ -196,6 +186,9 @@ def scored_mask(
 ) -> Mask:
     """The mask keeping `counts` of the weights of `network` with the highest `score` on a
     sample of `train_set` (`score_sample`), fed in chunks of `batch_size`."""
-    device = next(network.parameters()).device
-    chunks = _chunks(train_set, score_sample(train_set, classes, device), batch_size)
+    index = score_sample(train_set, classes, next(network.parameters()).device)
+    chunks = [  # (images, labels, share of the sample)
+        (*train_set.batch(part), part.numel() / index.numel())
+        for part in torch.split(index, batch_size)
+    ]
     return keep_highest(score(network, chunks), counts)
