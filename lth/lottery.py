@@ -82,8 +82,7 @@ class TrialRun:
 
 @dataclass(frozen=True)
 class BatchStart:
-    """Which batch to open: a new one, or the one `resumed` names; `record_to`: the file of the
-    batch's record (`Batch.write_record`)."""
+    """Which batch to open: a new one, or the one `resumed` names."""
 
     experiment: Experiment
     trials: list[Trial]
@@ -141,8 +140,7 @@ class Batch:
 
     @classmethod
     def open(cls, opened: BatchStart) -> "Batch":
-        """Every trial built, restored, checked and pre-trained; new run folders created last,
-        once every check passed."""
+        """Every trial built, restored, checked and pre-trained; run folders created last."""
         flush_denormals()  # first: CPU threads started before it would keep denormals
         trials = opened.trials
         print(f"seed: {' '.join(str(t.seed) for t in trials)}")
@@ -166,8 +164,7 @@ class Batch:
 
     @contextlib.contextmanager
     def held(self) -> Iterator["Batch"]:
-        """The batch's folders locked and their args.json written while the levels run; the
-        writers of an unfinished level closed on the way out."""
+        """The batch's folders locked and their args.json written while the levels run."""
         with contextlib.ExitStack() as locks:
             for trial_run in self.trial_runs:
                 locks.enter_context(trial_run.run_dir.locked())
@@ -191,8 +188,7 @@ class Batch:
             yield level
 
     def prune(self, level: int) -> None:
-        """Each running trial's mask of the level (tickets before their controls) and, after
-        level 0, its survivors reset."""
+        """Each running trial's mask of the level (tickets first) and its survivors reset."""
         for trial_run in sorted(self.running(), key=lambda t: t.trial.ticket is not None):
             trial_run.progress.mask = prune(trial_run, self.shared, level, self.trial_runs)
             if level > 0:
@@ -362,8 +358,7 @@ def record_batch(shared: Shared, trial_runs: list[TrialRun]) -> None:
 
 
 def record_resume(trial_runs: list[TrialRun], resumed: resume.Resumed, shared: Shared) -> None:
-    """Each trial's args.json with this resume added and the interrupted level's leftovers
-    removed; a trial without a checkpoint starts again."""
+    """Each trial's args.json with this resume added, the interrupted level's leftovers removed."""
     levels = shared.experiment.prune_iterations
     for trial_run, record in zip(trial_runs, resumed.records, strict=True):
         run_dir = trial_run.run_dir
@@ -543,20 +538,7 @@ def write_level(
         if getattr(history, name) is not None:  # the validation ones: with --val_size only
             run_dir.dump_array(getattr(history, name), run_dir.dump_path(name, tag))
     run_dir.dump_mask(model, progress.mask, run_dir.dump_path("mask", tag, ".pkl"))
-    write_loss_plot(shared.experiment, run_dir, history, tag)
-    progress.summary.append(summary_row(level, left, comp, history))
-    run_dir.write_summary(progress.summary)
-    # TensorBoard stores the step {comp} as an integer; the two tags after it keep levels apart.
-    writer = trained.writers[index]
-    writer.add_scalar("Accuracy/test", history.best_accuracy, int(comp))
-    writer.add_scalar("Accuracy/best_by_level", history.best_accuracy, level)
-    writer.add_scalar("Accuracy/best_vs_weights_left_x10", history.best_accuracy, round(left * 10))
-    writer.flush()
-
-
-def write_loss_plot(
-    experiment: Experiment, run_dir: RunDir, history: LevelHistory, tag: str
-) -> None:
+    experiment = shared.experiment
     figure = plots.loss_vs_accuracy(
         history.all_loss,
         history.all_accuracy,
@@ -566,6 +548,14 @@ def write_loss_plot(
     )
     run_dir.save_figure(figure, run_dir.loss_plot_path(tag), experiment.plot_dpi)
     plots.close(figure, experiment.plot_dpi)
+    progress.summary.append(summary_row(level, left, comp, history))
+    run_dir.write_summary(progress.summary)
+    # TensorBoard stores the step {comp} as an integer; the two tags after it keep levels apart.
+    writer = trained.writers[index]
+    writer.add_scalar("Accuracy/test", history.best_accuracy, int(comp))
+    writer.add_scalar("Accuracy/best_by_level", history.best_accuracy, level)
+    writer.add_scalar("Accuracy/best_vs_weights_left_x10", history.best_accuracy, round(left * 10))
+    writer.flush()
 
 
 def summary_row(level: int, left: float, comp: float, history: LevelHistory) -> dict:

@@ -31,8 +31,7 @@ SPELLING = "MODULE:ATTRIBUTE"
 
 @dataclass(frozen=True)
 class Rates:
-    """How much a level prunes: --prune_percent, --prune_scope, --prune_percent_output and
-    --prune_percent_conv (None: --prune_percent)."""
+    """How much a level prunes: --prune_percent, --prune_scope, --prune_percent_output/_conv."""
 
     percent: float
     scope: str = "layer"
@@ -171,8 +170,7 @@ def at_random(level: Level) -> Mask:
 
 def at_init(mask_of: Callable[[nn.Module, Counts, Sample], Mask]) -> Prune:
     """A rule of pruning at initialisation: `mask_of(network, counts, sample)` is the mask of the
-    dense initial network that keeps `counts`, what the magnitude rule keeps after as many
-    levels."""
+    dense initial network keeping `counts`, what the magnitude rule keeps after as many levels."""
 
     def prune(level: Level) -> Mask:
         from lth.pruning import apply_mask
@@ -220,8 +218,7 @@ def rewind_survivors(trial: TrialState, init: Initializer) -> None:
 
 
 def draw_survivors(trial: TrialState, init: Initializer) -> None:
-    """Fresh random survivors, drawn on the CPU as the module was built; buffers back to their
-    initial values."""
+    """Fresh random survivors, drawn on the CPU as the module was built; buffers reset."""
     from lth.pruning import reinitialize
 
     model = trial.model
@@ -317,8 +314,7 @@ REINIT_TICKET = dataclasses.replace(
 
 @dataclass
 class Registry:
-    """The prune methods by name, in the order registered, and the MODULE:ATTRIBUTE of each one
-    a command line imported."""
+    """The prune methods by name and the MODULE:ATTRIBUTE of each one a command line imported."""
 
     methods: dict[str, PruneMethod] = field(default_factory=dict)
     spellings: dict[str, str] = field(default_factory=dict)
@@ -396,8 +392,7 @@ def spelling(name: str) -> str:
 
 
 def recorded(name: str) -> PruneMethod:
-    """The method of a recorded prune type, among the registered ones only (never imported);
-    UserError naming the choices otherwise."""
+    """The method of a recorded prune type, among the registered ones only; UserError otherwise."""
     method = REGISTRY.methods.get(name)
     if method is None or method.records_as is not None:
         choices = ", ".join(m.name for m in recordable())
@@ -418,8 +413,7 @@ def prune_type_help() -> str:
 
 
 def record_name(spelling: str) -> str:
-    """The prune type a run of the method a command line names records; the spelling itself
-    when it names none."""
+    """The prune type a run of the method `spelling` names records (else the spelling itself)."""
     method = find(spelling)
     return method.recorded_name if method is not None else spelling
 

@@ -67,9 +67,8 @@ def prune_by_percentile(
     output_percent: float | None = None,
     conv_percent: float | None = None,
 ) -> Mask:
-    """Prune the survivors by magnitude, zero them in `model` and return the new mask: each
-    layer on its own (`scope="layer"`) or the layers of one rate together (`"global"`).
-    `conv_percent` and `output_percent` are the Conv and last layer's rates (None: `percent`)."""
+    """Prune the survivors by magnitude, zeroed in `model`, per layer or per group of layers of
+    one rate (`scope="global"`); Conv and last layers may have their own rates."""
     new_mask = magnitude_mask(model, mask, percent, scope, output_percent, conv_percent)
     apply_mask(model, new_mask)
     return new_mask
@@ -84,8 +83,7 @@ def prune_at_random(
     output_percent: float | None = None,
     conv_percent: float | None = None,
 ) -> Mask:
-    """Per layer, as many survivors as `prune_by_percentile` would remove, chosen at random
-    (numpy's generator); zero them in `model`."""
+    """Per layer, as many random survivors as `prune_by_percentile` removes, zeroed in `model`."""
     by_magnitude = magnitude_mask(model, mask, percent, scope, output_percent, conv_percent)
     new_mask = {}
     for name, before in mask.items():
@@ -128,9 +126,7 @@ def rate_groups(
     """The non-empty groups of layers of one rate: Conv layers at `conv_percent`, the last at
     `output_percent`, the others (and those whose rate is None) at `percent`."""
     output = names[-1:] if output_percent is not None else []
-    own_conv = (
-        [n for n in names if n in conv and n not in output] if conv_percent is not None else []
-    )
+    own_conv = [n for n in names if n in conv and n not in output and conv_percent is not None]
     body = [n for n in names if n not in own_conv and n not in output]
     groups = [(body, percent), (own_conv, conv_percent), (output, output_percent)]
     return [(layers, rate) for layers, rate in groups if layers]

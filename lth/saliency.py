@@ -1,15 +1,14 @@
 """Pruning at initialisation: the scores of SNIP, GraSP and SynFlow, and the masks they give.
 
 The weights of the initial network with the highest scores are kept, as many as the magnitude
-rule keeps after as many levels (`level_counts`). Every score is computed in eval mode.
+rule keeps after as many levels (`level_counts`). Every score is computed in eval mode; SNIP and
+GraSP score on SCORE_IMAGES_PER_CLASS x classes training images.
 
 - SNIP (Lee et al. 2019): |g * w|, g the gradient of the training loss.
 - GraSP (Wang et al. 2020): the kept weights have the highest w * (H g), H the Hessian of the
   loss and g its gradient, the logits divided by a temperature of 200.
 - SynFlow (Tanaka et al. 2020): w * dR/dw, R the summed output of the network made positive on
   an input of ones, in double precision, pruned over 100 rounds of growing sparsity.
-
-SNIP and GraSP score on SCORE_IMAGES_PER_CLASS x classes training images.
 """
 
 import copy
@@ -48,8 +47,7 @@ def level_counts(
     output_percent: float | None = None,
     conv_percent: float | None = None,
 ) -> Counts:
-    """The weights kept after `level` levels of the magnitude rule from a dense `model`, per
-    layer or per group of layers ranked together (`scope`)."""
+    """The weights kept after `level` levels of the magnitude rule from a dense `model`."""
     sizes = {name: p.numel() for name, p in prunable(model).items()}
     groups = rate_groups(list(sizes), conv_names(model), percent, output_percent, conv_percent)
     if scope == "layer":
@@ -65,8 +63,7 @@ def level_counts(
 
 
 def keep_highest(scores: Scores, counts: Counts) -> Mask:
-    """The mask keeping each group's count of highest-scoring weights (ties by layer order,
-    then position)."""
+    """The mask keeping each group's count of highest-scoring weights (stable on ties)."""
     mask = {}
     for layers, kept in counts:
         flat = torch.cat([scores[name].detach().reshape(-1).double().cpu() for name in layers])
@@ -91,8 +88,7 @@ def score_sample(train_set: Split, classes: int, device: torch.device) -> torch.
 def _loss_gradient(
     model: nn.Module, chunks: Sequence[tuple[torch.Tensor, torch.Tensor, float]], scale: float = 1.0
 ) -> Scores:
-    """The gradient of the mean cross-entropy loss over the chunks (logits divided by `scale`)
-    with respect to the prunable weights."""
+    """The prunable weights' gradient of the mean loss over `chunks`, logits divided by `scale`."""
     weights = prunable(model)
     total = {name: torch.zeros_like(w) for name, w in weights.items()}
     for images, labels, share in chunks:
@@ -123,9 +119,8 @@ def grasp_scores(
         inner = sum(
             (gradient[name] * grad).sum() for name, grad in zip(weights, grads, strict=True)
         )
-        for name, part in zip(
-            weights, torch.autograd.grad(inner, list(weights.values())), strict=True
-        ):
+        parts = torch.autograd.grad(inner, list(weights.values()))
+        for name, part in zip(weights, parts, strict=True):
             product[name] += part
     return {name: (w * product[name]).detach() for name, w in weights.items()}
 
@@ -184,8 +179,7 @@ def scored_mask(
     batch_size: int,
     classes: int,
 ) -> Mask:
-    """The mask keeping `counts` of the weights of `network` with the highest `score` on a
-    sample of `train_set` (`score_sample`), fed in chunks of `batch_size`."""
+    """The mask keeping `counts` of `network`'s weights with the highest `score` on a sample."""
     index = score_sample(train_set, classes, next(network.parameters()).device)
     chunks = [  # (images, labels, share of the sample)
         (*train_set.batch(part), part.numel() / index.numel())

@@ -1,5 +1,4 @@
-"""Training and evaluation of a batch of trials on in-memory tensors, read back to the host
-once per epoch.
+"""Training and evaluation of a batch of trials on in-memory tensors.
 
 The trials of a batch (one trial is a batch of one) train as one `stack.StackedModel`, each with
 its own data order, mask, best state, early stop and failure, under one optimiser and schedule.
@@ -92,8 +91,7 @@ def steps_per_epoch(count: int, batch_size: int) -> int:
 
 @dataclass(frozen=True)
 class Schedule:
-    """The learning-rate schedule (`--warmup_iters`, `--lr_drops`, `--lr_gamma`), steps counted
-    from step 0 of level 0."""
+    """The learning-rate schedule of `--warmup_iters`, `--lr_drops` and `--lr_gamma`."""
 
     warmup_iters: int
     drops: tuple[int, ...]  # the epochs of --lr_drops
@@ -110,9 +108,8 @@ class Schedule:
     def attach(
         self, optimizer: torch.optim.Optimizer, start_step: int = 0, hold_at: int | None = None
     ) -> LambdaLR | None:
-        """A fresh schedule for one level's optimiser, its first step at step `start_step` of
-        the schedule (or every step at step `hold_at`'s rate: `finetune`); None when the rate
-        is constant."""
+        """A fresh schedule for one level's optimiser, starting at step `start_step` (or held at
+        step `hold_at`'s rate: `finetune`); None when the rate is constant."""
         if self.warmup_iters == 0 and not self.drops:
             return None
 
@@ -143,8 +140,7 @@ class Stepper:
 
 @dataclass(frozen=True)
 class Batches:
-    """An epoch's batches: `size` images per step, cropped and flipped when `augmented`
-    (`--augment`), the loss compiled when `compiled` (`--compile`)."""
+    """An epoch's batches: `size` images per step, `--augment` and `--compile`."""
 
     size: int
     augmented: bool = False
@@ -179,8 +175,7 @@ class LevelPlan:
         held: bool = False,
         description: str = "",
     ) -> "LevelPlan":
-        """The plan of a level of `recipe` on `train_set`; `drops`: the epochs of --lr_drops;
-        `held`: at the rate of the schedule's last step throughout."""
+        """The plan of a level of `recipe` on `train_set`; `held`: at the schedule's last rate."""
         epoch_steps = steps_per_epoch(len(train_set), recipe.batch_size)
         gamma = 1.0 if recipe.lr_gamma is None else recipe.lr_gamma  # None: no drops
         compiled = use_compile(recipe.compile, train_set.labels.device)
@@ -410,8 +405,7 @@ class LevelRecord:
         return [i for i, history in enumerate(self.histories) if history.failure is None]
 
     def measure(self, epoch: int) -> list[float]:
-        """Test (and validate) every trial; keep each running trial's state if it is its best so
-        far. Returns the test accuracies."""
+        """Test (and validate) every trial, keeping its best state; returns the accuracies."""
         accuracies = evaluate(self.stacked, self.data.test)
         measured = self.val
         if self.data.val is not None:
@@ -438,8 +432,7 @@ class LevelRecord:
         optimizer: torch.optim.Optimizer,
         on_epoch: Sequence[Callable[..., None]] | None,
     ) -> None:
-        """Each running trial's loss of `epoch` beside its latest measures, and its `on_epoch`
-        call; a trial whose loss is not finite fails."""
+        """Each running trial's loss and latest measures of `epoch`, or its failure."""
         e = epoch - self.plan.first_epoch
         for i in self.running():
             history = self.histories[i]
