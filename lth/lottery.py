@@ -1,19 +1,12 @@
 """The lottery loop: a batch of trials, created or resumed, whose levels are pruned, trained,
-recorded and committed together.
-
-A batch is one or more trials (one trial: the original runner's run). The trials share the
-recipe (`Experiment`), the data, the optimiser step and the level loop; each has its own module,
-generators (`record.TrialRandom`), mask, progress and run folder, the one it would write alone.
-They train as one stacked model (`stack.StackedModel`). A `reinit` control prunes nothing itself:
-each level takes the mask of an `lt` run (`--masks_from`) or of the batch's `lt` trial of its
-seed (`reinit_ticket`).
+recorded and committed together. The trials share the recipe, the data and the optimiser step;
+each has its own module, generators, mask, progress and run folder (the one it would write
+alone), and they train as one `stack.StackedModel`.
 
     batch = Batch.open(start)
     with batch.held():
         for level in batch.levels():
             batch.prune(level); batch.train(level); batch.record(level); batch.commit(level)
-
-`BatchStart` says which batch to open: a new one (its recipe and trials) or a resume.
 """
 
 import contextlib
@@ -33,13 +26,7 @@ from lth.errors import UserError
 from lth.experiment import Experiment, Trial
 from lth.initialization import Initializer, initializer
 from lth.pretrain import pretrain_zae
-from lth.pruning import (
-    Mask,
-    make_mask,
-    print_nonzeros,
-    state_copy,
-    weights_left,
-)
+from lth.pruning import Mask, make_mask, print_nonzeros, state_copy, weights_left
 from lth.record import (
     RunRecord,
     TrialRandom,
@@ -66,9 +53,9 @@ from lth.train import (
 
 @dataclass
 class Progress:
-    """Everything a level hands to the next; the checkpoint keeps it (resume.checkpoint_progress)."""
+    """Everything a level hands to the next; the checkpoint keeps it."""
 
-    mask: Mask  # parameter name -> array of ones and zeros, for each prunable weight
+    mask: Mask
     initial_state: dict[str, torch.Tensor]
     comp: np.ndarray  # nonzero parameters (%) at the start of each level: the original's figure
     bestacc: np.ndarray  # best test accuracy of each level
@@ -79,8 +66,7 @@ class Progress:
 
 @dataclass
 class TrialRun:
-    """One trial of the batch: what it is, its own module and generators, where it writes, what
-    it has done, and why it stopped (None while it runs)."""
+    """One trial of the batch; `failure`: why it stopped (None while it runs)."""
 
     trial: Trial
     model: nn.Module
@@ -96,8 +82,7 @@ class TrialRun:
 
 @dataclass(frozen=True)
 class BatchStart:
-    """Which batch to open: a new one (`experiment` and `trials`, from the command line), or the
-    batch `resumed` names; `record_to`: the file of the batch's record (`write_batch_record`)."""
+    """Which batch to open: a new one, or the one `resumed` names."""
 
     experiment: Experiment
     trials: list[Trial]
@@ -107,8 +92,7 @@ class BatchStart:
 
 @dataclass(frozen=True)
 class Shared:
-    """What every trial of a batch shares: the recipe, the device, the data on it, the
-    initialiser and the steps of one epoch."""
+    """What every trial of a batch shares."""
 
     experiment: Experiment
     device: torch.device
@@ -118,16 +102,14 @@ class Shared:
 
     @classmethod
     def of(cls, experiment: Experiment) -> "Shared":
-        """The device chosen, the data loaded on it (before any folder exists: bad data create
-        nothing), the rewind step checked against the data's steps per epoch."""
+        """The device chosen and the data loaded on it, before any folder exists."""
         device = select_device(experiment.gpu)
         deterministic_algorithms(device)  # before any cuBLAS work
         loaded = load_data(experiment, device)
         epoch_steps = steps_per_epoch(len(loaded.train), experiment.batch_size)
         experiment.check_rewind_step(epoch_steps)
-        return cls(
-            experiment, device, loaded, initializer(experiment.init, loaded.train), epoch_steps
-        )
+        init = initializer(experiment.init, loaded.train)
+        return cls(experiment, device, loaded, init, epoch_steps)
 
     @property
     def rewind_at(self) -> int:
@@ -136,8 +118,7 @@ class Shared:
 
 @dataclass
 class LevelInTraining:
-    """A level between `Batch.train` and `Batch.record`: its trials, their stacked model, their
-    `{comp}` figures, histories and open TensorBoard writers."""
+    """A level between `Batch.train` and `Batch.record`."""
 
     running: list[TrialRun]
     comps: list[float]
@@ -159,8 +140,7 @@ class Batch:
 
     @classmethod
     def open(cls, opened: BatchStart) -> "Batch":
-        """Every trial built, restored where it was resumed, checked and pre-trained; new run
-        folders created (the last step: nothing is written before every check passed)."""
+        """Every trial built, restored, checked and pre-trained; run folders created last."""
         flush_denormals()  # first: CPU threads started before it would keep denormals
         trials = opened.trials
         print(f"seed: {' '.join(str(t.seed) for t in trials)}")
@@ -170,21 +150,21 @@ class Batch:
         check_memory(shared, trial_runs)
         if opened.resumed is not None:  # before anything is written
             restore_batch(trial_runs, opened.resumed, shared)
-        for trial_run in trial_runs:
+        for trial_run in trial_runs:  # every mask of a --masks_from run read before any write
             if trial_run.trial.masks_from is not None:
-                check_saved_masks(trial_run.model, trial_run.trial.masks_from, shared.experiment)
+                for level in range(shared.experiment.prune_iterations):
+                    saved_mask(trial_run.model, trial_run.trial.masks_from, level)
         if shared.experiment.pretrain == "zae":
             pretrain(trial_runs, shared)
-        print_layers(trial_runs[0].model)
+        for name, param in trial_runs[0].model.named_parameters():  # the trials share them
+            print(name, param.size())
         if opened.resumed is None:
             create_run_dirs(shared.experiment, trial_runs)
         return cls(shared, trial_runs, opened)
 
     @contextlib.contextmanager
     def held(self) -> Iterator["Batch"]:
-        """The batch's folders locked and their args.json written for the run (or the resume)
-        while the levels run; the TensorBoard writers of an unfinished level closed on the way
-        out."""
+        """The batch's folders locked and their args.json written while the levels run."""
         with contextlib.ExitStack() as locks:
             for trial_run in self.trial_runs:
                 locks.enter_context(trial_run.run_dir.locked())
@@ -202,22 +182,19 @@ class Batch:
         return [t for t in self.trial_runs if t.failure is None]
 
     def levels(self) -> Iterator[int]:
-        """The levels left to run, while any trial runs."""
         for level in range(self.start, self.shared.experiment.prune_iterations):
             if not self.running():
                 return
             yield level
 
     def prune(self, level: int) -> None:
-        """Each running trial's mask of the level (tickets first: a control takes its ticket's)
-        and, after level 0, its survivors reset where its prune type starts them."""
+        """Each running trial's mask of the level (tickets first) and its survivors reset."""
         for trial_run in sorted(self.running(), key=lambda t: t.trial.ticket is not None):
             trial_run.progress.mask = prune(trial_run, self.shared, level, self.trial_runs)
             if level > 0:
                 reset_survivors(trial_run, self.shared.init)
 
     def train(self, level: int) -> None:
-        """Every running trial trained together for the level (`run_level`'s training)."""
         running = self.running()
         if self.stacked is None or self.stacked.trials != len(running):
             self.stacked = stack.StackedModel([t.model for t in running])
@@ -226,8 +203,7 @@ class Batch:
         self.level = train_trials(self.shared, level, running, self.stacked, self._writers)
 
     def record(self, level: int) -> None:
-        """Each trial's files of the level (a trial whose loss diverged: its failure.txt), and
-        of the whole run after the last level."""
+        """Each trial's files of the level (or its failure.txt), and the run's after the last."""
         assert self.level is not None and self.stacked is not None
         trained = self.level
         last = level == self.shared.experiment.prune_iterations - 1
@@ -245,8 +221,8 @@ class Batch:
         self.level = None
 
     def commit(self, level: int) -> None:
-        """Every running trial's checkpoint of `level`, committed together: all are staged before
-        any replaces its previous one, so a kill leaves no trial a level ahead (resume.settle)."""
+        """Every running trial's checkpoint, all staged before any is committed, so that a kill
+        leaves no trial a level ahead."""
         running = self.running()
         for trial_run in running:
             trial_run.run_dir.stage_checkpoint(checkpoint(level, trial_run))
@@ -255,8 +231,7 @@ class Batch:
         self.write_record(level + 1)
 
     def write_record(self, done: int | None = None) -> None:
-        """The batch's record for whoever started it (`BatchStart.record_to`: sweep.py): each
-        trial's run folder, its levels done and why it stopped."""
+        """The batch's record for sweep.py: each trial's folder, levels done and failure."""
         if self.opened.record_to is None:
             return
         done = self.start if done is None else done
@@ -276,23 +251,14 @@ class Batch:
         )
 
     def finish(self) -> list[str]:
-        """Where each trial's results are (printed); one line for each trial that stopped."""
+        """Print where each trial's results are; one line for each trial that stopped."""
         for trial_run in self.trial_runs:
             print(f"\nresults: {trial_run.run_dir.root}\nplots: {trial_run.run_dir.plots}")
         return [f"{t.run_dir.root}: {t.failure}" for t in self.trial_runs if t.failure is not None]
 
 
-def print_layers(model: nn.Module) -> None:
-    """The original's "Layer Looper": each parameter's name and shape (the batch's trials share
-    them, so once)."""
-    for name, param in model.named_parameters():
-        print(name, param.size())
-
-
 def restore_batch(trial_runs: list[TrialRun], resumed: resume.Resumed, shared: Shared) -> None:
-    """Each trial of a resumed batch back in its folder and, where it has a checkpoint, where
-    that left it (its initial and rewind states read from their result files), once every
-    checkpoint is known to fit its trial (`resume.check_checkpoint`)."""
+    """Each trial of a resumed batch back in its folder and where its checkpoint left it."""
     levels = shared.experiment.prune_iterations
     rewinds_late = shared.rewind_at > 0
     pairs = zip(trial_runs, resumed.run_dirs, resumed.checkpoints, strict=True)
@@ -305,7 +271,7 @@ def restore_batch(trial_runs: list[TrialRun], resumed: resume.Resumed, shared: S
 
 
 def pretrain(trial_runs: list[TrialRun], shared: Shared) -> None:
-    """`--pretrain zae` of every trial starting afresh, each from its own generators."""
+    """`--pretrain zae` of every trial starting afresh."""
     experiment = shared.experiment
     for trial_run in trial_runs:
         if trial_run.progress is None:
@@ -329,7 +295,6 @@ def select_device(gpu: str) -> torch.device:
 
 
 def load_data(experiment: Experiment, device: torch.device) -> LevelData:
-    """The data set on the device, with the --val_size images held out for validation."""
     train_set, test_set = data.load(
         experiment.dataset, experiment.data_dir, experiment.data_source, device
     )
@@ -340,16 +305,13 @@ def load_data(experiment: Experiment, device: torch.device) -> LevelData:
 
 
 def build_model(experiment: Experiment, train_set: data.Split, init: Initializer) -> nn.Module:
-    """The architecture, fitted to the training data if it needs them, initialised (`--init`),
-    with `--dropout` on every layer's input."""
     model = archs.build(experiment.dataset, experiment.arch_type, **experiment.arch_options())
     archs.fit_to_data(model, train_set)
     return add_input_dropout(init(model), experiment.dropout)
 
 
 def build_trial(shared: Shared, trial: Trial) -> TrialRun:
-    """The trial's own module, built and initialised on the CPU from its own generators (what a
-    run of its seed alone draws), then moved to the device."""
+    """The trial's module, built on the CPU from its own generators, moved to the device."""
     random = TrialRandom(trial.seed)
     with random.active():
         model = build_model(shared.experiment, shared.loaded.train, shared.init)
@@ -357,23 +319,18 @@ def build_trial(shared: Shared, trial: Trial) -> TrialRun:
 
 
 def check_memory(shared: Shared, trial_runs: list[TrialRun]) -> None:
-    """UserError, before any folder is written, when the batch would not fit in memory."""
+    """UserError when the batch would not fit in memory."""
     if len(trial_runs) == 1:
-        return  # a run alone is the original's: nothing to split
+        return
     train_set, device = shared.loaded.train, shared.device
     sample = train_set.batch(torch.zeros(1, dtype=torch.long, device=device))[0]
     batch_size = shared.experiment.batch_size
     per_trial = memory.trial_bytes(trial_runs[0].model, sample, batch_size, EVAL_BATCH)
-    memory.check_batch_fits(
-        len(trial_runs),
-        per_trial,
-        device,
-        "give fewer --seed or --prune_type values, or sweep.py --batch",
-    )
+    hint = "give fewer --seed or --prune_type values, or sweep.py --batch"
+    memory.check_batch_fits(len(trial_runs), per_trial, device, hint)
 
 
 def create_run_dirs(experiment: Experiment, trial_runs: list[TrialRun]) -> None:
-    """One new run folder per trial, in the batch's order."""
     for trial_run in trial_runs:
         trial_run.run_dir = RunDir.create(
             experiment.results_root,
@@ -384,8 +341,7 @@ def create_run_dirs(experiment: Experiment, trial_runs: list[TrialRun]) -> None:
 
 
 def record_batch(shared: Shared, trial_runs: list[TrialRun]) -> None:
-    """Each trial's args.json (its arguments, with the batch it runs in) and initial state, saved
-    before any training."""
+    """Each trial's args.json and initial state, saved before any training."""
     names = [t.run_dir.root.name for t in trial_runs]
     levels = shared.experiment.prune_iterations
     for index, trial_run in enumerate(trial_runs):
@@ -402,8 +358,7 @@ def record_batch(shared: Shared, trial_runs: list[TrialRun]) -> None:
 
 
 def record_resume(trial_runs: list[TrialRun], resumed: resume.Resumed, shared: Shared) -> None:
-    """Each trial's args.json with this resume added; the leftovers of the interrupted level
-    removed; trials resumed without a checkpoint start again from their seeds."""
+    """Each trial's args.json with this resume added, the interrupted level's leftovers removed."""
     levels = shared.experiment.prune_iterations
     for trial_run, record in zip(trial_runs, resumed.records, strict=True):
         run_dir = trial_run.run_dir
@@ -416,25 +371,19 @@ def record_resume(trial_runs: list[TrialRun], resumed: resume.Resumed, shared: S
 
 
 def saved_model_classes(model: nn.Module) -> list[type]:
-    """The classes a whole model this run saved holds (results.RunDir.save_model): those of
-    `model`'s modules, and --dropout's hook. Reading a saved model back allows these only."""
+    """The only classes a saved whole model may hold: `model`'s modules and --dropout's hook."""
     return [*dict.fromkeys(type(module) for module in model.modules()), InputDropout]
 
 
 def fresh_progress(model: nn.Module, levels: int) -> Progress:
-    initial_state = state_copy(model)
     return Progress(
-        make_mask(model), initial_state, np.zeros(levels, float), np.zeros(levels, float)
+        make_mask(model), state_copy(model), np.zeros(levels, float), np.zeros(levels, float)
     )
 
 
 def restore_trial(trial_run: TrialRun, checkpoint: dict) -> None:
-    """Put the trial's module, progress and generators where its checkpoint left them; the
-    process's generators (the batch's shared draws) where the batch's left them.
-
-    A checkpoint written before batches has no "trial_rng": that run drew everything from the
-    process's generators, which its "rng" holds.
-    """
+    """Put the trial's module, progress and generators, and the process's, where the
+    checkpoint left them; one without "trial_rng" drew everything from its "rng"."""
     trial_run.model.load_state_dict(checkpoint["model_state"])
     path = trial_run.run_dir.checkpoint_path()
     try:  # the generators' states are checked by restoring them
@@ -456,19 +405,11 @@ def train_trials(
     stacked: stack.StackedModel,
     writers: contextlib.ExitStack,
 ) -> LevelInTraining:
-    """Train the running trials together for one level; their TensorBoard writers are opened
-    into `writers`, which `Batch.record` closes once the level's files are written.
-
-    Level 0 trains every step and keeps each trial's state after the rewind step N
-    (`Experiment.rewind_step`) when N > 0. Every later level is reset to step N (its initial
-    weights when N is 0; `lrr` and `finetune` keep their trained weights) and trains from step
-    N to the end, with a fresh optimiser and the learning-rate schedule continued at step N
-    (restarted when N is 0, as in the paper; as OpenLTH when N > 0); `finetune` trains at the
-    schedule's final rate (cli.trains_apart keeps it from sharing a batch with a schedule of its
-    own).
-    """
+    """Train the running trials together for one level, their TensorBoard writers opened into
+    `writers`. Level 0 trains every step and keeps each trial's state after the rewind step N
+    when N > 0; every later level trains from step N to the end, the schedule continued there."""
     experiment, rewind_at = shared.experiment, shared.rewind_at
-    start = 0 if level == 0 else rewind_at  # level 0 runs whole; N = 0: no rewind state kept
+    start = 0 if level == 0 else rewind_at
     held = level > 0 and any(methods.get(t.trial.prune_type).holds_final_rate for t in running)
     plan = LevelPlan.of(
         experiment,
@@ -493,32 +434,23 @@ def train_trials(
         for t in running
     ]
     keep = (rewind_at, rewind_keeper(running, stacked)) if level == 0 else None
-    histories = train_level(
-        stacked,
-        shared.loaded,
-        plan,
-        Trials(
-            stack.stack_masks(stacked, [t.progress.mask for t in running]),
-            [t.random for t in running],
-        ),
-        Callbacks([epoch_hook(writer, experiment, level) for writer in opened], keep),
-    )
+    masks = stack.stack_masks(stacked, [t.progress.mask for t in running])
+    trials = Trials(masks, [t.random for t in running])
+    hooks = Callbacks([epoch_hook(writer, experiment, level) for writer in opened], keep)
+    histories = train_level(stacked, shared.loaded, plan, trials, hooks)
     return LevelInTraining(running, comps, histories, opened)
 
 
 def stop(trial_run: TrialRun, level: int, line: str) -> None:
-    """The trial runs no more: its folder's failure.txt says why, in one line."""
+    """The trial runs no more; its failure.txt says why."""
     trial_run.failure = line
     trial_run.run_dir.write_failure(level, line)
     print(f"stopped {trial_run.run_dir.root}: {line}")
 
 
 def prune(trial_run: TrialRun, shared: Shared, level: int, trial_runs: list[TrialRun]) -> Mask:
-    """One level's mask, by the trial's prune method (lth.methods: dense at level 0, then by
-    magnitude, at random, or by the scores of a method of pruning at initialisation, each draw
-    from the trial's own generator). A control takes its ticket's mask of `level`: from memory
-    for a ticket in the batch (a control whose ticket stopped stops too), else the mask that
-    --masks_from run saved for it."""
+    """One level's mask, by the trial's prune method. A control takes its ticket's: from memory
+    for a ticket in the batch (stopping when it stopped), else from the --masks_from run."""
     trial, model, progress = trial_run.trial, trial_run.model, trial_run.progress
     experiment, taken = shared.experiment, None
     if trial.ticket is not None:
@@ -538,22 +470,11 @@ def prune(trial_run: TrialRun, shared: Shared, level: int, trial_runs: list[Tria
 
 
 def saved_mask(model: nn.Module, masks_from: str, level: int) -> Mask:
-    """The mask of `level` in the run --masks_from names (its `{pt}_mask_{comp}.pkl`, found by
-    the `{comp}` its summary.csv gives that level)."""
     return read_mask(runs.read_run(masks_from).mask_path(level), model)
 
 
-def check_saved_masks(model: nn.Module, masks_from: str, experiment: Experiment) -> None:
-    """Read every level's mask of the --masks_from run before anything is written: UserError
-    when one is missing or does not fit `model`."""
-    for level in range(experiment.prune_iterations):
-        saved_mask(model, masks_from, level)
-
-
 def reset_survivors(trial_run: TrialRun, init: Initializer) -> None:
-    """The survivors where the trial's prune method starts the next level (lth.methods): the
-    rewind point (the initial values, or those after --rewind_iter/--rewind_epoch steps of
-    level 0), new random ones from the trial's own generator, or the trained ones."""
+    """The survivors where the trial's prune method starts the next level."""
     progress = trial_run.progress
     state = methods.TrialState(
         trial_run.model,
@@ -566,10 +487,7 @@ def reset_survivors(trial_run: TrialRun, init: Initializer) -> None:
 
 
 def epoch_hook(writer: SummaryWriter, experiment: Experiment, level: int) -> Callable[..., None]:
-    """What happens after each epoch of one trial: log it at TensorBoard step
-    level * --end_iter + epoch (epochs counted from step 0, a rewound level's too). The epoch's
-    test accuracy is `Accuracy/test_by_epoch`: `Accuracy/test` is the original's per-level tag
-    (`write_level`)."""
+    """Log each epoch of one trial at TensorBoard step level * --end_iter + epoch."""
 
     def on_epoch(
         epoch: int,
@@ -589,8 +507,7 @@ def epoch_hook(writer: SummaryWriter, experiment: Experiment, level: int) -> Cal
 
 
 def rewind_keeper(running: list[TrialRun], stacked: stack.StackedModel) -> Callable[[], None]:
-    """What level 0 does once it has done the rewind step's optimiser steps: keep each trial's
-    weights that later levels rewind to, in its progress and in its result file."""
+    """Keep each trial's weights that later levels rewind to, in its progress and its file."""
 
     def keep() -> None:
         for index, trial_run in enumerate(running):
@@ -606,12 +523,7 @@ def rewind_keeper(running: list[TrialRun], stacked: stack.StackedModel) -> Calla
 def write_level(
     shared: Shared, trial_run: TrialRun, level: int, trained: LevelInTraining, index: int
 ) -> None:
-    """The trial's files of the level: best model, loss/accuracy dumps and plot, mask, summary row.
-
-    `{comp}` (of the file names) is the original's figure, the share of nonzero parameters;
-    summary.csv has it as `params_left` beside `weights_left`, the share of the prunable weights
-    the mask keeps.
-    """
+    """The trial's files of the level: best model, dumps, plot, mask and summary row."""
     run_dir, progress, model = trial_run.run_dir, trial_run.progress, trial_run.model
     comp, history = trained.comps[index], trained.histories[index]
     tag = level_tag(comp, level, progress.tags)
@@ -622,29 +534,11 @@ def write_level(
     best_model = copy.deepcopy(model)
     best_model.load_state_dict(history.best_state)
     run_dir.save_model(best_model, run_dir.model_path(level))
-    run_dir.dump_array(history.all_loss, run_dir.dump_path("all_loss", tag))
-    run_dir.dump_array(history.all_accuracy, run_dir.dump_path("all_accuracy", tag))
-    if history.all_val_loss is not None and history.all_val_accuracy is not None:
-        run_dir.dump_array(history.all_val_loss, run_dir.dump_path("all_val_loss", tag))
-        run_dir.dump_array(history.all_val_accuracy, run_dir.dump_path("all_val_accuracy", tag))
+    for name in ("all_loss", "all_accuracy", "all_val_loss", "all_val_accuracy"):
+        if getattr(history, name) is not None:  # the validation ones: with --val_size only
+            run_dir.dump_array(getattr(history, name), run_dir.dump_path(name, tag))
     run_dir.dump_mask(model, progress.mask, run_dir.dump_path("mask", tag, ".pkl"))
-    write_loss_plot(shared.experiment, run_dir, history, tag)
-    progress.summary.append(summary_row(level, left, comp, history))
-    run_dir.write_summary(progress.summary)
-    # The original's tag: the level's best accuracy at step {comp}, which TensorBoard stores as
-    # an integer (int(64.1) = 64), so levels below 1% share step 0; the two tags after it keep
-    # every level apart.
-    writer = trained.writers[index]
-    writer.add_scalar("Accuracy/test", history.best_accuracy, int(comp))
-    writer.add_scalar("Accuracy/best_by_level", history.best_accuracy, level)
-    writer.add_scalar("Accuracy/best_vs_weights_left_x10", history.best_accuracy, round(left * 10))
-    writer.flush()
-
-
-def write_loss_plot(
-    experiment: Experiment, run_dir: RunDir, history: LevelHistory, tag: str
-) -> None:
-    """The original's loss-and-accuracy figure of one level."""
+    experiment = shared.experiment
     figure = plots.loss_vs_accuracy(
         history.all_loss,
         history.all_accuracy,
@@ -654,11 +548,18 @@ def write_loss_plot(
     )
     run_dir.save_figure(figure, run_dir.loss_plot_path(tag), experiment.plot_dpi)
     plots.close(figure, experiment.plot_dpi)
+    progress.summary.append(summary_row(level, left, comp, history))
+    run_dir.write_summary(progress.summary)
+    # TensorBoard stores the step {comp} as an integer; the two tags after it keep levels apart.
+    writer = trained.writers[index]
+    writer.add_scalar("Accuracy/test", history.best_accuracy, int(comp))
+    writer.add_scalar("Accuracy/best_by_level", history.best_accuracy, level)
+    writer.add_scalar("Accuracy/best_vs_weights_left_x10", history.best_accuracy, round(left * 10))
+    writer.flush()
 
 
 def summary_row(level: int, left: float, comp: float, history: LevelHistory) -> dict:
-    """The level's row of summary.csv; with a validation set, the early stop's columns too
-    (best_accuracy and best_epoch are then the test accuracy and epoch of the early stop)."""
+    """The level's row of summary.csv; with a validation set, the early stop's columns too."""
     row = {
         "level": level,
         "weights_left": left,
@@ -677,22 +578,18 @@ def summary_row(level: int, left: float, comp: float, history: LevelHistory) -> 
 
 
 def write_final(experiment: Experiment, trial_run: TrialRun) -> None:
-    """The whole run's files: the original's `comp` and best accuracy per level, and their plot."""
+    """The run's `comp` and best accuracy per level, and their plot."""
     run_dir, progress = trial_run.run_dir, trial_run.progress
     run_dir.dump_array(progress.comp, run_dir.dump_path("compression"))
     run_dir.dump_array(progress.bestacc, run_dir.dump_path("bestaccuracy"))
-    figure = plots.accuracy_vs_weights(
-        [("Winning tickets", progress.comp, progress.bestacc)],
-        experiment.dataset,
-        experiment.arch_type,
-    )
+    curves = [("Winning tickets", progress.comp, progress.bestacc)]
+    figure = plots.accuracy_vs_weights(curves, experiment.dataset, experiment.arch_type)
     run_dir.save_figure(figure, run_dir.accuracy_plot_path(), experiment.plot_dpi)
     plots.close(figure, experiment.plot_dpi)
 
 
 def checkpoint(level: int, trial_run: TrialRun) -> dict:
-    """The trial's state at the end of `level` that the next level needs, each part stored once:
-    its own generators apart from the process's (the batch's shared draws)."""
+    """The trial's state at the end of `level` that the next level needs."""
     return {
         "level": level,
         "model_state": trial_run.model.state_dict(),

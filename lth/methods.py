@@ -1,21 +1,9 @@
-"""The prune methods, each defined once, and the registry that holds them.
+"""The prune methods, each defined once, and the registry that holds them; the rest of the
+program asks the registry and names no method.
 
-A prune method (`PruneMethod`) is everything that tells one `--prune_type` from another: how a
-level's mask is made (`prune`), where the survivors start the next level (`start`: the rewind
-point, a fresh draw, the trained weights), and what the command line allows with it:
---rewind_iter/--rewind_epoch (`rewind_refusal`), --masks_from (`masks_of`), a ticket of the
-same batch (`ticket`), a schedule shared with other methods (`holds_final_rate`). Its runs
-record it as `recorded_name`. The level loop (main.py), the command line (lth.cli), sweep.py,
-instability.py and the readers of run folders (lth.runs, lth.resume) ask the registry; none of
-them names a method.
-
-lth's own methods are registered here, in the order `--prune_type` lists them. A method defined
-elsewhere is registered with `register`, or named on a command line as MODULE:ATTRIBUTE
-(`find`), which imports MODULE; a name read from a run folder is only ever looked up among the
-registered methods (`recorded`), never imported.
-
-The rules import lth.pruning and lth.saliency when they run, so that the command line reads the
-registry without loading the training code.
+A method defined elsewhere is registered with `register`, or named on a command line as
+MODULE:ATTRIBUTE (`find`); a name read from a run folder is never imported (`recorded`). The rules
+import lth.pruning and lth.saliency when they run, so that the command line stays light.
 """
 
 from __future__ import annotations
@@ -38,14 +26,12 @@ if TYPE_CHECKING:
     from lth.pruning import Mask
     from lth.saliency import Counts
 
-# How a command line names a method defined outside lth: an attribute of an importable module.
 SPELLING = "MODULE:ATTRIBUTE"
 
 
 @dataclass(frozen=True)
 class Rates:
-    """How much a level prunes: --prune_percent of the survivors, ranked by --prune_scope, with
-    --prune_percent_output and --prune_percent_conv for those layers (None: --prune_percent)."""
+    """How much a level prunes: --prune_percent, --prune_scope, --prune_percent_output/_conv."""
 
     percent: float
     scope: str = "layer"
@@ -53,18 +39,13 @@ class Rates:
     conv_percent: float | None = None
 
     def keywords(self) -> dict:
-        """The keyword arguments of lth.pruning's and lth.saliency's rules besides `percent`."""
-        return {
-            "scope": self.scope,
-            "output_percent": self.output_percent,
-            "conv_percent": self.conv_percent,
-        }
+        """The keyword arguments of the pruning rules besides `percent`."""
+        return {name: getattr(self, name) for name in ("scope", "output_percent", "conv_percent")}
 
 
 @dataclass(frozen=True)
 class Sample:
-    """The training data a method may score the network on (SNIP, GraSP): the split, the
-    recipe's --batch_size and the data set's number of classes."""
+    """The training data a method may score the network on (SNIP, GraSP)."""
 
     train_set: Split
     batch_size: int
@@ -72,18 +53,15 @@ class Sample:
 
 
 class Generators(Protocol):
-    """A trial's own random generators (lth.record.TrialRandom): its draws go inside
-    `active()`."""
+    """A trial's own generators (lth.record.TrialRandom): its draws go inside `active()`."""
 
     def active(self) -> AbstractContextManager[None]: ...
 
 
 @dataclass(frozen=True)
 class TrialState:
-    """One trial as a method sees it: its module, its mask (in a `Level`, the level before's;
-    for `start`, the new one), its initial state, its own generators (draws go inside
-    `random.active()`), and the state of level 0 it rewinds to with --rewind_iter or
-    --rewind_epoch (None: the initial state)."""
+    """One trial as a method sees it: its mask is, in a `Level`, the level before's, for `start`
+    the new one; `rewind_state`: the state of level 0 it rewinds to (None: the initial one)."""
 
     model: nn.Module
     mask: Mask
@@ -94,9 +72,8 @@ class TrialState:
 
 @dataclass(frozen=True)
 class Level:
-    """What a method's mask of one level sees: the level's number, the trial as the level before
-    left it (trained, with that level's mask), the rates, the training sample and, for a
-    control, the mask its ticket has for this level."""
+    """What a method's mask of one level sees: the trial as the level before left it and, for a
+    control, its ticket's mask of this level."""
 
     number: int
     trial: TrialState
@@ -113,23 +90,13 @@ Start = Callable[[TrialState, "Initializer"], None]
 class PruneMethod:
     """One prune method: its name on the command line, a line of help, and its rules.
 
-    `prune(level)`: the mask of a level after level 0, from the trained network of the level
-    before; the pruned weights zeroed in `level.trial.model`.
-    `start(trial, init)`: the survivors of `trial.mask` put where the next level starts them,
-    in `trial.model` (`init`: the run's initialiser, for a fresh draw).
-    `rewind_refusal`: why --rewind_iter/--rewind_epoch do not apply, after the method's name
-    ("keeps the trained weights"); None: they do, and `start` rewinds to that step.
-    `no_rewind_point`: what its levels train from instead of a state of level 0 ("its levels
-    train new random weights"), which instability.py needs; None: they start from one.
-    `masks_of`: the method whose finished run --masks_from may name; each level then trains
-    that run's mask of the level (a control); None: --masks_from does not apply.
-    `ticket`: the method whose trial of the same seed the batch must hold; each level trains
-    that trial's mask of the level (a control).
-    `holds_final_rate`: later levels train at the final rate of the learning-rate schedule, so
-    under a schedule that is not constant it trains in a batch of its own.
-    `records_as`: the method its runs are (another's name): this one is that method under
-    another name on the command line, with its own batch rules (`ticket`); the level loop runs
-    a trial by the method it records. None: its own name.
+    `prune(level)`: the mask of a level after level 0, the pruned weights zeroed in the model.
+    `start(trial, init)`: the survivors put where the next level starts them.
+    `rewind_refusal`: why --rewind_iter/--rewind_epoch do not apply (None: they do).
+    `no_rewind_point`: what its levels train from instead of a state of level 0 (None: one).
+    `masks_of` / `ticket`: the method whose --masks_from run / trial in the batch gives each
+    level's mask (a control). `holds_final_rate`: later levels train at the schedule's final
+    rate. `records_as`: the method its runs are recorded as (None: its own name).
     """
 
     name: str
@@ -145,17 +112,14 @@ class PruneMethod:
 
     @property
     def recorded_name(self) -> str:
-        """The prune type its runs record (args.json, the names of their result files)."""
         return self.records_as if self.records_as is not None else self.name
 
     @property
     def rewinds(self) -> bool:
-        """Whether it takes --rewind_iter/--rewind_epoch."""
         return self.rewind_refusal is None
 
     @property
     def has_rewind_point(self) -> bool:
-        """Whether every level starts from a state of level 0 (instability.py's copies do)."""
         return self.no_rewind_point is None
 
     @property
@@ -168,13 +132,11 @@ class PruneMethod:
 
     @property
     def keeps_trained(self) -> bool:
-        """Whether the survivors go on from the weights the level before trained."""
         return self.start is keep_survivors
 
     def mask(self, level: Level) -> Mask:
-        """The level's mask, its pruned weights zeroed in the trial's module: a control's is
-        its ticket's at every level (it prunes nothing itself); level 0 keeps the dense mask;
-        every later level's is `prune`'s."""
+        """The level's mask, its pruned weights zeroed: a control's is its ticket's, level 0's
+        the dense one, every later level's `prune`'s."""
         if level.ticket is not None:
             from lth.pruning import apply_mask
 
@@ -189,33 +151,26 @@ class PruneMethod:
 
 
 def by_magnitude(level: Level) -> Mask:
-    """The survivors with the smallest trained magnitudes pruned (lth.pruning.prune_by_percentile)."""
+    """The survivors with the smallest trained magnitudes pruned."""
     from lth.pruning import prune_by_percentile
 
-    trial = level.trial
+    trial, rates = level.trial, level.rates
     with trial.random.active():
-        return prune_by_percentile(
-            trial.model, trial.mask, level.rates.percent, **level.rates.keywords()
-        )
+        return prune_by_percentile(trial.model, trial.mask, rates.percent, **rates.keywords())
 
 
 def at_random(level: Level) -> Mask:
-    """As many survivors per layer as `by_magnitude` prunes, chosen at random from the trial's
-    own generator (lth.pruning.prune_at_random)."""
+    """As many survivors per layer as `by_magnitude` prunes, chosen at random."""
     from lth.pruning import prune_at_random
 
-    trial = level.trial
+    trial, rates = level.trial, level.rates
     with trial.random.active():
-        return prune_at_random(
-            trial.model, trial.mask, level.rates.percent, **level.rates.keywords()
-        )
+        return prune_at_random(trial.model, trial.mask, rates.percent, **rates.keywords())
 
 
 def at_init(mask_of: Callable[[nn.Module, Counts, Sample], Mask]) -> Prune:
-    """A rule of pruning at initialisation: `mask_of(network, counts, sample)` is the mask of
-    the initial network (dense, at the trial's initial state) that keeps `counts`, the weights
-    the magnitude rule keeps after as many levels (lth.saliency.level_counts); it draws what it
-    draws from the trial's own generator."""
+    """A rule of pruning at initialisation: `mask_of(network, counts, sample)` is the mask of the
+    dense initial network keeping `counts`, what the magnitude rule keeps after as many levels."""
 
     def prune(level: Level) -> Mask:
         from lth.pruning import apply_mask
@@ -255,8 +210,7 @@ def synflow_mask(network: nn.Module, counts: Counts, sample: Sample) -> Mask:
 
 
 def rewind_survivors(trial: TrialState, init: Initializer) -> None:
-    """The survivors back to the rewind point: the state after --rewind_iter/--rewind_epoch
-    steps of level 0 when the trial kept one, else the initial state."""
+    """The survivors back to the rewind state when the trial kept one, else the initial state."""
     from lth.pruning import rewind
 
     late = trial.rewind_state
@@ -264,8 +218,7 @@ def rewind_survivors(trial: TrialState, init: Initializer) -> None:
 
 
 def draw_survivors(trial: TrialState, init: Initializer) -> None:
-    """Fresh random survivors from the trial's own generator, drawn on the CPU as the trial's
-    module was built; buffers (BatchNorm statistics) back to their initial values."""
+    """Fresh random survivors, drawn on the CPU as the module was built; buffers reset."""
     from lth.pruning import reinitialize
 
     model = trial.model
@@ -345,8 +298,7 @@ SYNFLOW = PruneMethod(
     start=rewind_survivors,
     rewind_refusal=AT_INIT,
 )
-# The paper's control inside a batch: reinit with the masks of the batch's lt trial of the same
-# seed, from memory; its runs are reinit runs with --masks_from that trial's folder.
+# The paper's control inside a batch: its runs are reinit runs with --masks_from the lt trial.
 REINIT_TICKET = dataclasses.replace(
     REINIT,
     name="reinit_ticket",
@@ -362,8 +314,7 @@ REINIT_TICKET = dataclasses.replace(
 
 @dataclass
 class Registry:
-    """The prune methods by name, in the order registered, and the MODULE:ATTRIBUTE of each
-    one a command line imported (how a new process finds it)."""
+    """The prune methods by name and the MODULE:ATTRIBUTE of each one a command line imported."""
 
     methods: dict[str, PruneMethod] = field(default_factory=dict)
     spellings: dict[str, str] = field(default_factory=dict)
@@ -376,9 +327,8 @@ REGISTRY = Registry()
 
 
 def register(method: PruneMethod) -> PruneMethod:
-    """Add `method` to the registry (again: no change); returns it. ValueError when its name is
-    not an identifier or is another method's, or when it names, as the method it records as,
-    takes masks of or takes its ticket from, one not registered that records as itself."""
+    """Add `method` to the registry (again: no change) and return it; ValueError when its name
+    is taken or no identifier, or it names a method not registered as recordable."""
     known = REGISTRY.methods.get(method.name)
     if known is method:
         return method
@@ -394,30 +344,25 @@ def register(method: PruneMethod) -> PruneMethod:
 
 
 def get(name: str) -> PruneMethod:
-    """The registered method `name`; KeyError naming it when there is none."""
     return REGISTRY.methods[name]
 
 
 def names() -> tuple[str, ...]:
-    """Every registered method's name, in the order registered: `--prune_type`'s choices."""
     return tuple(REGISTRY.methods)
 
 
 def registered() -> tuple[PruneMethod, ...]:
-    """Every registered method, in the order registered."""
     return tuple(REGISTRY.methods.values())
 
 
 def recordable() -> tuple[PruneMethod, ...]:
-    """The registered methods a run records as its prune type (those recorded as themselves)."""
+    """The registered methods a run records as its prune type."""
     return tuple(m for m in registered() if m.records_as is None)
 
 
 def find(spelling: str) -> PruneMethod | None:
-    """The method a command line names: a registered name, or MODULE:ATTRIBUTE, a PruneMethod
-    in an importable module (imported and registered here); None for any other name.
-    UserError when MODULE:ATTRIBUTE cannot be imported, is not a PruneMethod, or has the name
-    of another registered method."""
+    """The method a command line names: a registered name, or MODULE:ATTRIBUTE (imported and
+    registered here); None for any other name. UserError when MODULE:ATTRIBUTE fails."""
     if spelling in REGISTRY.methods:
         return REGISTRY.methods[spelling]
     module_name, colon, attribute = spelling.partition(":")
@@ -442,15 +387,12 @@ def find(spelling: str) -> PruneMethod | None:
 
 
 def spelling(name: str) -> str:
-    """How a command line in a new process names the registered method `name`: MODULE:ATTRIBUTE
-    for one a command line imported, else its name."""
+    """How a command line in a new process names the registered method `name`."""
     return REGISTRY.spellings.get(name, name)
 
 
 def recorded(name: str) -> PruneMethod:
-    """The method of a recorded prune type (a run folder's args.json), among the registered
-    ones only: a name read from a folder is never imported. UserError naming the choices, and
-    how a method defined outside lth becomes known, otherwise."""
+    """The method of a recorded prune type, among the registered ones only; UserError otherwise."""
     method = REGISTRY.methods.get(name)
     if method is None or method.records_as is not None:
         choices = ", ".join(m.name for m in recordable())
@@ -462,8 +404,6 @@ def recorded(name: str) -> PruneMethod:
 
 
 def prune_type_help() -> str:
-    """--prune_type's help: the methods a run records, and each one that runs only with its
-    ticket in the batch."""
     recorded_ones = ", ".join(m.name for m in recordable())
     batch_only = "; ".join(f"{m.name}: {m.help}" for m in registered() if m.needs_ticket)
     return (
@@ -473,8 +413,7 @@ def prune_type_help() -> str:
 
 
 def record_name(spelling: str) -> str:
-    """The prune type a run of the method a command line names (`find`) records; the spelling
-    itself when it names no method (it then matches no recorded prune type)."""
+    """The prune type a run of the method `spelling` names records (else the spelling itself)."""
     method = find(spelling)
     return method.recorded_name if method is not None else spelling
 

@@ -1,24 +1,14 @@
 """Pruning at initialisation: the scores of SNIP, GraSP and SynFlow, and the masks they give.
 
-Each score ranks the prunable weights (pruning.prunable) of a network at its initial values;
-the weights with the highest scores are kept. `level_counts` says how many: as many as the
-magnitude rule keeps after the same number of levels, layer by layer or per group of layers
-ranked together (`--prune_scope`).
+The weights of the initial network with the highest scores are kept, as many as the magnitude
+rule keeps after as many levels (`level_counts`). Every score is computed in eval mode; SNIP and
+GraSP score on SCORE_IMAGES_PER_CLASS x classes training images.
 
 - SNIP (Lee et al. 2019): |g * w|, g the gradient of the training loss.
-- GraSP (Wang et al. 2020): the paper's score is S = -w * (H g), H the Hessian of the loss and
-  g its gradient, with the logits divided by a temperature of 200; the weights with the highest
-  S go. Here the kept ones have the highest -S = w * (H g).
-- SynFlow (Tanaka et al. 2020): w * dR/dw, R the summed output of the network whose parameters
-  and buffers are made positive (|w|), on an input of ones, in eval mode (BatchNorm with its
-  running statistics), in double precision; pruned over 100 rounds, each to a density on the
-  exponential path from dense to the target, the scores recomputed with the weights pruned so
-  far.
-
-SNIP and GraSP score on SCORE_IMAGES_PER_CLASS x classes training images (100 for the 10-class
-data sets, 1,000 for CIFAR-100), drawn without replacement from the trial's generator and fed in
-chunks of --batch_size; the gradient is that of the mean loss over all of them. Every score is
-computed in eval mode (no dropout, BatchNorm with its running statistics).
+- GraSP (Wang et al. 2020): the kept weights have the highest w * (H g), H the Hessian of the
+  loss and g its gradient, the logits divided by a temperature of 200.
+- SynFlow (Tanaka et al. 2020): w * dR/dw, R the summed output of the network made positive on
+  an input of ones, in double precision, pruned over 100 rounds of growing sparsity.
 """
 
 import copy
@@ -41,10 +31,8 @@ Counts = list[tuple[list[str], int]]  # layers ranked together -> how many of th
 
 
 def layer_prune_count(alive: int, percent: float) -> int:
-    """How many of a layer's `alive` survivors the layer-wise magnitude rule removes: those
-    strictly below `np.percentile(percent)` of their magnitudes, which for distinct magnitudes
-    are ceil(percent / 100 * (alive - 1)), computed as numpy computes the percentile's
-    position (ties and exact zeros can make the rule remove a few more)."""
+    """How many of a layer's `alive` survivors the layer-wise magnitude rule removes when their
+    magnitudes are distinct: ceil(percent / 100 * (alive - 1)), as numpy computes it."""
     if alive < 1:
         return 0
     return math.ceil(float(np.float64(percent) / 100 * (alive - 1)))
@@ -59,9 +47,7 @@ def level_counts(
     output_percent: float | None = None,
     conv_percent: float | None = None,
 ) -> Counts:
-    """The weights kept after `level` levels of the magnitude rule from a dense `model`:
-    per layer (`scope="layer"`) or per group of layers of one rate ranked together
-    (`"global"`), the groups and rates of pruning.rate_groups."""
+    """The weights kept after `level` levels of the magnitude rule from a dense `model`."""
     sizes = {name: p.numel() for name, p in prunable(model).items()}
     groups = rate_groups(list(sizes), conv_names(model), percent, output_percent, conv_percent)
     if scope == "layer":
@@ -77,8 +63,7 @@ def level_counts(
 
 
 def keep_highest(scores: Scores, counts: Counts) -> Mask:
-    """The mask keeping, in each group of `counts`, its count of highest-scoring weights (ties
-    by layer order, then position)."""
+    """The mask keeping each group's count of highest-scoring weights (stable on ties)."""
     mask = {}
     for layers, kept in counts:
         flat = torch.cat([scores[name].detach().reshape(-1).double().cpu() for name in layers])
@@ -95,29 +80,15 @@ def keep_highest(scores: Scores, counts: Counts) -> Mask:
 
 
 def score_sample(train_set: Split, classes: int, device: torch.device) -> torch.Tensor:
-    """The indices of the training images SNIP and GraSP score on, drawn from the current
-    generator (the trial's, inside TrialRandom.active())."""
+    """The indices of the training images SNIP and GraSP score on, from the current generator."""
     count = min(len(train_set), SCORE_IMAGES_PER_CLASS * classes)
     return torch.randperm(len(train_set))[:count].to(device)
 
 
-def _chunks(
-    train_set: Split, index: torch.Tensor, batch_size: int
-) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
-    """(images, labels, share of the sample) for each chunk of `index`."""
-    return [
-        (*train_set.batch(part), part.numel() / index.numel())
-        for part in torch.split(index, batch_size)
-    ]
-
-
 def _loss_gradient(
-    model: nn.Module,
-    chunks: Sequence[tuple[torch.Tensor, torch.Tensor, float]],
-    scale: float = 1.0,
+    model: nn.Module, chunks: Sequence[tuple[torch.Tensor, torch.Tensor, float]], scale: float = 1.0
 ) -> Scores:
-    """The gradient of the mean cross-entropy loss over the chunks (logits divided by `scale`)
-    with respect to the prunable weights."""
+    """The prunable weights' gradient of the mean loss over `chunks`, logits divided by `scale`."""
     weights = prunable(model)
     total = {name: torch.zeros_like(w) for name, w in weights.items()}
     for images, labels, share in chunks:
@@ -137,8 +108,7 @@ def snip_scores(model: nn.Module, chunks: Sequence[tuple]) -> Scores:
 def grasp_scores(
     model: nn.Module, chunks: Sequence[tuple], temperature: float = GRASP_TEMPERATURE
 ) -> Scores:
-    """w * (H g) for each prunable weight (the negated GraSP score: the highest are kept), g and
-    H the gradient and Hessian of the mean loss over `chunks` with the logits divided by
+    """w * (H g) for each prunable weight (the negated GraSP score), the logits divided by
     `temperature`; H g as the gradient of g . grad(loss), g held constant."""
     gradient = _loss_gradient(model, chunks, temperature)
     weights = prunable(model)
@@ -149,16 +119,15 @@ def grasp_scores(
         inner = sum(
             (gradient[name] * grad).sum() for name, grad in zip(weights, grads, strict=True)
         )
-        for name, part in zip(
-            weights, torch.autograd.grad(inner, list(weights.values())), strict=True
-        ):
+        parts = torch.autograd.grad(inner, list(weights.values()))
+        for name, part in zip(weights, parts, strict=True):
             product[name] += part
     return {name: (w * product[name]).detach() for name, w in weights.items()}
 
 
 def synflow_scores(model: nn.Module, input_shape: Sequence[int]) -> Scores:
-    """w * dR/dw for each prunable weight of `model` as it is (made positive: pass a copy in
-    double precision and eval mode), R the sum of its output on one input of ones."""
+    """w * dR/dw for each prunable weight of `model` made positive (pass a copy in double
+    precision and eval mode), R the sum of its output on one input of ones."""
     with torch.no_grad():
         for value in model.state_dict().values():
             if value.is_floating_point():
@@ -174,8 +143,8 @@ def synflow_scores(model: nn.Module, input_shape: Sequence[int]) -> Scores:
 def synflow_mask(
     model: nn.Module, counts: Counts, input_shape: Sequence[int], rounds: int = SYNFLOW_ROUNDS
 ) -> Mask:
-    """SynFlow's mask: `rounds` rounds, round r keeping, in each group, n (kept / n)^(r / rounds)
-    of its n weights by the scores of the network pruned so far."""
+    """SynFlow's mask: round r of `rounds` keeps n (kept / n)^(r / rounds) of each group's n
+    weights by the scores of the network pruned so far."""
     scored = copy.deepcopy(model).double().eval()
     weights = prunable(scored)
     sizes = [sum(weights[name].numel() for name in layers) for layers, _ in counts]
@@ -195,8 +164,7 @@ def synflow_mask(
 
 
 def initial_network(model: nn.Module, initial_state: Mapping[str, torch.Tensor]) -> nn.Module:
-    """A copy of the network `model` is, at `initial_state`, dense, in eval mode: the network
-    the methods of pruning at initialisation score."""
+    """A dense copy of `model` at `initial_state`, in eval mode."""
     scored = copy.deepcopy(model)
     scored.load_state_dict(initial_state)
     scored.eval()
@@ -211,9 +179,10 @@ def scored_mask(
     batch_size: int,
     classes: int,
 ) -> Mask:
-    """The mask keeping `counts` of the weights of `network` (`initial_network`) with the
-    highest `score` (snip_scores, grasp_scores) on a sample of `train_set` drawn from the current
-    generator (`score_sample`), fed in chunks of `batch_size`."""
-    device = next(network.parameters()).device
-    chunks = _chunks(train_set, score_sample(train_set, classes, device), batch_size)
+    """The mask keeping `counts` of `network`'s weights with the highest `score` on a sample."""
+    index = score_sample(train_set, classes, next(network.parameters()).device)
+    chunks = [  # (images, labels, share of the sample)
+        (*train_set.batch(part), part.numel() / index.numel())
+        for part in torch.split(index, batch_size)
+    ]
     return keep_highest(score(network, chunks), counts)
