@@ -3,16 +3,11 @@
     python instability.py RUN                 # every finished level of RUN
     python instability.py RUN --levels 0 3    # these levels only
 
-For each level: the level's subnetwork at the run's rewind point (its rewind state with
---rewind_iter/--rewind_epoch, else its initial state, with the level's mask) is trained twice,
-as one batch of two copies on two data orders (seeds S and S+1, --seed), with the run's recipe
-from the rewind step on; then the test error is measured at --points evenly spaced points of the
-straight line between the two trained copies. The error barrier (the highest error minus the
-mean of the ends) under 2 percentage points is "stable"; the excess over the straight line
-between the ends' errors, and the alpha where it peaks, stand beside it. Writes, into RUN/instability/,
-`instability_seed{S}.csv` (every point), `instability_seed{S}_barriers.csv` (one row per level),
-`instability_seed{S}.png` and `instability_seed{S}.json` (the analysis's arguments, seeds and
-versions); an earlier analysis with the same seed is replaced, and the command says so.
+Each level's subnetwork at the run's rewind point trains twice, on the data orders of seeds S
+and S+1, with the run's recipe; the test error is measured at --points points of the line
+between the two copies. Writes into RUN/instability/ `instability_seed{S}.csv` (every point),
+`instability_seed{S}_barriers.csv` (barrier and excess per level), `.png` and `.json` (the
+analysis's arguments, seeds and versions), replacing an earlier analysis with the same seed.
 """
 
 import argparse
@@ -51,8 +46,7 @@ from lth.train import LevelData, flush_denormals, steps_per_epoch
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.OneLineParser(
         prog="instability.py",
-        description="Train each level's subnetwork twice, on two data orders, from the run's"
-        " rewind point, and measure the test error on the straight line between the two.",
+        description="Train each level's subnetwork twice, on two data orders, from the run's rewind point, and measure the test error on the straight line between the two.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
@@ -166,9 +160,8 @@ def check_flags(args: argparse.Namespace) -> None:
 
 
 def recorded_recipe(run: runs.Run, args: argparse.Namespace) -> Experiment:
-    """The run's recipe as main.py ran it: its arguments as its latest resume left them (a
-    flag newer than the run at its default: runs.Run.args), checked as main.py checks them,
-    with this command's --gpu, and its --data_dir and --plot_dpi where given."""
+    """The run's recipe as its latest resume left it, checked as main.py checks it, with this
+    command's --gpu, --data_dir and --plot_dpi."""
     arguments = argparse.Namespace(**run.args)
     arguments.resume, arguments.start_iter, arguments.gpu = None, 0, args.gpu
     if args.data_dir is not None:
@@ -183,8 +176,7 @@ def recorded_recipe(run: runs.Run, args: argparse.Namespace) -> Experiment:
 
 
 def chosen_levels(run: runs.Run, wanted: list[int] | None) -> list[int]:
-    """--levels (each once, in the order given), each a finished level of the run; without
-    it, every finished level."""
+    """--levels (each once, in order), each a finished level; without it, every finished one."""
     done = run.finished_levels()
     if done == 0:
         raise UserError(f"{run.root} has no finished level yet")
@@ -199,9 +191,8 @@ def chosen_levels(run: runs.Run, wanted: list[int] | None) -> list[int]:
 
 
 def rewind_point(run: runs.Run, model: nn.Module, late: bool) -> dict[str, torch.Tensor]:
-    """The state every level's copies start from: the run's rewind state when it rewound late
-    (--rewind_iter or --rewind_epoch), else its initial state; read safely (a whole model made
-    of the classes `model` is made of, nothing else)."""
+    """The copies' start: the run's rewind state when it rewound late, else its initial state,
+    read allowing only the classes `model` is made of."""
     files = run.files
     if late:
         path, what = files.rewind_state_path(), "rewind state"
@@ -245,8 +236,7 @@ def analysis_record(
     rewind_at: int,
     device: torch.device,
 ) -> dict:
-    """What the analysis ran (record.run_record: arguments, seed, versions, commit), with the
-    levels and seeds it chose and the step its copies started at."""
+    """What the analysis ran (`record.run_record`), with its levels, seeds and start step."""
     arguments = argparse.Namespace(**{**vars(args), "levels": levels, "seed": seed})
     return {
         **run_record(vars(arguments), device),

@@ -1,17 +1,9 @@
-"""Instability analysis (Frankle, Dziugaite, Roy & Carbin, ICML 2020, "Linear Mode Connectivity
-and the Lottery Ticket Hypothesis"): train two copies of a subnetwork from the same starting
-weights on two data orders, then measure the test error along the straight line between them.
-
-A subnetwork is *stable* when the error barrier on that line (the highest error minus the mean
-of its two ends) is under 2 percentage points, the paper's threshold: the two trainings ended in
-one linearly connected minimum, so the outcome does not depend on the data order. Beside it
-stands the excess over the straight line between the ends' errors (the highest error minus the
-ends' interpolated error at the same point) and where it peaks: when the ends differ, the
-barrier measures part of that difference as instability, the excess does not.
-
-The copies train as one batch of two through the one training path (`train.train_level` over a
-`stack.StackedModel`), with the run's optimiser and schedule, as `main.run_level` trains a level
-after level 0. The command is `instability.py`.
+"""Instability analysis (Frankle, Dziugaite, Roy & Carbin, ICML 2020): two copies of a
+subnetwork trained from the same weights on two data orders, and the test error on the straight
+line between them. Under 2 points of error barrier (the highest error minus the ends' mean) is
+stable. The excess over the straight line between the ends' errors stands beside it: when the
+ends differ, the barrier counts part of that difference as instability, the excess does not.
+The copies train as one batch through the one training path (`train.train_level`).
 """
 
 import copy
@@ -65,10 +57,8 @@ def copy_seeds(seed: int) -> list[int]:
 def interpolate(
     first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor], alpha: float
 ) -> dict[str, torch.Tensor]:
-    """(1 - alpha) * first + alpha * second for every float tensor of two states of one network
-    (parameters and float buffers such as BatchNorm's running statistics); other tensors (the
-    integer `num_batches_tracked`) are first's. A weight both hold at zero (pruned) stays zero,
-    and the ends are the states themselves, bit for bit."""
+    """(1 - alpha) * first + alpha * second for every float tensor; integer buffers are first's.
+    A weight pruned in both stays zero, and the ends are the states themselves, bit for bit."""
     if set(first) != set(second):
         raise ValueError("the two states are of different networks")
     return {
@@ -84,9 +74,8 @@ def error_barrier(errors: Sequence[float] | np.ndarray) -> float:
 
 
 def excess_over_line(weights: np.ndarray, errors: np.ndarray) -> tuple[float, float]:
-    """The highest test error on the path above the straight line between its ends' errors,
-    and the interpolation weight where it peaks (the first, on a tie). Never negative: the
-    ends lie on the line."""
+    """The highest error above the straight line between the ends' errors, and the alpha where
+    it peaks (the first, on a tie); never negative, the ends lie on the line."""
     line = errors[0] + (errors[-1] - errors[0]) * weights
     peak = int(np.argmax(errors - line))
     return float(errors[peak] - line[peak]), float(weights[peak])
@@ -105,9 +94,7 @@ def errors_along_path(
     weights: np.ndarray,
     description: str = "",
 ) -> np.ndarray:
-    """Test error in percent (100 - accuracy) of the network `model` is (a copy of it, left
-    as it is) at each interpolation weight of `weights` between the states `first` and
-    `second`."""
+    """Test error in percent at each interpolation weight of `weights` (on a copy of `model`)."""
     probe = copy.deepcopy(model)
     alone = StackedModel([probe])  # a stack of one is the module itself
     errors = []
@@ -120,8 +107,7 @@ def errors_along_path(
 
 @dataclass(frozen=True)
 class Subnetwork:
-    """A level's subnetwork at its starting point: the network `model` is (left as it is), the
-    state its copies start from, and the level's mask."""
+    """A level's subnetwork: its network (left as it is), the copies' start state and its mask."""
 
     model: nn.Module
     start: Mapping[str, torch.Tensor]
@@ -137,17 +123,9 @@ def train_copies(
     start_step: int,
     description: str = "",
 ) -> list[dict[str, torch.Tensor]]:
-    """One copy of the subnetwork per seed, each at its start state with its mask applied,
-    trained together as one batch (one copy: alone) from optimiser step `start_step` to the end
-    of the recipe's last epoch, on the plan a level of the run makes (`train.LevelPlan.of`):
-    the run's optimiser, learning rate and schedule started at `start_step`, its batches and
-    --augment, each copy with the data order of its own `TrialRandom(seed)`, without a
-    validation set (`data.val` is not used). Returns each copy's state at the end of training
-    (not its best).
-
-    The batch's shared draws (dropout) start from the first seed, as a batch's in main.py.
-    UserError when a copy's loss stops being finite.
-    """
+    """One copy per seed trained as one batch from `start_step` on the plan a level of the run
+    makes (`LevelPlan.of`), each on the data order of its own seed, without validation; each
+    copy's final state (not its best). UserError when a copy's loss stops being finite."""
     model, start, mask = subnetwork.model, subnetwork.start, subnetwork.mask
     copies = []
     for _ in seeds:
@@ -239,14 +217,13 @@ def table(results: Sequence[PathErrors]) -> list[str]:
 
 
 def rounded(values: np.ndarray | float) -> list[float] | float:
-    """Percentages to 6 decimals for the tables: 33.333333, not 33.33333333333333."""
+    """Percentages to 6 decimals for the tables."""
     return np.round(values, 6).tolist()
 
 
 @dataclass(frozen=True)
 class Outputs:
-    """The files of one analysis, in the run folder's `instability/`, named by its seed so that
-    analyses with other seeds sit beside it."""
+    """The files of one analysis in the run's `instability/`, named by its seed."""
 
     points: Path  # instability_seed{S}.csv: test error at every point of every level's path
     barriers: Path  # instability_seed{S}_barriers.csv: one row per level

@@ -83,10 +83,15 @@ def best_epoch_vs_weights(
 
 def error_along_path(lines: Lines, dataset: str, arch_type: str) -> Figure:
     """Test error along the straight line between two trained copies of a subnetwork, against
-    the interpolation weight alpha."""
+    the interpolation weight alpha; dashed, the straight line between the ends' errors, with
+    the excess over it marked where it peaks."""
     fig, ax = plt.subplots()
     for line in [Line(*line) for line in lines]:
-        ax.plot(line.x, line.y, marker=".", label=line.label)
+        (drawn,) = ax.plot(line.x, line.y, marker=".", label=line.label)
+        ends = line.y[0] + (line.y[-1] - line.y[0]) * line.x
+        peak = int(np.argmax(line.y - ends))
+        ax.plot(line.x, ends, linestyle="--", c=drawn.get_color())
+        ax.vlines(line.x[peak], ends[peak], line.y[peak], colors=drawn.get_color(), linewidth=3)
     ax.set_title(f"Test Error Between Two Trained Copies ({dataset},{arch_type})")
     ax.set_xlabel("alpha: the network (1 - alpha) w1 + alpha w2")
     ax.set_ylabel("test error (%)")

@@ -297,3 +297,18 @@ def test_the_copies_train_with_the_runs_augmentation(reference_run, monkeypatch)
         with pytest.raises(StopIteration):
             train_copies(Subnetwork(model, start, mask), [3, 4], changed, loaded, start_step=0)
     assert seen == [True, False]
+
+
+def test_the_figure_draws_the_ends_straight_line_and_marks_the_excess_at_its_peak():
+    from lth import plots
+
+    weights, errors = alphas(5), np.array([10.0, 14.0, 16.0, 17.0, 20.0])
+    figure = plots.error_along_path([("level 1", weights, errors)], "mnist", "fc1")
+    (ax,) = figure.axes
+    path, straight = ax.get_lines()
+    assert path.get_ydata().tolist() == errors.tolist()
+    assert straight.get_linestyle() == "--" and straight.get_color() == path.get_color()
+    assert straight.get_ydata().tolist() == [10.0, 12.5, 15.0, 17.5, 20.0]
+    (segment,) = ax.collections[0].get_segments()
+    assert segment.tolist() == [[0.25, 12.5], [0.25, 14.0]]  # the excess: 1.5 at alpha 1/4
+    plots.close(figure, 20)
