@@ -84,8 +84,7 @@ class Split:
     def batch(
         self, index: Tensor, transform: Callable[[Tensor], Tensor] | None = None
     ) -> tuple[Tensor, Tensor]:
-        """The normalised images and the labels at `index`; `transform` (augmentation) maps the
-        stored pixels first."""
+        """The normalised images and labels at `index`, `transform` (augmentation) on the pixels."""
         pixels = self.stored.index_select(0, index)
         if transform is not None:
             pixels = transform(pixels)
@@ -169,8 +168,7 @@ def load(
         source = f" / --data_source {data_source}" if data_source else ""
         where = f" ({error.filename})" if error.filename else ""
         raise UserError(
-            f"--data_dir {data_dir}{source}: {error.strerror or error}{where}; --data_dir must"
-            " be a folder this user can write and --data_source one it can read"
+            f"--data_dir {data_dir}{source}: {error.strerror or error}{where}; --data_dir must be a folder this user can write and --data_source one it can read"
         ) from None
     return _split(spec, root, True, device), _split(spec, root, False, device)
 
@@ -193,11 +191,9 @@ def hold_out(train_set: Split, n: int, min_train: int = 1) -> tuple[Split, Split
     count = len(train_set)
     if not 0 < n <= count - min_train:
         raise UserError(
-            f"--val_size {n}: the training set has {count} images and at least {min_train}"
-            f" (--batch_size) must be left to train on; choose 1..{count - min_train}"
+            f"--val_size {n}: the training set has {count} images and at least {min_train} (--batch_size) must be left to train on; choose 1..{count - min_train}"
             if count > min_train
-            else f"--val_size {n}: the training set has only {count} images, too few to hold"
-            f" out any and keep {min_train} (--batch_size) to train on"
+            else f"--val_size {n}: the training set has only {count} images, too few to hold out any and keep {min_train} (--batch_size) to train on"
         )
     order = torch.randperm(count, generator=torch.Generator().manual_seed(HOLD_OUT_SEED))
     held, kept = order[:n].sort().values, order[n:].sort().values
@@ -239,8 +235,7 @@ def _ensure_files(spec: DatasetSpec, root: Path, data_source: Path | None) -> No
             there = f"put the original files there or {spec.archive} in {root} (--data_dir)"
             formats = f"{spec.archive} or its extracted folder {spec.folder}"
         raise UserError(
-            f"dataset {spec.name}: missing {missing} in {target} and the download failed; "
-            f"{there}, or pass --data_source DIR with {formats}"
+            f"dataset {spec.name}: missing {missing} in {target} and the download failed; {there}, or pass --data_source DIR with {formats}"
         )
 
 
@@ -258,9 +253,7 @@ def _check_same_as_source(spec: DatasetSpec, root: Path, source: Path) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
     if differing:
         raise UserError(
-            f"{where}: --data_dir {root} already holds a copy of {spec.name} whose"
-            f" {differing[0]} differs from the source's; give another --data_dir, or leave"
-            " --data_source out to use that copy"
+            f"{where}: --data_dir {root} already holds a copy of {spec.name} whose {differing[0]} differs from the source's; give another --data_dir, or leave --data_source out to use that copy"
         )
 
 
@@ -391,8 +384,7 @@ def _idx_originals(spec: DatasetSpec, source: Path, where: str) -> dict[str, Pat
         if not found and not nested:
             names = ", ".join(f"{name}(.gz)" for name in spec.files)
             raise UserError(
-                f"{where} has none of the files of {spec.name}: looked for {names}"
-                f" in {source} and {source / spec.folder}"
+                f"{where} has none of the files of {spec.name}: looked for {names} in {source} and {source / spec.folder}"
             )
         missing = ", ".join(name for name in spec.files if name not in found)
         raise UserError(f"{where}: missing {missing} (as .gz archives or decompressed)")
@@ -422,8 +414,7 @@ def _check_idx(files: dict[str, tuple[Path, str]], where: str, hint: str = "") -
         images, labels = f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte"
         if counts[images] != counts[labels]:
             raise UserError(
-                f"{where}: {files[images][1]} holds {counts[images]} images but "
-                f"{files[labels][1]} holds {counts[labels]} labels{hint}"
+                f"{where}: {files[images][1]} holds {counts[images]} images but {files[labels][1]} holds {counts[labels]} labels{hint}"
             )
 
 
@@ -504,8 +495,7 @@ def _cifar_original(spec: DatasetSpec, source: Path, where: str) -> Path:
             missing = ", ".join(name for name in spec.files if not (folder / name).is_file())
             raise UserError(f"{where}: missing {missing} in {folder}")
     raise UserError(
-        f"{where} has none of the files of {spec.name}: looked for {spec.archive}, or"
-        f" {', '.join(spec.files)} in {source} and {source / spec.folder}"
+        f"{where} has none of the files of {spec.name}: looked for {spec.archive}, or {', '.join(spec.files)} in {source} and {source / spec.folder}"
     )
 
 

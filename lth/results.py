@@ -50,11 +50,9 @@ VALIDATION_FIELDS = ["early_stop_epoch", "val_loss", "val_accuracy", "test_accur
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write `path` through `write(file)` under a temporary name, then rename it into place.
-
-    The content is made in memory first, so that a failing disk shows as an OSError of the plain
-    write (torch.save would raise a RuntimeError); it becomes a UserError naming the file.
-    """
+    """Write `path` through `write(file)` under a temporary name, then rename it into place. Made
+    in memory first, so a failing disk shows as a plain write's OSError (torch.save would raise a
+    RuntimeError); it becomes a UserError naming the file."""
     buffer = io.BytesIO()
     write(buffer)
     temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY}")
@@ -96,8 +94,7 @@ def run_name(now: datetime.datetime | None = None) -> str:
 
 
 def level_tag(comp: float, level: int, earlier_tags: list[str]) -> str:
-    """The `{comp}` of a level's file names: the percentage of weights left with one decimal,
-    and `_level{N}` added when an earlier level has the same text (tiny --prune_percent)."""
+    """A level's `{comp}`: % of weights left to 1 decimal, `_level{N}` after a tie (tiny rates)."""
     tag = f"{comp:.1f}"
     return tag if tag not in earlier_tags else f"{tag}_level{level}"
 
@@ -125,8 +122,7 @@ class RunDir:
                     return cls(root, arch_type, dataset, prune_type)
         except OSError as error:
             raise UserError(
-                f"--results_root {results_root}: cannot create a run folder there"
-                f" ({error.strerror or error})"
+                f"--results_root {results_root}: cannot create a run folder there ({error.strerror or error})"
             ) from None
         raise UserError(f"cannot find a free run folder name beside {base}")
 
@@ -142,8 +138,7 @@ class RunDir:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise UserError(
-                    f"{self.root} is in use by another process (the run itself or a resume of it);"
-                    " wait until it ends"
+                    f"{self.root} is in use by another process (the run itself or a resume of it); wait until it ends"
                 ) from None
             yield
         finally:
@@ -157,10 +152,8 @@ class RunDir:
         if first_level == 0:
             self.checkpoint_path().unlink(missing_ok=True)
         for level in range(first_level, levels):
-            for events in self.tensorboard.glob(
-                f"events.out.tfevents.*{self.events_suffix(level)}"
-            ):
-                events.unlink(missing_ok=True)
+            for path in self.tensorboard.glob(f"events.out.tfevents.*{self.events_suffix(level)}"):
+                path.unlink(missing_ok=True)
 
     @property
     def tensorboard(self) -> Path:
@@ -217,9 +210,8 @@ class RunDir:
 
     def write_summary(self, rows: list[dict]) -> None:
         """`summary.csv`: one row per finished level, with VALIDATION_FIELDS when rows have them."""
-        fields = SUMMARY_FIELDS
-        if rows and VALIDATION_FIELDS[0] in rows[0]:
-            fields = SUMMARY_FIELDS + VALIDATION_FIELDS
+        validation = rows and VALIDATION_FIELDS[0] in rows[0]
+        fields = SUMMARY_FIELDS + VALIDATION_FIELDS if validation else SUMMARY_FIELDS
         write_csv(self.root / "summary.csv", fields, rows)
 
     def stage_checkpoint(self, state: dict) -> None:
@@ -248,8 +240,7 @@ class RunDir:
             return None
 
     def checkpoint_level(self) -> int | None:
-        """The level the checkpoint was saved at (memory-mapped); None without a readable one,
-        safe_load.Refused when it holds what no checkpoint of this program holds."""
+        """The checkpoint's level (mmap); None without a readable one, Refused for an alien one."""
         try:
             state = load_torch(self.checkpoint_path(), "checkpoint", mmap=True)
             return int(state["level"])
@@ -271,9 +262,7 @@ def mask_file_names(model: nn.Module) -> list[str]:
 def mask_to_list(model: nn.Module, mask: Mask) -> list[np.ndarray]:
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     return [
-        np.asarray(mask[name], dtype=np.float32)
-        if name in mask
-        else np.ones(shapes[name], dtype=np.float32)
+        np.asarray(mask[name] if name in mask else np.ones(shapes[name]), dtype=np.float32)
         for name in mask_file_names(model)
     ]
 
@@ -285,8 +274,7 @@ def mask_from_list(model: nn.Module, entries: object, source: str) -> Mask:
     if not isinstance(entries, list) or len(entries) != len(names):
         found = f"{len(entries)}" if isinstance(entries, list) else f"a {type(entries).__name__}"
         raise UserError(
-            f"{source}: a mask of this model is a list of {len(names)} arrays (one per parameter"
-            f" named 'weight'), found {found}"
+            f"{source}: a mask of this model is a list of {len(names)} arrays (one per parameter named 'weight'), found {found}"
         )
     parameters = dict(model.named_parameters())
     weights = prunable(model)
@@ -317,6 +305,5 @@ def mask_from_bool(stored: dict[str, np.ndarray]) -> Mask:
 
 
 def read_mask(path: Path | str, model: nn.Module) -> Mask:
-    """The mask in the mask file `path` for `model`, read by safe_load; UserError when it cannot
-    be read or does not fit `model`."""
+    """The mask file `path`'s mask of `model` (safe_load); UserError unless it reads and fits."""
     return mask_from_list(model, load_array_list(path), str(path))

@@ -18,14 +18,7 @@ from torch import nn
 
 from lth import methods, runs
 from lth.errors import UserError
-from lth.experiment import (
-    NOT_RECORDED,
-    RESUME_LOOKUP,
-    Experiment,
-    Trial,
-    identity,
-    neutral_fields,
-)
+from lth.experiment import NOT_RECORDED, RESUME_LOOKUP, Experiment, Trial, identity, neutral_fields
 from lth.pruning import prunable
 from lth.record import RunRecord, UnreadableRecord
 from lth.results import RunDir, mask_from_bool, mask_to_bool
@@ -63,8 +56,7 @@ def read_record(folder: Path) -> RunRecord:
     except UnreadableRecord as unreadable:
         if unreadable.error is None:
             raise UserError(
-                f"--resume {folder}: no args.json there, so it is not a run folder"
-                " (or a run stopped before it recorded its arguments: start it again)"
+                f"--resume {folder}: no args.json there, so it is not a run folder (or a run stopped before it recorded its arguments: start it again)"
             ) from None
         raise UserError(
             f"--resume {folder}: args.json cannot be read ({unreadable.error})"
@@ -87,8 +79,7 @@ def newest_matching_run(args: argparse.Namespace) -> Path:
 
 
 def changed_flags(recorded: dict, args: argparse.Namespace, explicit: set[str]) -> dict:
-    """The run options the command line changes (its value makes another `identity`), as
-    name -> [old, new]; UserError naming every changed flag that is not result-neutral."""
+    """The options the command line changes, name -> [old, new]; UserError for non-neutral ones."""
     changed, refused = {}, []
     neutral = neutral_fields()
     for name in sorted(explicit - set(NOT_RECORDED) - set(TRIAL_FLAGS)):
@@ -106,16 +97,13 @@ def changed_flags(recorded: dict, args: argparse.Namespace, explicit: set[str]) 
 
 
 def finished_levels(run_dir: RunDir, levels: int) -> int:
-    """One more than the checkpoint's level (0 without one); UserError when it is damaged or its
-    level is not one of the run's `levels`."""
+    """One more than the checkpoint's level (0 without one); UserError if damaged or off range."""
     path = run_dir.checkpoint_path()
     if not path.exists():
         older = sorted(path.parent.glob("level_*.pth"))
         if older:  # that version's checkpoint of the newest level loads as one of these
             raise UserError(
-                f"{path.parent} holds one checkpoint per level ({older[0].name}, ...), as an"
-                f" earlier version wrote them: rename the newest to {path.name}, delete the others"
-                " and resume again"
+                f"{path.parent} holds one checkpoint per level ({older[0].name}, ...), as an earlier version wrote them: rename the newest to {path.name}, delete the others and resume again"
             )
         return 0
     level = run_dir.checkpoint_level()
@@ -124,8 +112,7 @@ def finished_levels(run_dir: RunDir, levels: int) -> int:
         raise UserError(f"checkpoint {path} does not record its level; {RESTART}")
     if not 0 <= level < levels:
         raise UserError(
-            f"checkpoint {path} records level {level}, not one of the run's 0..{levels - 1};"
-            f" {RESTART}"
+            f"checkpoint {path} records level {level}, not one of the run's 0..{levels - 1}; {RESTART}"
         )
     return level + 1
 
@@ -155,15 +142,13 @@ def load_checkpoint(path: Path) -> dict:
     missing = CHECKPOINT_KEYS - set(state) if isinstance(state, dict) else CHECKPOINT_KEYS
     if missing:
         raise UserError(
-            f"checkpoint {path} is not one of this program's (it lacks"
-            f" {', '.join(sorted(missing))}); {RESTART}"
+            f"checkpoint {path} is not one of this program's (it lacks {', '.join(sorted(missing))}); {RESTART}"
         )
     return state
 
 
 def check_checkpoint(state: dict, path: Path, model: nn.Module, levels: int) -> None:
-    """UserError naming `path` unless the checkpoint `state` fits the run it is resumed into (the
-    model's tensors, the masks, the per-level figures), before anything is restored or written."""
+    """UserError naming `path` unless `state` fits this run (model, masks, levels), pre-restore."""
 
     def refuse(what: str) -> UserError:
         return UserError(f"checkpoint {path} does not fit this run: {what}; {RESTART}")
@@ -217,11 +202,10 @@ def whole_checkpoint(
     (and if `rewinds_late`, the rewind) state from their result files, models of `classes`."""
     progress = dict(state["progress"])
     progress["mask"] = mask_from_bool(progress["mask"])
-    initial = saved_state(run_dir.initial_state_path(), "initial state", classes)
-    progress["initial_state"], progress["rewind_state"] = initial, None
+    progress["initial_state"] = saved_state(run_dir.initial_state_path(), "initial state", classes)
+    progress["rewind_state"] = None
     if rewinds_late:
-        rewind = saved_state(run_dir.rewind_state_path(), "rewind state", classes)
-        progress["rewind_state"] = rewind
+        progress["rewind_state"] = saved_state(run_dir.rewind_state_path(), "rewind state", classes)
     return {**state, "progress": progress}
 
 
@@ -245,8 +229,7 @@ def first_level(args: argparse.Namespace, explicit: set[str], done: int, folder:
             f"--start_iter {start}: {folder} has no finished level; leave --start_iter out"
         )
     raise UserError(
-        f"--start_iter {start}: {folder} keeps the state of its newest level ({done - 1}) only;"
-        f" continue at level {done} (leave --start_iter out) or start again with --start_iter 0"
+        f"--start_iter {start}: {folder} keeps the state of its newest level ({done - 1}) only; continue at level {done} (leave --start_iter out) or start again with --start_iter 0"
     )
 
 
@@ -259,8 +242,7 @@ def batch_folders(folder: Path, record: RunRecord) -> list[Path]:
     missing = [str(f) for f in folders if not RunRecord.exists(f)]
     if missing:
         raise UserError(
-            f"--resume {folder}: it ran in a batch of {len(folders)} trials, and the run folder"
-            f" {missing[0]} of that batch is gone; its trials are resumed together"
+            f"--resume {folder}: it ran in a batch of {len(folders)} trials, and the run folder {missing[0]} of that batch is gone; its trials are resumed together"
         )
     return folders
 
@@ -274,14 +256,13 @@ def check_trial_flags(args: argparse.Namespace, explicit: set[str], recorded: li
         if given != theirs:
             shown = " ".join(str(v) for v in sorted(theirs, key=str))
             raise UserError(
-                f"--resume: --{name} {' '.join(map(str, getattr(args, name)))} differs from the"
-                f" batch's {shown} (leave --{name} out)"
+                f"--resume: --{name} {' '.join(map(str, getattr(args, name)))} differs from the batch's {shown} (leave --{name} out)"
             )
 
 
 def settle(run_dirs: list[RunDir]) -> None:
-    """Finish the commit of a batch's checkpoints that a kill interrupted, when every live trial
-    staged or committed that level; otherwise remove the staged ones (the level runs again)."""
+    """Finish a batch's checkpoint commit a kill interrupted if every live trial staged or committed
+    that level; otherwise remove the staged ones (the level runs again)."""
     staged = [d for d in run_dirs if d.staged_path().exists()]
     if not staged:
         return
@@ -308,9 +289,8 @@ def staged_level(run_dir: RunDir) -> int | None:
 def locate(
     args: argparse.Namespace, explicit: set[str], validate: Callable[[argparse.Namespace], None]
 ) -> Resumed:
-    """Merge the recorded arguments with the command line (each trial's checked by `validate`)
-    and find where the batch continues. A trial that stopped (failure.txt) before that level
-    stays stopped; one that stopped at it or later runs it again with the others."""
+    """Merge the recorded arguments with the command line (`validate` checks each trial's) and find
+    where the batch continues; a trial stopped (failure.txt) before that level stays stopped."""
     folder = newest_matching_run(args) if args.resume == "latest" else Path(args.resume)
     record = read_record(folder)
     folders = batch_folders(folder, record)
@@ -376,8 +356,7 @@ def resume_point(
     if not again and len(set(finished.values())) > 1:
         shown = ", ".join(f"{name} {done}" for name, done in finished.items())
         raise UserError(
-            f"--resume {folder}: the runs of its batch have finished different numbers of levels"
-            f" ({shown}), which a batch never leaves; {RESTART}"
+            f"--resume {folder}: the runs of its batch have finished different numbers of levels ({shown}), which a batch never leaves; {RESTART}"
         )
     done = 0 if again else min(finished.values(), default=levels)
     start = first_level(args, explicit, done, folder)

@@ -40,8 +40,7 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        """Whether the whole-run dumps are there and the checkpoint is the last level's;
-        safe_load.Refused when a dump holds what this program never writes."""
+        """Dumps there and the checkpoint the last level's; safe_load.Refused for an alien dump."""
         files = self.files
         dumps = (files.dump_path("compression"), files.dump_path("bestaccuracy"))
         last = self.args["prune_iterations"] - 1
@@ -109,8 +108,7 @@ def load_run(folder: Path | str) -> Run:
     run = checked_run(folder)
     if not run.complete:
         raise UserError(
-            f"{folder} is not complete (its last level, {run.args['prune_iterations'] - 1},"
-            " has not finished); resume it with: python main.py --resume " + str(folder)
+            f"{folder} is not complete (its last level, {run.args['prune_iterations'] - 1}, has not finished); resume it with: python main.py --resume {folder}"
         )
     return run
 
@@ -123,20 +121,17 @@ def mask_source(folder: str, args: argparse.Namespace) -> Path:
     for name in ("dataset", "arch_type"):
         if run.args.get(name) != getattr(args, name):
             raise UserError(
-                f"--masks_from {folder} is a run of --{name} {run.args.get(name)},"
-                f" not {getattr(args, name)}"
+                f"--masks_from {folder} is a run of --{name} {run.args.get(name)}, not {getattr(args, name)}"
             )
     source = methods.get(args.prune_type).masks_of
     if run.args.get("prune_type") != source:
         raise UserError(
-            f"--masks_from {folder} is a run of --prune_type {run.args.get('prune_type')};"
-            f" the control takes the masks of an {source} run (its winning tickets)"
+            f"--masks_from {folder} is a run of --prune_type {run.args.get('prune_type')}; the control takes the masks of an {source} run (its winning tickets)"
         )
     done = run.finished_levels()
     if done < args.prune_iterations:
         raise UserError(
-            f"--masks_from {folder} has {done} finished level(s), fewer than"
-            f" --prune_iterations {args.prune_iterations}"
+            f"--masks_from {folder} has {done} finished level(s), fewer than --prune_iterations {args.prune_iterations}"
         )
     return run.root.resolve()
 
@@ -149,9 +144,7 @@ def take_mask_args(args: argparse.Namespace, explicit: set[str]) -> None:
         theirs, mine = source.args[name], getattr(args, name)
         if name in explicit and mine != theirs:
             raise UserError(
-                f"--{name} {flag_value(mine)} differs from {flag_value(theirs)}, that of the run"
-                f" --masks_from {args.masks_from}: a control's masks, hence its rates, are that"
-                f" run's (leave --{name} out)"
+                f"--{name} {flag_value(mine)} differs from {flag_value(theirs)}, that of the run --masks_from {args.masks_from}: a control's masks, hence its rates, are that run's (leave --{name} out)"
             )
         setattr(args, name, theirs)
 
@@ -220,8 +213,7 @@ LABELS = {"prune_type": "{}", "prune_percent": "{:g}% pruned", "seed": "seed {}"
 
 
 def describe(args: dict, names: list[str]) -> str:
-    """A short label from the arguments `names`: `lt, 20% pruned, seed 0, lr=0.001`, a control's
-    prune type as `reinit with lt masks`."""
+    """A label of `names`' values: `lt, 20% pruned, seed 0, lr=0.001`, `reinit with lt masks`."""
     parts = []
     for name in names:
         value = args.get(name)
@@ -232,8 +224,7 @@ def describe(args: dict, names: list[str]) -> str:
 
 
 def trial_key(run: Run) -> tuple:
-    """A run's trial: the experiment, the seed (or, with none recorded, its folder) and, for a
-    control, the trial whose masks it takes."""
+    """A run's trial: experiment, seed (else its folder), for a control the masks' trial."""
     seed = run.args.get("seed")
     key: tuple = (identity(run.args), str(run.root.resolve()) if seed is None else seed)
     if is_control(run.args):
@@ -285,8 +276,7 @@ def trial_groups(runs: list[Run]) -> list[list[Run]]:
 
 
 def group_labels(groups: list[list[Run]]) -> list[str]:
-    """One label per group: what differs between the groups (the seed only for a single run),
-    then `(N trials)` where there are several."""
+    """One label per group: what differs between groups (seed for a lone run), `(N trials)`."""
     names = differing_args([group[0] for group in groups])
     found = []
     for group in groups:
@@ -316,14 +306,8 @@ class Trials:
         summaries = [run.summary() for run in group]
         early_stop = all(all(c in s[0] for c in EARLY_STOP) for s in summaries if s)
         accuracy, epoch = EARLY_STOP if early_stop else ("best_accuracy", "best_epoch")
-        return cls(
-            label,
-            group,
-            group[0].weights_left(),
-            early_stop,
-            np.array([[row[accuracy] for row in s] for s in summaries], dtype=float),
-            np.array([[row[epoch] for row in s] for s in summaries], dtype=float),
-        )
+        found = [np.array([[r[c] for r in s] for s in summaries], float) for c in (accuracy, epoch)]
+        return cls(label, group, group[0].weights_left(), early_stop, *found)
 
     def rows(self) -> list[dict]:
         """One row per level: the accuracy's and the epoch's mean, minimum and maximum."""
