@@ -118,7 +118,12 @@ def analyse(args: argparse.Namespace) -> None:
     replaced = outputs.existing()
     write_tables(outputs, results)
     figure = plots.error_along_path(
-        [(f"{r.weights_left:g}% weights left", r.alphas, r.errors) for r in results],
+        [
+            plots.PathLine(
+                f"{r.weights_left:g}% weights left", r.alphas, r.errors, r.straight, r.peak
+            )
+            for r in results
+        ],
         recipe.dataset,
         recipe.arch_type,
     )

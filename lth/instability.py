@@ -9,6 +9,7 @@ The copies train as one batch through the one training path (`train.train_level`
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +74,21 @@ def error_barrier(errors: Sequence[float] | np.ndarray) -> float:
     return float(errors.max() - (errors[0] + errors[-1]) / 2)
 
 
+def straight_line(weights: np.ndarray, errors: np.ndarray) -> np.ndarray:
+    """The ends' errors interpolated at each weight: the path's reference for the excess."""
+    return errors[0] + (errors[-1] - errors[0]) * weights
+
+
+def excess_peak(errors: np.ndarray, line: np.ndarray) -> int:
+    """Where the errors rise highest above `line` (the first, on a tie)."""
+    return int(np.argmax(errors - line))
+
+
 def excess_over_line(weights: np.ndarray, errors: np.ndarray) -> tuple[float, float]:
     """The highest error above the straight line between the ends' errors, and the alpha where
-    it peaks (the first, on a tie); never negative, the ends lie on the line."""
-    line = errors[0] + (errors[-1] - errors[0]) * weights
-    peak = int(np.argmax(errors - line))
+    it peaks; never negative, the ends lie on the line."""
+    line = straight_line(weights, errors)
+    peak = excess_peak(errors, line)
     return float(errors[peak] - line[peak]), float(weights[peak])
 
 
@@ -165,7 +176,16 @@ class PathErrors:
     def stable(self) -> bool:
         return is_stable(self.barrier)
 
-    @property
+    @cached_property
+    def straight(self) -> np.ndarray:
+        return straight_line(self.alphas, self.errors)
+
+    @cached_property
+    def peak(self) -> int:
+        """The index of the excess's peak."""
+        return excess_peak(self.errors, self.straight)
+
+    @cached_property
     def excess(self) -> tuple[float, float]:
         """(excess over the ends' straight line, the alpha where it peaks)."""
         return excess_over_line(self.alphas, self.errors)

@@ -81,17 +81,27 @@ def best_epoch_vs_weights(
     return fig
 
 
-def error_along_path(lines: Lines, dataset: str, arch_type: str) -> Figure:
+class PathLine(NamedTuple):
+    """One level's path: its errors at each alpha, the straight line between its ends' errors,
+    and the index where the errors rise highest above that line."""
+
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    straight: np.ndarray
+    peak: int
+
+
+def error_along_path(lines: Sequence[PathLine], dataset: str, arch_type: str) -> Figure:
     """Test error along the straight line between two trained copies of a subnetwork, against
     the interpolation weight alpha; dashed, the straight line between the ends' errors, with
     the excess over it marked where it peaks."""
     fig, ax = plt.subplots()
-    for line in [Line(*line) for line in lines]:
+    for line in lines:
         (drawn,) = ax.plot(line.x, line.y, marker=".", label=line.label)
-        ends = line.y[0] + (line.y[-1] - line.y[0]) * line.x
-        peak = int(np.argmax(line.y - ends))
-        ax.plot(line.x, ends, linestyle="--", c=drawn.get_color())
-        ax.vlines(line.x[peak], ends[peak], line.y[peak], colors=drawn.get_color(), linewidth=3)
+        color, at = drawn.get_color(), line.peak
+        ax.plot(line.x, line.straight, linestyle="--", c=color)
+        ax.vlines(line.x[at], line.straight[at], line.y[at], colors=color, linewidth=3)
     ax.set_title(f"Test Error Between Two Trained Copies ({dataset},{arch_type})")
     ax.set_xlabel("alpha: the network (1 - alpha) w1 + alpha w2")
     ax.set_ylabel("test error (%)")

@@ -303,7 +303,9 @@ def test_the_figure_draws_the_ends_straight_line_and_marks_the_excess_at_its_pea
     from lth import plots
 
     weights, errors = alphas(5), np.array([10.0, 14.0, 16.0, 17.0, 20.0])
-    figure = plots.error_along_path([("level 1", weights, errors)], "mnist", "fc1")
+    result = instability_engine.PathErrors(1, 50.0, weights, errors)
+    line = plots.PathLine("level 1", weights, errors, result.straight, result.peak)
+    figure = plots.error_along_path([line], "mnist", "fc1")
     (ax,) = figure.axes
     path, straight = ax.get_lines()
     assert path.get_ydata().tolist() == errors.tolist()
