@@ -2,6 +2,7 @@
 the data-based scheme of models that define one (`fclin`)."""
 
 from collections.abc import Callable
+from functools import partial
 
 from torch import nn
 
@@ -12,16 +13,23 @@ INIT_SCHEMES = ("xavier", "kaiming", "data")
 Initializer = Callable[[nn.Module], nn.Module]
 
 
-def _init_layer(module: nn.Module, kaiming: bool) -> None:
-    """Linear/Conv: Xavier-normal weights and N(0, 1) biases, or with `kaiming` He-normal weights
-    (fan_in, ReLU) and zero biases; BatchNorm: scale N(1, 0.02), shift 0."""
+# Each scheme's initialisation of a Linear or Conv layer: (its weights, its biases).
+LAYER_INITS = {
+    "xavier": (nn.init.xavier_normal_, nn.init.normal_),
+    "kaiming": (
+        partial(nn.init.kaiming_normal_, mode="fan_in", nonlinearity="relu"),
+        nn.init.zeros_,
+    ),
+}
+
+
+def _init_layer(module: nn.Module, weights: Callable, biases: Callable) -> None:
+    """Linear/Conv: `weights` and `biases` (a scheme's LAYER_INITS); BatchNorm: scale
+    N(1, 0.02), shift 0."""
     if isinstance(module, CONV_OR_LINEAR):
-        if kaiming:
-            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-        else:
-            nn.init.xavier_normal_(module.weight)
+        weights(module.weight)
         if module.bias is not None:
-            (nn.init.zeros_ if kaiming else nn.init.normal_)(module.bias)
+            biases(module.bias)
     if isinstance(module, BATCH_NORM) and module.affine:
         nn.init.normal_(module.weight, mean=1.0, std=0.02)
         nn.init.zeros_(module.bias)
@@ -29,8 +37,8 @@ def _init_layer(module: nn.Module, kaiming: bool) -> None:
 
 def initialize(model: nn.Module, scheme: str = "xavier") -> nn.Module:
     """Re-initialise every layer of `model` in place with `xavier` or `kaiming`; returns it."""
-    kaiming = {"xavier": False, "kaiming": True}[scheme]
-    model.apply(lambda module: _init_layer(module, kaiming))
+    weights, biases = LAYER_INITS[scheme]
+    model.apply(lambda module: _init_layer(module, weights, biases))
     return model
 
 
