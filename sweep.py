@@ -62,8 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sweep.py",
         description="Run the cross product of prune percents, prune types and seeds on Ray.",
         usage="sweep.py [options] -- [main.py flags]",
-        epilog="After `--`: main.py's flags (main.py --help) for every task, checked as main.py"
-        " checks them.",
+        epilog="After `--`: main.py's flags (main.py --help) for every task, checked as main.py checks them.",
         formatter_class=cli.OneDefaultFormatter,
     )
     add = cli.flag_group(parser, "the grid", "one task per prune percent, prune type and seed")
@@ -108,8 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 def prune_type_help() -> str:
     """--prune_type's help, from the registry (lth.methods)."""
     controls = "; ".join(
-        f"{m.name} is the paper's control: {m.recorded_name} with the masks of the {m.ticket} run"
-        f" of the same percent and seed (needs {m.ticket} in the same sweep)"
+        f"{m.name} is the paper's control: {m.recorded_name} with the masks of the {m.ticket} run of the same percent and seed (needs {m.ticket} in the same sweep)"
         for m in methods.registered()
         if m.needs_ticket
     )
@@ -123,28 +121,23 @@ def make_tasks(options: argparse.Namespace, main_flags: list[str]) -> list[Task]
         controls = [m for m in methods.registered() if m.needs_ticket]
         tickets = " or ".join(dict.fromkeys(m.ticket for m in controls))
         raise UserError(
-            f"--masks_from after `--`: the sweep gives it to each"
-            f" {' or '.join(m.name for m in controls)} task itself (the {tickets} run of the same"
-            " percent and seed)"
+            f"--masks_from after `--`: the sweep gives it to each {' or '.join(m.name for m in controls)} task itself (the {tickets} run of the same percent and seed)"
         )
     if given:
-        name = sorted(given)[0]
-        raise UserError(f"--{name} after `--`: give it to sweep.py itself (see --help)")
+        raise UserError(f"--{sorted(given)[0]} after `--`: give it to sweep.py itself (see --help)")
     check_own_flags(options)
     found = {spelling: methods.find(spelling) for spelling in dict.fromkeys(options.prune_type)}
     for spelling, method in found.items():
         if method is None:
             raise UserError(
-                f"--prune_type {spelling} is not supported; choose any of:"
-                f" {', '.join(methods.names())}"
+                f"--prune_type {spelling} is not supported; choose any of: {', '.join(methods.names())}"
             )
     types = list(dict.fromkeys(method.name for method in found.values()))
     for prune_type in types:
         ticket = methods.get(prune_type).ticket
         if ticket is not None and ticket not in types:
             raise UserError(
-                f"--prune_type {prune_type} needs {ticket} in the same sweep: each control takes"
-                f" the masks of the {ticket} run of its percent and seed"
+                f"--prune_type {prune_type} needs {ticket} in the same sweep: each control takes the masks of the {ticket} run of its percent and seed"
             )
     tasks = []
     lists = (types, options.prune_percent, options.seed)
@@ -158,7 +151,13 @@ def make_tasks(options: argparse.Namespace, main_flags: list[str]) -> list[Task]
         cli.validate(args)
         name = f"{prune_type}_{percent:g}" + (f"_seed{seed}" if seed is not None else "")
         tasks.append(Task(name, args, argv, prune_type=prune_type, seed=seed, percent=percent))
-    link_controls(tasks)
+    by_task = {(t.prune_type, t.percent, t.seed): t for t in tasks}
+    for (
+        task
+    ) in tasks:  # each control's ticket task: its method's ticket of the same percent and seed
+        ticket = methods.get(task.prune_type).ticket
+        if ticket is not None:
+            task.ticket = by_task[(ticket, task.percent, task.seed)]
     return tasks
 
 
@@ -178,20 +177,10 @@ def check_own_flags(options: argparse.Namespace) -> None:
     visible = torch.cuda.device_count()
     if options.address is None and options.gpus_per_run > visible:
         raise UserError(
-            f"--gpus_per_run {options.gpus_per_run:g}: this machine has {visible} CUDA device(s);"
-            " give at most that, or --address of a cluster with GPUs"
+            f"--gpus_per_run {options.gpus_per_run:g}: this machine has {visible} CUDA device(s); give at most that, or --address of a cluster with GPUs"
         )
     if options.batch is not None and options.batch < 1:
         raise UserError(f"--batch must be at least 1, got {options.batch}")
-
-
-def link_controls(tasks: list[Task]) -> None:
-    """Give each control task its ticket task: its method's ticket of the same percent and seed."""
-    by_task = {(t.prune_type, t.percent, t.seed): t for t in tasks}
-    for task in tasks:
-        ticket = methods.get(task.prune_type).ticket
-        if ticket is not None:
-            task.ticket = by_task[(ticket, task.percent, task.seed)]
 
 
 def plan(tasks: list[Task], results_root: str) -> None:
@@ -556,8 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "\nsweep: interrupted; finished runs and levels are kept: the same command again"
-            " skips the finished runs, resumes the interrupted ones and starts the rest",
+            "\nsweep: interrupted; finished runs and levels are kept: the same command again skips the finished runs, resumes the interrupted ones and starts the rest",
             file=sys.stderr,
         )
         return 130

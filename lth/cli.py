@@ -9,15 +9,9 @@ from typing import NoReturn
 import archs
 from lth import augment, data, experiment, methods, settings
 from lth.errors import UserError, one_line
-from lth.settings import (
-    MAX_DPI,
-    MAX_END_ITER,
-    MAX_PRUNE_ITERATIONS,
-    check_dpi,
-    check_folder,
-    check_not_empty,
-)
+from lth.settings import MAX_DPI, MAX_END_ITER, MAX_PRUNE_ITERATIONS, check_dpi, check_folder
 
+check_not_empty = settings.check_not_empty
 __all__ = ["MAX_DPI", "MAX_END_ITER", "MAX_PRUNE_ITERATIONS", "check_dpi", "check_folder"]
 
 
@@ -94,26 +88,22 @@ def trial_specs(args: argparse.Namespace) -> list[tuple[str, int | None]]:
             continue
         if method.ticket not in named:
             raise UserError(
-                f"--prune_type {method.name} needs {method.ticket} in the same batch: each control"
-                f" takes the masks of the {method.ticket} trial of its seed"
+                f"--prune_type {method.name} needs {method.ticket} in the same batch: each control takes the masks of the {method.ticket} trial of its seed"
             )
         if args.masks_from is not None:
             raise UserError(
-                f"--prune_type {method.name} takes its masks from the {method.ticket} trials of"
-                " the batch, not from --masks_from"
+                f"--prune_type {method.name} takes its masks from the {method.ticket} trials of the batch, not from --masks_from"
             )
     for spelling, method in found.items():
         if method is None:
             raise UserError(
-                f"--prune_type {spelling} is not supported; choose one of:"
-                f" {', '.join(methods.names())}"
+                f"--prune_type {spelling} is not supported; choose one of: {', '.join(methods.names())}"
             )
     types = list(dict.fromkeys(method.name for method in found.values()))
     apart = [t for t in types if trains_apart(t, args)]
     if apart and len(types) > 1:
         raise UserError(
-            f"--prune_type {apart[0]} trains at the final rate of the --warmup_iters/--lr_drops"
-            " schedule, which the other prune types follow: run it in a batch of its own"
+            f"--prune_type {apart[0]} trains at the final rate of the --warmup_iters/--lr_drops schedule, which the other prune types follow: run it in a batch of its own"
         )
     return [(prune_type, seed) for prune_type in types for seed in seeds]
 
@@ -162,8 +152,7 @@ def validate(args: argparse.Namespace) -> None:
     check("plot_dpi")
     if not 0 <= args.start_iter < args.prune_iterations:
         raise UserError(
-            f"--start_iter must be in 0..{args.prune_iterations - 1} (--prune_iterations - 1),"
-            f" got {args.start_iter}"
+            f"--start_iter must be in 0..{args.prune_iterations - 1} (--prune_iterations - 1), got {args.start_iter}"
         )
     if args.start_iter > 0 and args.resume is None:
         raise UserError(
@@ -193,32 +182,27 @@ def _validate_beyond_original(args: argparse.Namespace, check: settings.Checks) 
     check("rewind_iter")
     if args.rewind_iter > 0 and args.rewind_epoch > 0:
         raise UserError(
-            f"--rewind_iter {args.rewind_iter} and --rewind_epoch {args.rewind_epoch}: give one"
-            " of them (--rewind_epoch K is --rewind_iter K x steps per epoch)"
+            f"--rewind_iter {args.rewind_iter} and --rewind_epoch {args.rewind_epoch}: give one of them (--rewind_epoch K is --rewind_iter K x steps per epoch)"
         )
     method = methods.recorded(args.prune_type)
     for name in ("rewind_epoch", "rewind_iter"):
         if getattr(args, name) > 0 and not method.rewinds:
             rewinding = " or ".join(m.name for m in methods.recordable() if m.rewinds)
             raise UserError(
-                f"--{name} applies to --prune_type {rewinding}, not {args.prune_type}:"
-                f" {args.prune_type} {method.rewind_refusal}"
+                f"--{name} applies to --prune_type {rewinding}, not {args.prune_type}: {args.prune_type} {method.rewind_refusal}"
             )
     if args.masks_from is not None and not method.takes_masks_from:
         controls = " or ".join(m.name for m in methods.recordable() if m.takes_masks_from)
         raise UserError(
-            f"--masks_from applies to --prune_type {controls} (the random-reinitialisation"
-            f" control), not {args.prune_type}"
+            f"--masks_from applies to --prune_type {controls} (the random-reinitialisation control), not {args.prune_type}"
         )
-    check("prune_scope", "prune_percent_output", "prune_percent_conv", "optimizer")
-    check("momentum")
+    check("prune_scope", "prune_percent_output", "prune_percent_conv", "optimizer", "momentum")
     if args.momentum > 0 and args.optimizer != "sgd":
         raise UserError(f"--momentum applies to --optimizer sgd, not {args.optimizer}")
     check("dropout", "compile")
     if args.augment and args.dataset not in augment.DATASETS:
         raise UserError(
-            f"--augment applies to --dataset {' or '.join(augment.DATASETS)} (random crops and"
-            f" flips of their 32x32 images), not {args.dataset}"
+            f"--augment applies to --dataset {' or '.join(augment.DATASETS)} (random crops and flips of their 32x32 images), not {args.dataset}"
         )
     if args.fclin_depth is not None and not fclin:
         raise UserError(f"--fclin_depth applies to --arch_type fclin, not {args.arch_type}")

@@ -17,13 +17,11 @@ COMPILE_CHOICES = settings.COMPILE_CHOICES
 
 @dataclass(frozen=True)
 class TrialSettings(Settings):
-    """What one trial has of its own, and the resume flags; several --seed and --prune_type
-    values make a batch of trials."""
+    """A trial's own settings and the resume flags; several --seed and --prune_type make a batch."""
 
     seed: int | None = flag(
         None,
-        "seed of every generator of a trial; several train together as one batch, one run"
-        " folder each (default: a random seed, printed and recorded)",
+        "seed of every generator of a trial; several train together as one batch, one run folder each (default: a random seed, printed and recorded)",
         PROTOCOL,
         rank=1,
         metavar="SEED",
@@ -35,16 +33,14 @@ class TrialSettings(Settings):
     )
     masks_from: str | None = flag(
         None,
-        "reinit only: level k trains the mask that lt run saved for level k with freshly"
-        " drawn weights, the paper's control (default: none, reinit prunes itself)",
+        "reinit only: level k trains the mask that lt run saved for level k with freshly drawn weights, the paper's control (default: none, reinit prunes itself)",
         PROTOCOL,
         rank=3,
         metavar="RUN_DIR",
     )
     resume: str | None = flag(
         None,
-        "continue an interrupted run: its folder, or alone the newest run of the same"
-        " --dataset, --arch_type and --prune_type (default: off, a new run)",
+        "continue an interrupted run: its folder, or alone the newest run of the same --dataset, --arch_type and --prune_type (default: off, a new run)",
         ORIGINAL,
         rank=7,
         metavar="RUN_DIR",
@@ -99,9 +95,7 @@ def identity(args: Mapping, on: Collection[str] | None = None) -> tuple[tuple[st
     `experiment_fields`) in a run's arguments that differ from their (resolved) defaults, as
     sorted (name, value) pairs; a setting `args` lacks is at its default."""
     wanted = experiment_fields() if on is None else on
-    differ: dict[str, Any] = {}
-    for kind in KINDS:
-        differ |= kind.read(args).identity()
+    differ = {k: v for kind in KINDS for k, v in kind.read(args).identity().items()}
     if is_control(args):
         differ[IS_CONTROL] = True
     return tuple(sorted((name, v) for name, v in differ.items() if name in wanted))
@@ -130,11 +124,8 @@ class Experiment:
 
     def settings(self) -> dict[str, Any]:
         """Every setting by name, as args.json records it."""
-        return {
-            name: getattr(part, name)
-            for part in (self.recipe, self.options)
-            for name in part.names()
-        }
+        parts = (self.recipe, self.options)
+        return {name: getattr(part, name) for part in parts for name in part.names()}
 
 
 @dataclass(frozen=True)

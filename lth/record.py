@@ -40,10 +40,9 @@ def seed_everything(seed: int) -> None:
 def deterministic_algorithms(device: torch.device) -> None:
     """On CUDA, make a seeded run repeat bit for bit on the same GPU model and software (cuBLAS
     needs a fixed workspace, set before its first use); the CPU's kernels repeat already."""
-    if device.type != "cuda":
-        return
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def rng_states() -> dict:
@@ -57,17 +56,13 @@ def restore_rng_states(states: dict) -> None:
     devices, those it has, with a notice that the random draws may differ."""
     TrialRandom.restore_process(states)
     saved = list(states["cuda"])
-    if not saved:
-        return
     here = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for index, state in enumerate(saved[:here]):
         torch.cuda.set_rng_state(state, index)
     if here < len(saved):
         kept = f"the first {here} are restored" if here else "they are left out"
         print(
-            f"notice: the checkpoint holds the random states of {len(saved)} CUDA device(s) and"
-            f" this machine has {here}: {kept}, so the random draws here may differ from the"
-            " original machine's"
+            f"notice: the checkpoint holds the random states of {len(saved)} CUDA device(s) and this machine has {here}: {kept}, so the random draws here may differ from the original machine's"
         )
 
 
@@ -180,8 +175,7 @@ class RunRecord:
 
     @property
     def args(self) -> dict[str, Any]:
-        """The run's arguments (each missing one at its default) as its latest resume left
-        them."""
+        """The run's arguments (each missing one at its default) as its latest resume left them."""
         args = recorded_args(self.content["args"])
         for entry in self.content.get("resumes", []):
             args.update({name: new for name, (_, new) in entry["changed"].items()})
@@ -198,9 +192,7 @@ class RunRecord:
 
 def recorded_args(recorded: Mapping) -> dict[str, Any]:
     """Every setting of the `recorded` arguments, one they lack at its (resolved) default."""
-    defaults: dict[str, Any] = {}
-    for kind in experiment.KINDS:
-        defaults |= kind.read(recorded).values()
+    defaults = {k: v for kind in experiment.KINDS for k, v in kind.read(recorded).values().items()}
     return {**defaults, **recorded}
 
 

@@ -134,8 +134,7 @@ class Settings:
 
     @classmethod
     def read(cls, values: Mapping) -> Self:
-        """The settings in `values`; one they lack (recorded before its flag existed) at its
-        default, which that run ran."""
+        """The settings in `values`, one they lack (recorded before its flag existed) at its default."""
         every = (f.name for f in fields(cls))  # type: ignore[arg-type]
         return cls(**{name: values[name] for name in every if name in values})
 
@@ -195,8 +194,7 @@ class Recipe(Settings):
     )
     val_size: int = flag(
         0,
-        "hold out N training images (a fixed draw) for validation and stop early at the"
-        " minimum validation loss; 0: none, the best test accuracy as the original",
+        "hold out N training images (a fixed draw) for validation and stop early at the minimum validation loss; 0: none, the best test accuracy as the original",
         PROTOCOL,
         rank=2,
         metavar="N",
@@ -204,15 +202,13 @@ class Recipe(Settings):
     )
     augment: bool = flag(
         False,
-        "CIFAR only: random 4-pixel crops and flips of the training images, as the paper"
-        " trained VGG-19 and ResNet-20",
+        "CIFAR only: random 4-pixel crops and flips of the training images, as the paper trained VGG-19 and ResNet-20",
         PROTOCOL,
         rank=4,
     )
     prune_scope: str = flag(
         "layer",
-        f"one of: {', '.join(PRUNE_SCOPES)} (global: one magnitude ranking across the layers"
-        " of one rate)",
+        f"one of: {', '.join(PRUNE_SCOPES)} (global: one magnitude ranking across the layers of one rate)",
         PRUNING,
         check=one_of(PRUNE_SCOPES),
     )
@@ -232,8 +228,7 @@ class Recipe(Settings):
     )
     rewind_iter: int = flag(
         0,
-        "lt and random rewind to the weights after N optimiser steps of level 0 and train"
-        " each later level from step N on; 0: the initial weights",
+        "lt and random rewind to the weights after N optimiser steps of level 0 and train each later level from step N on; 0: the initial weights",
         PRUNING,
         metavar="N",
         check=at_least(0),
@@ -261,8 +256,7 @@ class Recipe(Settings):
     )
     lr_drops: str | None = flag(
         None,
-        "epochs of every level after which the learning rate is multiplied by --lr_gamma"
-        " (default: none, a constant rate)",
+        "epochs of every level after which the learning rate is multiplied by --lr_gamma (default: none, a constant rate)",
         OPTIMISATION,
         metavar="E1,E2,...",
     )
@@ -306,8 +300,7 @@ class Recipe(Settings):
         steps = self.end_iter * epoch_steps
         if self.rewind_iter >= steps:
             raise UserError(
-                f"--rewind_iter must be in 0..{steps - 1} (level 0 has --end_iter {self.end_iter}"
-                f" epochs of {epoch_steps} steps), got {self.rewind_iter}"
+                f"--rewind_iter must be in 0..{steps - 1} (level 0 has --end_iter {self.end_iter} epochs of {epoch_steps} steps), got {self.rewind_iter}"
             )
 
     def lr_drop_epochs(self) -> list[int]:
@@ -330,10 +323,7 @@ def drop_epochs(lr_drops: str | None, end_iter: int) -> list[int]:
     """The epochs of --lr_drops (increasing, each in 1..--end_iter - 1); [] if none."""
     if lr_drops is None:
         return []
-    wanted = (
-        f"a comma-separated list of increasing epochs in 1..{end_iter - 1}"
-        " (--end_iter - 1), such as 50,75"
-    )
+    wanted = f"a comma-separated list of increasing epochs in 1..{end_iter - 1} (--end_iter - 1), such as 50,75"
     parts = [part.strip() for part in str(lr_drops).split(",")]
     numbers = all(re.fullmatch(r"[0-9]+", part, flags=re.ASCII) for part in parts)
     drops = [int(part) for part in parts] if numbers else []
@@ -345,8 +335,7 @@ def drop_epochs(lr_drops: str | None, end_iter: int) -> list[int]:
 
 @dataclass(frozen=True)
 class RunOptions(Settings):
-    """How a run is run (--compile changes the rounding of float sums only): these never tell
-    runs apart, and a resume may change them."""
+    """How a run is run (--compile: float rounding only): never tells runs apart; resumes may change it."""
 
     gpu: str = flag(
         "0",
@@ -365,8 +354,7 @@ class RunOptions(Settings):
     )
     data_source: str | None = flag(
         None,
-        "folder with the data set's original files, checked and imported into --data_dir"
-        " (default: none, the files in --data_dir, else found or downloaded)",
+        "folder with the data set's original files, checked and imported into --data_dir (default: none, the files in --data_dir, else found or downloaded)",
         RUN_MANAGEMENT,
         rank=2,
         metavar="DIR",
@@ -382,16 +370,14 @@ class RunOptions(Settings):
     )
     compile: str = flag(
         "auto",
-        f"one of: {', '.join(COMPILE_CHOICES)}; torch.compile of the model and loss in"
-        " training (auto: where measured to pay back, so far nowhere)",
+        f"one of: {', '.join(COMPILE_CHOICES)}; torch.compile of the model and loss in training (auto: where measured to pay back, so far nowhere)",
         RUN_MANAGEMENT,
         rank=5,
         check=one_of(COMPILE_CHOICES),
     )
     batch_record: str | None = flag(
         None,
-        "also write the batch's run folders and levels done to FILE (JSON), after each"
-        " level; not recorded in args.json (default: none; sweep.py reads it)",
+        "also write the batch's run folders and levels done to FILE (JSON), after each level; not recorded in args.json (default: none; sweep.py reads it)",
         RUN_MANAGEMENT,
         rank=6,
         metavar="FILE",
@@ -416,9 +402,7 @@ def add_flags(parser: argparse.ArgumentParser, kinds: Iterable[type]) -> None:
 
 def kinds_of(annotation: object) -> tuple[type, ...]:
     """The types a field's annotation allows (`str | None` -> (str, NoneType))."""
-    if isinstance(annotation, types.UnionType):
-        return tuple(annotation.__args__)
-    return (annotation,)  # type: ignore[return-value]
+    return tuple(annotation.__args__) if isinstance(annotation, types.UnionType) else (annotation,)  # type: ignore[return-value]
 
 
 def argparse_options(field: dataclasses.Field) -> dict[str, Any]:
@@ -435,9 +419,8 @@ def argparse_options(field: dataclasses.Field) -> dict[str, Any]:
 
 
 class Checks:
-    """The settings' own checks on `values` (the settings as attributes), in the order asked
-    for; `rest` runs those of every setting not asked for, so a new flag's check needs nothing
-    else."""
+    """The settings' own checks on `values` (the settings as attributes), in the order asked for;
+    `rest` runs those of every setting not asked for, so a new flag's check needs nothing else."""
 
     def __init__(self, values: Any, kinds: Iterable[type]) -> None:
         self.values, self.fields = values, settings_fields(kinds)
