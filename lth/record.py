@@ -56,6 +56,8 @@ def restore_rng_states(states: dict) -> None:
     devices, those it has, with a notice that the random draws may differ."""
     TrialRandom.restore_process(states)
     saved = list(states["cuda"])
+    if not saved:
+        return
     here = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for index, state in enumerate(saved[:here]):
         torch.cuda.set_rng_state(state, index)
